@@ -1,0 +1,490 @@
+"""``LSTM`` and ``LSTMCell``: PyTorch's ``nn.LSTM`` / ``nn.LSTMCell`` interface over NumPy arrays.
+
+Same constructor arguments, parameter names, shapes, gate order (i, f, g, o),
+initialisation and output shapes as PyTorch, so code and weights carry over.
+Dimensions in the docstrings follow PyTorch's: L = sequence length,
+N = batch size, D = 2 if bidirectional else 1, H_in = input_size,
+H_cell = hidden_size, H_out = proj_size if proj_size > 0 else hidden_size.
+
+Input dtype rule: the model computes in its own dtype (float32 by default,
+float64 on request).  Any floating-point input (float16, float32, float64) is
+converted to the model's dtype and results come back in it; integer, boolean,
+complex and object arrays are refused with a TypeError.
+"""
+import json
+import numbers
+import warnings
+
+import numpy as np
+
+from . import engine
+from .params import LSTMConfig, init_parameters, parameter_shapes
+
+_DTYPES = {"float32": np.dtype(np.float32), "float64": np.dtype(np.float64)}
+_FILE_FORMAT = 1
+
+
+def _model_dtype(dtype):
+    """float32 (the default) or float64, from a NumPy dtype, a name or a torch dtype."""
+    if dtype is None:
+        return _DTYPES["float32"]
+    name = str(dtype).replace("torch.", "")
+    try:
+        name = np.dtype(dtype).name
+    except TypeError:
+        pass
+    if name not in _DTYPES:
+        raise TypeError(f"dtype must be float32 or float64, got {dtype!r}")
+    return _DTYPES[name]
+
+
+def _generator(seed):
+    if seed is None or isinstance(seed, (numbers.Integral, np.random.SeedSequence)):
+        return np.random.default_rng(seed)
+    if isinstance(seed, np.random.Generator):
+        return seed
+    raise TypeError(f"seed must be None, an int or a numpy.random.Generator, got {type(seed).__name__}")
+
+
+def _check_int(name, value, minimum):
+    if not isinstance(value, numbers.Integral) or isinstance(value, bool):
+        raise TypeError(f"{name} should be of type int, got: {type(value).__name__}")
+    if value < minimum:
+        bound = "greater than zero" if minimum == 1 else f"at least {minimum}"
+        raise ValueError(f"{name} must be {bound}, got {value}")
+    return int(value)
+
+
+def _check_bool(name, value):
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} should be of type bool, got: {type(value).__name__}")
+    return bool(value)
+
+
+def _to_numpy(value):
+    """A NumPy view of an array-like; torch tensors are detached and moved to the CPU."""
+    if hasattr(value, "detach") and hasattr(value, "cpu"):
+        value = value.detach().cpu().numpy()
+    return np.asarray(value)
+
+
+def as_float_array(value, name, dtype):
+    """``value`` as a C-contiguous, writable array of the model's dtype, refusing non-float input."""
+    array = _to_numpy(value)
+    if not np.issubdtype(array.dtype, np.floating):
+        raise TypeError(f"{name} must be a floating-point array (float32 or float64), got dtype {array.dtype}")
+    return np.require(array, dtype=dtype, requirements=("C", "W"))
+
+
+def _shape(array):
+    return tuple(int(n) for n in array.shape)
+
+
+class _Recurrent:
+    """Parameters, gradients, state dicts, files and modes shared by LSTM and LSTMCell."""
+
+    def _init_parameters(self, shapes, hidden_size, dtype, seed):
+        object.__setattr__(self, "_parameters", {})
+        self.dtype = _model_dtype(dtype)
+        self._rng = _generator(seed)
+        self._parameters = init_parameters(shapes, hidden_size, self.dtype, self._rng)
+        self.grads = {name: np.zeros_like(value) for name, value in self._parameters.items()}
+        self.training = True
+        self._tapes = []
+
+    # -- parameters as attributes, as in torch.nn.Module ---------------------------------
+    def __getattr__(self, name):
+        parameters = self.__dict__.get("_parameters", {})
+        if name in parameters:
+            return parameters[name]
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+    def __setattr__(self, name, value):
+        if name in self.__dict__.get("_parameters", {}):
+            self._set_parameter(name, value)
+        else:
+            object.__setattr__(self, name, value)
+
+    def _set_parameter(self, name, value):
+        expected = self._parameters[name].shape
+        array = _to_numpy(value)
+        if not (np.issubdtype(array.dtype, np.floating) or np.issubdtype(array.dtype, np.integer)):
+            raise TypeError(f"parameter {name} must be a real numeric array, got dtype {array.dtype}")
+        if array.shape != expected:
+            raise ValueError(f"size mismatch for {name}: copying a param with shape {_shape(array)}, "
+                             f"the shape in the current model is {expected}")
+        self._parameters[name] = np.array(array, dtype=self.dtype, order="C")
+
+    def named_parameters(self):
+        """(name, array) pairs in PyTorch's order; the arrays are the live parameters."""
+        return iter(list(self._parameters.items()))
+
+    def parameters(self):
+        return iter(list(self._parameters.values()))
+
+    def state_dict(self, as_torch=False):
+        """{name: copy of the parameter}; ``as_torch=True`` gives torch tensors, which
+        ``torch.nn.LSTM.load_state_dict`` accepts."""
+        state = {name: value.copy() for name, value in self._parameters.items()}
+        if as_torch:
+            import torch
+
+            state = {name: torch.from_numpy(value) for name, value in state.items()}
+        return state
+
+    def load_state_dict(self, state_dict, strict=True):
+        """Copy parameters from a state dict of NumPy arrays or torch tensors (e.g. PyTorch's).
+
+        With ``strict`` the keys must match exactly; shapes must match in any case.
+        """
+        missing = [name for name in self._parameters if name not in state_dict]
+        unexpected = [name for name in state_dict if name not in self._parameters]
+        if strict and (missing or unexpected):
+            raise ValueError(f"Error(s) in loading state_dict for {type(self).__name__}: "
+                             f"missing keys {missing}, unexpected keys {unexpected}")
+        arrays = {name: _to_numpy(value) for name, value in state_dict.items() if name in self._parameters}
+        for name, array in arrays.items():  # check everything before changing anything
+            if array.shape != self._parameters[name].shape:
+                raise ValueError(f"size mismatch for {name}: copying a param with shape {_shape(array)} "
+                                 f"from checkpoint, the shape in current model is {self._parameters[name].shape}")
+        for name, array in arrays.items():
+            self._set_parameter(name, array)
+
+    def zero_grad(self):
+        """Reset every accumulated gradient to zero."""
+        for grad in self.grads.values():
+            grad[...] = 0
+
+    def train(self, mode=True):
+        """Training mode: dropout on, and forward keeps what backward needs."""
+        self.training = _check_bool("mode", mode)
+        return self
+
+    def eval(self):
+        """Inference mode: no dropout, nothing kept for backward."""
+        return self.train(False)
+
+    # -- files ----------------------------------------------------------------------------
+    def _config_dict(self):
+        raise NotImplementedError
+
+    def save(self, path):
+        """Write configuration and parameters to a portable ``.npz`` file (no pickles)."""
+        config = dict(self._config_dict(), dtype=self.dtype.name, format=_FILE_FORMAT, kind=type(self).__name__)
+        np.savez(path, __nblstm_config__=np.array(json.dumps(config)), **self._parameters)
+
+    @classmethod
+    def load(cls, path):
+        """Rebuild a model written by ``save``; parameters round-trip bit for bit."""
+        with np.load(path, allow_pickle=False) as archive:
+            if "__nblstm_config__" not in archive:
+                raise ValueError(f"{path} is not an nblstm model file (no __nblstm_config__ entry)")
+            config = json.loads(str(archive["__nblstm_config__"]))
+            kind, version = config.pop("kind"), config.pop("format")
+            if kind != cls.__name__ or version != _FILE_FORMAT:
+                raise ValueError(f"{path} holds a {kind} (format {version}); "
+                                 f"{cls.__name__}.load reads format {_FILE_FORMAT}")
+            model = cls(**config)
+            model.load_state_dict({name: archive[name] for name in archive.files if name != "__nblstm_config__"})
+        return model
+
+    # -- backward bookkeeping ------------------------------------------------------------
+    def _pop_tape(self):
+        if not self._tapes:
+            raise RuntimeError(f"{type(self).__name__}.backward needs a forward pass in training mode "
+                               "first (call .train() before forward); each forward can be backpropagated once")
+        return self._tapes.pop()
+
+    def _check_grad(self, grad, name, expected_shape):
+        array = as_float_array(grad, name, self.dtype)
+        if array.shape != expected_shape:
+            raise ValueError(f"{name} must have the shape of the forward result {expected_shape}, "
+                             f"got {_shape(array)}")
+        return array
+
+
+class LSTM(_Recurrent):
+    r"""Multi-layer LSTM over NumPy arrays, with ``torch.nn.LSTM``'s interface.
+
+    For each element of the input sequence each layer computes::
+
+        i_t = sigmoid(W_ii x_t + b_ii + W_hi h_{t-1} + b_hi)
+        f_t = sigmoid(W_if x_t + b_if + W_hf h_{t-1} + b_hf)
+        g_t = tanh(W_ig x_t + b_ig + W_hg h_{t-1} + b_hg)
+        o_t = sigmoid(W_io x_t + b_io + W_ho h_{t-1} + b_ho)
+        c_t = f_t * c_{t-1} + i_t * g_t
+        h_t = o_t * tanh(c_t)          (h_t = W_hr h_t with proj_size > 0)
+
+    Arguments as PyTorch's (input_size, hidden_size, num_layers=1, bias=True,
+    batch_first=False, dropout=0.0, bidirectional=False, proj_size=0), plus
+    ``dtype`` ('float32' default or 'float64') and ``seed`` (int or
+    numpy.random.Generator) for initialisation and dropout.
+
+    Call ``lstm(input, (h_0, c_0))`` with input of shape (L, N, H_in), (N, L, H_in)
+    with batch_first, or (L, H_in) unbatched; h_0: (D*num_layers, N, H_out) and
+    c_0: (D*num_layers, N, H_cell), or without the N axis for unbatched input;
+    both default to zeros.  Returns ``output, (h_n, c_n)`` with output
+    (L, N, D*H_out) (batch-first / unbatched like the input) and h_n, c_n shaped
+    like h_0, c_0.  For a bidirectional LSTM, h_n holds the reverse direction's
+    state after it has read the whole sequence, which is output[0, :, H_out:],
+    not output[-1].
+    """
+
+    def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False, dropout=0.0,
+                 bidirectional=False, proj_size=0, device=None, dtype=None, seed=None):
+        if not isinstance(dropout, numbers.Real) or isinstance(dropout, bool) or not 0 <= dropout <= 1:
+            raise ValueError("dropout should be a number in range [0, 1] representing the probability "
+                             f"of an element being zeroed, got {dropout!r}")
+        input_size = _check_int("input_size", input_size, 1)
+        hidden_size = _check_int("hidden_size", hidden_size, 1)
+        num_layers = _check_int("num_layers", num_layers, 1)
+        proj_size = _check_int("proj_size", proj_size, 0)
+        if proj_size >= hidden_size:
+            raise ValueError(f"proj_size has to be smaller than hidden_size, got proj_size={proj_size} "
+                             f"and hidden_size={hidden_size}")
+        if dropout > 0 and num_layers == 1:
+            warnings.warn("dropout option adds dropout after all but last recurrent layer, so non-zero "
+                          f"dropout expects num_layers greater than 1, but got dropout={dropout} and "
+                          f"num_layers={num_layers}", stacklevel=2)
+        self.config = LSTMConfig(input_size, hidden_size, num_layers, _check_bool("bias", bias),
+                                 _check_bool("batch_first", batch_first), float(dropout),
+                                 _check_bool("bidirectional", bidirectional), proj_size)
+        _check_device(device)
+        self._init_parameters(self.config.shapes(), hidden_size, dtype, seed)
+
+    def __getattr__(self, name):
+        config = self.__dict__.get("config")
+        if config is not None and name in LSTMConfig.__dataclass_fields__:
+            return getattr(config, name)
+        return super().__getattr__(name)
+
+    def _config_dict(self):
+        return dict(vars(self.config))
+
+    def __repr__(self):
+        c = self.config
+        extra = [f"num_layers={c.num_layers}" if c.num_layers != 1 else "", "bias=False" if not c.bias else "",
+                 "batch_first=True" if c.batch_first else "", f"dropout={c.dropout}" if c.dropout else "",
+                 "bidirectional=True" if c.bidirectional else "", f"proj_size={c.proj_size}" if c.proj_size else ""]
+        return f"LSTM({', '.join([str(c.input_size), str(c.hidden_size)] + [e for e in extra if e])})"
+
+    def _state_shapes(self, batch):
+        c = self.config
+        layers = c.num_layers * c.num_directions
+        return (layers, batch, c.state_size), (layers, batch, c.hidden_size)
+
+    def forward(self, input, hx=None):
+        """Run the LSTM; see the class docstring for shapes.  Returns ``output, (h_n, c_n)``."""
+        c = self.config
+        x = as_float_array(input, "input", self.dtype)
+        if x.ndim not in (2, 3):
+            raise ValueError(f"LSTM: Expected input to be 2-D (L, H_in) or 3-D "
+                             f"({'N, L' if c.batch_first else 'L, N'}, H_in), got {x.ndim}-D of shape {_shape(x)}")
+        if x.shape[-1] != c.input_size:
+            raise ValueError(f"input.shape[-1] must be equal to input_size. Expected {c.input_size}, "
+                             f"got {x.shape[-1]} (input shape {_shape(x)})")
+        batched = x.ndim == 3
+        if not batched:
+            x = x[:, None, :]
+        elif c.batch_first:
+            x = np.ascontiguousarray(x.transpose(1, 0, 2))
+        seq_len, batch = x.shape[0], x.shape[1]
+        if seq_len == 0 or batch == 0:
+            raise ValueError(f"Expected sequence length and batch size larger than 0, got input of shape "
+                             f"{_shape(input) if hasattr(input, 'shape') else _shape(x)}")
+        h0, c0 = self._initial_state(hx, batch, batched)
+        output, h_n, c_n, tape = engine.forward(self._parameters, c, x, h0, c0, self.training, self._rng)
+        if tape is not None:
+            tape.layout = (batched, seq_len, batch)
+            self._tapes.append(tape)
+        return self._user_layout(output, batched), (self._squeeze(h_n, batched), self._squeeze(c_n, batched))
+
+    __call__ = forward
+
+    def _initial_state(self, hx, batch, batched):
+        h_shape, c_shape = self._state_shapes(batch)
+        if hx is None:
+            return np.zeros(h_shape, self.dtype), np.zeros(c_shape, self.dtype)
+        if not isinstance(hx, (tuple, list)) or len(hx) != 2 or hx[0] is None or hx[1] is None:
+            raise TypeError("hx must be a tuple (h_0, c_0) of two arrays, or None for zeros; "
+                            f"got {type(hx).__name__}" + (f" of length {len(hx)}" if isinstance(hx, (tuple, list)) else ""))
+        h0 = as_float_array(hx[0], "h_0", self.dtype)
+        c0 = as_float_array(hx[1], "c_0", self.dtype)
+        rank = 3 if batched else 2
+        if h0.ndim != rank or c0.ndim != rank:
+            raise ValueError(f"For {'batched 3-D' if batched else 'unbatched 2-D'} input, h_0 and c_0 should also be "
+                             f"{rank}-D but got ({h0.ndim}-D, {c0.ndim}-D) arrays")
+        if not batched:
+            h0, c0 = h0[:, None, :], c0[:, None, :]
+        if h0.shape != h_shape:
+            raise ValueError(f"Expected hidden[0] (h_0) size {self._squeeze_shape(h_shape, batched)}, "
+                             f"got {self._squeeze_shape(h0.shape, batched)}")
+        if c0.shape != c_shape:
+            raise ValueError(f"Expected hidden[1] (c_0) size {self._squeeze_shape(c_shape, batched)}, "
+                             f"got {self._squeeze_shape(c0.shape, batched)}")
+        return h0, c0
+
+    @staticmethod
+    def _squeeze_shape(shape, batched):
+        shape = tuple(int(n) for n in shape)
+        return shape if batched else shape[:1] + shape[2:]
+
+    @staticmethod
+    def _squeeze(state, batched):
+        return state if batched else state[:, 0, :]
+
+    def _user_layout(self, sequence, batched):
+        """A time-major (L, N, F) array in the layout of the user's input."""
+        if not batched:
+            return sequence[:, 0, :]
+        if self.config.batch_first:
+            return np.ascontiguousarray(sequence.transpose(1, 0, 2))
+        return sequence
+
+    def _time_major(self, array, batched):
+        """Inverse of ``_user_layout``."""
+        if not batched:
+            return array[:, None, :]
+        if self.config.batch_first:
+            return np.ascontiguousarray(array.transpose(1, 0, 2))
+        return array
+
+    def backward(self, grad_output, grad_state=None):
+        """Backpropagate through the most recent training-mode forward.
+
+        grad_output: gradient of the loss w.r.t. ``output`` (same shape);
+        grad_state: optional (grad_h_n, grad_c_n), either may be None for zeros.
+        Accumulates parameter gradients into ``self.grads`` (same names and shapes as
+        ``state_dict()``) and returns ``grad_input, (grad_h_0, grad_c_0)`` shaped like
+        the forward's input and initial state.
+        """
+        tape = self._tapes[-1] if self._tapes else self._pop_tape()
+        batched, seq_len, batch = tape.layout
+        c = self.config
+        out_shape = (seq_len, batch, c.num_directions * c.state_size)
+        user_out_shape = _shape(self._user_layout(np.empty(out_shape, np.int8), batched))
+        d_out = self._time_major(self._check_grad(grad_output, "grad_output", user_out_shape), batched)
+        h_shape, c_shape = self._state_shapes(batch)
+        grad_h_n, grad_c_n = grad_state if grad_state is not None else (None, None)
+        grad_h_n = self._state_grad(grad_h_n, "grad_h_n", h_shape, batched)
+        grad_c_n = self._state_grad(grad_c_n, "grad_c_n", c_shape, batched)
+        self._pop_tape()
+        grad_x, grad_h0, grad_c0 = engine.backward(self._parameters, c, tape, d_out, grad_h_n, grad_c_n, self.grads)
+        return self._user_layout(grad_x, batched), (self._squeeze(grad_h0, batched), self._squeeze(grad_c0, batched))
+
+    def _state_grad(self, grad, name, shape, batched):
+        if grad is None:
+            return np.zeros(shape, self.dtype)
+        array = self._check_grad(grad, name, self._squeeze_shape(shape, batched))
+        return array if batched else array[:, None, :]
+
+
+class LSTMCell(_Recurrent):
+    """One LSTM step, with ``torch.nn.LSTMCell``'s interface.
+
+    ``cell(input, (h, c))`` with input (N, H_in) or unbatched (H_in,) and h, c
+    (N, H) or (H,) (zeros when hx is None) returns ``(h', c')``.  Parameters
+    ``weight_ih`` (4H, H_in), ``weight_hh`` (4H, H), ``bias_ih``, ``bias_hh`` (4H,).
+
+    Each training-mode call keeps what ``backward`` needs on a stack and
+    ``backward`` takes the most recent, so stepping the cell over a sequence and
+    then calling ``backward`` for the steps in reverse order is backpropagation
+    through time.
+    """
+
+    def __init__(self, input_size, hidden_size, bias=True, device=None, dtype=None, seed=None):
+        input_size = _check_int("input_size", input_size, 1)
+        hidden_size = _check_int("hidden_size", hidden_size, 1)
+        self.config = LSTMConfig(input_size, hidden_size, bias=_check_bool("bias", bias))
+        _check_device(device)
+        self._init_parameters(parameter_shapes(input_size, hidden_size, bias=self.config.bias, cell=True),
+                              hidden_size, dtype, seed)
+
+    def __getattr__(self, name):
+        config = self.__dict__.get("config")
+        if config is not None and name in ("input_size", "hidden_size", "bias"):
+            return getattr(config, name)
+        return super().__getattr__(name)
+
+    def _config_dict(self):
+        return {"input_size": self.config.input_size, "hidden_size": self.config.hidden_size, "bias": self.config.bias}
+
+    def __repr__(self):
+        c = self.config
+        return f"LSTMCell({c.input_size}, {c.hidden_size}{'' if c.bias else ', bias=False'})"
+
+    def _layer_view(self, arrays):
+        """The cell's {name: array} under the layer names the engine uses (weight_ih_l0, ...)."""
+        return {f"{name}_l0": array for name, array in arrays.items()}
+
+    def forward(self, input, hx=None):
+        """One step; returns ``(h', c')`` shaped like h, c."""
+        c = self.config
+        x = as_float_array(input, "input", self.dtype)
+        if x.ndim not in (1, 2):
+            raise ValueError(f"LSTMCell: Expected input to be 1-D (H_in,) or 2-D (N, H_in), got {x.ndim}-D "
+                             f"of shape {_shape(x)}")
+        if x.shape[-1] != c.input_size:
+            raise ValueError(f"input.shape[-1] must be equal to input_size. Expected {c.input_size}, "
+                             f"got {x.shape[-1]} (input shape {_shape(x)})")
+        batched = x.ndim == 2
+        x = x if batched else x[None, :]
+        batch = x.shape[0]
+        if batch == 0:
+            raise ValueError(f"Expected batch size larger than 0, got input of shape {_shape(x)}")
+        h, cell = self._initial_state(hx, batch, batched)
+        _, h_n, c_n, tape = engine.forward(self._layer_view(self._parameters), c, x[None], h[None], cell[None],
+                                           self.training)
+        if tape is not None:
+            tape.layout = (batched, batch)
+            self._tapes.append(tape)
+        return self._unbatch(h_n[0], batched), self._unbatch(c_n[0], batched)
+
+    __call__ = forward
+
+    @staticmethod
+    def _unbatch(array, batched):
+        return array if batched else array[0]
+
+    def _initial_state(self, hx, batch, batched):
+        shape = (batch, self.config.hidden_size)
+        if hx is None:
+            return np.zeros(shape, self.dtype), np.zeros(shape, self.dtype)
+        if not isinstance(hx, (tuple, list)) or len(hx) != 2 or hx[0] is None or hx[1] is None:
+            raise TypeError(f"hx must be a tuple (h, c) of two arrays, or None for zeros; got {type(hx).__name__}")
+        states = []
+        for index, name in enumerate(("h", "c")):
+            state = as_float_array(hx[index], f"hx[{index}] ({name})", self.dtype)
+            given = _shape(state)
+            state = state if batched else state[None, :] if state.ndim == 1 else state
+            if state.shape != shape:
+                raise ValueError(f"LSTMCell: Expected hx[{index}] ({name}) of shape "
+                                 f"{shape if batched else shape[1:]}, got {given}")
+            states.append(state)
+        return tuple(states)
+
+    def backward(self, grad_h, grad_c=None):
+        """Backpropagate through the most recent training-mode step.
+
+        grad_h, grad_c: gradients w.r.t. h' and c' (grad_c None for zeros).
+        Accumulates into ``self.grads`` and returns ``grad_input, (grad_h, grad_c)`` for
+        the step's input and incoming state.
+        """
+        tape = self._tapes[-1] if self._tapes else self._pop_tape()
+        batched, batch = tape.layout
+        shape = (batch, self.config.hidden_size) if batched else (self.config.hidden_size,)
+        grad_h = self._check_grad(grad_h, "grad_h", shape)
+        grad_c = np.zeros(shape, self.dtype) if grad_c is None else self._check_grad(grad_c, "grad_c", shape)
+        if not batched:
+            grad_h, grad_c = grad_h[None], grad_c[None]
+        self._pop_tape()
+        grad_x, grad_h0, grad_c0 = engine.backward(
+            self._layer_view(self._parameters), self.config, tape, np.zeros((1,) + grad_h.shape, self.dtype),
+            grad_h[None], grad_c[None], self._layer_view(self.grads))
+        return self._unbatch(grad_x[0], batched), (self._unbatch(grad_h0[0], batched),
+                                                    self._unbatch(grad_c0[0], batched))
+
+
+def _check_device(device):
+    if device is not None and str(device) != "cpu":
+        raise ValueError(f"device must be 'cpu' (or None), got {device!r}")

@@ -1,0 +1,207 @@
+"""Runs a whole LSTM on the CPU kernels: layers and directions orchestrated once per call.
+
+A stacked or bidirectional LSTM is a sequence of single-direction runs of one
+kernel (``lstm_layer_forward``), each writing its half of the layer's output
+in place.  Everything inside the time loop is compiled; this module only
+allocates arrays, picks the thread split and walks the layers.
+
+Arrays here are time-major and C-contiguous in the model's dtype: the API
+(``nblstm.api``) validates and converts user input before calling in.
+"""
+import contextlib
+import math
+from dataclasses import dataclass, field
+
+import numba
+import numpy as np
+
+from .kernels.blas import single_threaded_blas
+from .kernels.cpu_backward import lstm_layer_backward
+from .kernels.cpu_forward import lstm_layer_forward
+from .params import NUM_GATES
+
+# A time step with fewer multiply-adds than this runs on one thread: opening a
+# parallel region costs more than it saves.
+PARALLEL_MIN_WORK = 1 << 16
+
+# In inference the input projection runs over blocks of time steps holding
+# about this many (time, batch) rows, so memory does not grow with seq_len.
+INFERENCE_BLOCK_ROWS = 512
+
+
+def thread_parts(batch, hidden, state):
+    """How many threads to split each time step between."""
+    if batch * NUM_GATES * hidden * state < PARALLEL_MIN_WORK:
+        return 1
+    return max(1, min(numba.get_num_threads(), math.ceil(hidden / 16)))
+
+
+class CPUBackend:
+    """Runs the engine on NumPy arrays with the Numba CPU kernels.
+
+    A backend supplies array allocation, the few whole-array operations the
+    engine needs, a ``plan`` (how to split a step between threads, passed to
+    the kernels as ``n_parts``) and the two layer kernels, which take the same
+    arguments on every backend.
+    """
+
+    name = "cpu"
+    empty = staticmethod(np.empty)
+    zeros = staticmethod(np.zeros)
+    layer_forward = staticmethod(lstm_layer_forward)
+    layer_backward = staticmethod(lstm_layer_backward)
+
+    @staticmethod
+    def plan(batch, hidden, state):
+        return thread_parts(batch, hidden, state)
+
+    @staticmethod
+    def guard(plan):
+        """The kernels own the threads: keep BLAS single-threaded inside parallel kernels."""
+        return single_threaded_blas() if plan > 1 else contextlib.nullcontext()
+
+    @staticmethod
+    def add(a, b):
+        return a + b
+
+    @staticmethod
+    def add_into(total, term):
+        total += term
+
+    @staticmethod
+    def multiply(a, b):
+        return a * b
+
+    @staticmethod
+    def multiply_into(total, factor):
+        total *= factor
+
+    @staticmethod
+    def dropout_mask(shape, p, dtype, rng):
+        """Inverted-dropout scale: 0 with probability p, else 1 / (1 - p)."""
+        if p >= 1.0:
+            return np.zeros(shape, dtype)
+        return ((rng.random(shape) >= p) / (1.0 - p)).astype(dtype)
+
+
+CPU = CPUBackend()
+
+
+@dataclass
+class Tape:
+    """What a training-mode forward keeps for ``backward``.
+
+    layer_inputs[k]: (seq_len, batch, features) input of layer k (after dropout);
+    layer_outputs[k]: (seq_len, batch, D*state) output of layer k (before dropout);
+    saved[(k, d)]: (gates, c_seq, h_cell_seq) of layer k, direction d;
+    dropout_masks[k - 1]: the inverted-dropout scale applied to the input of layer k.
+    """
+
+    h0: object
+    c0: object
+    plan: object
+    backend: object
+    layer_inputs: list = field(default_factory=list)
+    layer_outputs: list = field(default_factory=list)
+    saved: dict = field(default_factory=dict)
+    dropout_masks: list = field(default_factory=list)
+
+
+def _layer_weights(backend, params, config, layer, direction):
+    """(w_ih, w_hh, bias, w_hr) of one layer and direction as the kernels take them."""
+    names = config.names(layer, direction)
+    w_ih = params[names.weight_ih]
+    if config.bias:
+        bias = backend.add(params[names.bias_ih], params[names.bias_hh])
+    else:
+        bias = backend.zeros(w_ih.shape[0], w_ih.dtype)
+    w_hr = params[names.weight_hr] if names.weight_hr else backend.empty((0, config.hidden_size), w_ih.dtype)
+    return w_ih, params[names.weight_hh], bias, w_hr
+
+
+def forward(params, config, x, h0, c0, training=False, dropout_rng=None, backend=CPU):
+    """Forward pass of the whole LSTM.
+
+    x: (seq_len, batch, input_size); h0: (L*D, batch, state); c0: (L*D, batch, hidden).
+    Returns output (seq_len, batch, D*state), h_n, c_n and, in training mode, a Tape.
+    """
+    seq_len, batch, _ = x.shape
+    dtype = x.dtype
+    hidden, state, num_dirs = config.hidden_size, config.state_size, config.num_directions
+    plan = backend.plan(batch, hidden, state)
+    h_n, c_n = backend.empty(h0.shape, dtype), backend.empty(c0.shape, dtype)
+    tape = Tape(h0, c0, plan, backend) if training else None
+    gate_slots = seq_len if training else min(seq_len, max(1, INFERENCE_BLOCK_ROWS // batch))
+    c_slots = seq_len if training else 1
+    cell_slots = c_slots if config.proj_size > 0 else 0
+    if not training:  # one work space serves every layer and direction
+        gates = backend.empty((gate_slots, batch, NUM_GATES * hidden), dtype)
+        c_seq = backend.empty((c_slots, batch, hidden), dtype)
+        h_cell_seq = backend.empty((cell_slots, batch, hidden), dtype)
+    layer_input = x
+    with backend.guard(plan):
+        for layer in range(config.num_layers):
+            if layer > 0 and training and config.dropout > 0:
+                mask = backend.dropout_mask(layer_input.shape, config.dropout, dtype, dropout_rng)
+                tape.dropout_masks.append(mask)
+                layer_input = backend.multiply(layer_input, mask)
+            out = backend.empty((seq_len, batch, num_dirs * state), dtype)
+            for direction in range(num_dirs):
+                k = layer * num_dirs + direction
+                if training:
+                    gates = backend.empty((gate_slots, batch, NUM_GATES * hidden), dtype)
+                    c_seq = backend.empty((c_slots, batch, hidden), dtype)
+                    h_cell_seq = backend.empty((cell_slots, batch, hidden), dtype)
+                    tape.saved[(layer, direction)] = (gates, c_seq, h_cell_seq)
+                w_ih, w_hh, bias, w_hr = _layer_weights(backend, params, config, layer, direction)
+                backend.layer_forward(layer_input, w_ih, w_hh, bias, w_hr, h0[k], c0[k], direction == 1, plan,
+                                   gates, c_seq, h_cell_seq, out, direction * state, h_n[k], c_n[k])
+            if training:
+                tape.layer_inputs.append(layer_input)
+                tape.layer_outputs.append(out)
+            layer_input = out
+    return layer_input, h_n, c_n, tape
+
+
+def backward(params, config, tape, grad_output, grad_h_n, grad_c_n, grads):
+    """Backpropagation through time for a training-mode ``forward``.
+
+    grad_output: (seq_len, batch, D*state); grad_h_n, grad_c_n: like h_n, c_n.
+    Accumulates the parameter gradients into ``grads`` ({name: array}) and
+    returns grad_x (seq_len, batch, input_size), grad_h0, grad_c0.
+    """
+    hidden, state, num_dirs = config.hidden_size, config.state_size, config.num_directions
+    seq_len, batch, _ = grad_output.shape
+    dtype = grad_output.dtype
+    backend, plan = tape.backend, tape.plan
+    grad_h0, grad_c0 = backend.empty(tape.h0.shape, dtype), backend.empty(tape.c0.shape, dtype)
+    dh, dc = backend.empty((batch, state), dtype), backend.empty((batch, hidden), dtype)
+    dh_cell = backend.empty((batch, hidden), dtype)
+    dh_seq = backend.empty((seq_len if config.proj_size > 0 else 0, batch, state), dtype)
+    d_bias_size = NUM_GATES * hidden if config.bias else 0
+    no_weight_hr = backend.empty((0, hidden), dtype)
+    d_out = grad_output
+    with backend.guard(plan):
+        for layer in reversed(range(config.num_layers)):
+            layer_input, out = tape.layer_inputs[layer], tape.layer_outputs[layer]
+            dx = backend.empty(layer_input.shape, dtype)
+            for direction in range(num_dirs):
+                k = layer * num_dirs + direction
+                names = config.names(layer, direction)
+                w_ih, w_hh, _, w_hr = _layer_weights(backend, params, config, layer, direction)
+                gates, c_seq, h_cell_seq = tape.saved.pop((layer, direction))
+                d_bias = backend.zeros(d_bias_size, dtype)
+                backend.layer_backward(
+                    layer_input, w_ih, w_hh, w_hr, tape.h0[k], tape.c0[k], out, direction * state,
+                    gates, c_seq, h_cell_seq, direction == 1, plan,
+                    d_out, grad_h_n[k], grad_c_n[k], dh, dc, dh_cell, dh_seq,
+                    dx, 0.0 if direction == 0 else 1.0, grad_h0[k], grad_c0[k],
+                    grads[names.weight_ih], grads[names.weight_hh], d_bias,
+                    grads[names.weight_hr] if names.weight_hr else no_weight_hr)
+                if config.bias:
+                    backend.add_into(grads[names.bias_ih], d_bias)
+                    backend.add_into(grads[names.bias_hh], d_bias)
+            if layer > 0 and tape.dropout_masks:
+                backend.multiply_into(dx, tape.dropout_masks[layer - 1])
+            d_out = dx
+    return d_out, grad_h0, grad_c0

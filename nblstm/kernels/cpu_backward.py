@@ -1,0 +1,146 @@
+"""Backpropagation through time for one LSTM layer in one direction, compiled with Numba.
+
+The per-step chain runs backwards in one compiled loop.  Each step:
+
+1. (with projection) dh_cell = dh @ w_hr;
+2. each thread, for its slice of hidden units, turns dh and the running dc into
+   the gate gradients (written over the saved activations in ``gates``) and the
+   next dc;
+3. each thread computes its slice of the columns of dh = d_gates @ w_hh, the
+   gradient flowing into the previous step.
+
+After the loop the weight gradients are a few large matrix products over all
+time steps at once (``d_gates.T @ x`` and so on), not one small product per
+step.  Every weight gradient is accumulated into (``+=``), as PyTorch
+accumulates ``.grad``.
+"""
+from numba import njit, prange
+
+from .._config import JIT_OPTIONS, PARALLEL_JIT_OPTIONS
+from .activations import tanh
+from .cpu_forward import time_index
+from .parallel import matmul, part_range
+
+
+@njit(**JIT_OPTIONS)
+def cell_backward_part(gates_t, c_t, c_prev, dh, dc, start, stop):
+    """Gate gradients of one step for hidden units [start, stop).
+
+    gates_t: (batch, 4*hidden) activations i, f, g, o; on return the gradients of the
+             pre-activation gates
+    c_t, c_prev: (batch, hidden) cell state after and before the step
+    dh:      (batch, hidden) gradient of o * tanh(c_t)
+    dc:      (batch, hidden) gradient of c_t from later steps; on return that of c_prev
+    """
+    hidden = c_t.shape[1]
+    f_rows, g_rows, o_rows = hidden, 2 * hidden, 3 * hidden
+    one = c_t.dtype.type(1.0)
+    for b in range(gates_t.shape[0]):
+        for j in range(start, stop):
+            i_gate = gates_t[b, j]
+            f_gate = gates_t[b, f_rows + j]
+            g_gate = gates_t[b, g_rows + j]
+            o_gate = gates_t[b, o_rows + j]
+            tanh_c = tanh(c_t[b, j])
+            dc_t = dc[b, j] + dh[b, j] * o_gate * (one - tanh_c * tanh_c)
+            gates_t[b, j] = dc_t * g_gate * i_gate * (one - i_gate)
+            gates_t[b, f_rows + j] = dc_t * c_prev[b, j] * f_gate * (one - f_gate)
+            gates_t[b, g_rows + j] = dc_t * i_gate * (one - g_gate * g_gate)
+            gates_t[b, o_rows + j] = dh[b, j] * tanh_c * o_gate * (one - o_gate)
+            dc[b, j] = dc_t * f_gate
+
+
+@njit(**PARALLEL_JIT_OPTIONS)
+def cell_backward_parallel(gates_t, c_t, c_prev, dh, dc, n_parts):
+    """cell_backward_part over all hidden units, split between ``n_parts`` threads."""
+    for part in prange(n_parts):
+        start, stop = part_range(part, n_parts, c_t.shape[1])
+        cell_backward_part(gates_t, c_t, c_prev, dh, dc, start, stop)
+
+
+@njit(**JIT_OPTIONS)
+def _add_into(total, term):
+    """total += term for two (rows, cols) arrays."""
+    for r in range(total.shape[0]):
+        for col in range(total.shape[1]):
+            total[r, col] += term[r, col]
+
+
+@njit(**JIT_OPTIONS)
+def _column_sums_into(total, matrix, start, stop):
+    """total[j] += sum over rows of matrix[:, j] for j in [start, stop)."""
+    for r in range(matrix.shape[0]):
+        for j in range(start, stop):
+            total[j] += matrix[r, j]
+
+
+@njit(**PARALLEL_JIT_OPTIONS)
+def column_sums_into_parallel(total, matrix, n_parts):
+    """total += matrix.sum(axis=0), the columns split between ``n_parts`` threads."""
+    for part in prange(n_parts):
+        start, stop = part_range(part, n_parts, matrix.shape[1])
+        _column_sums_into(total, matrix, start, stop)
+
+
+@njit(**JIT_OPTIONS)
+def lstm_layer_backward(x, w_ih, w_hh, w_hr, h0, c0, out, out_col, gates, c_seq, h_cell_seq,
+                        reverse, n_parts, d_out, dh_n, dc_n, dh, dc, dh_cell, dh_seq,
+                        dx, dx_beta, dh0, dc0, dw_ih, dw_hh, d_bias, dw_hr):
+    """Backward pass of ``lstm_layer_forward`` (training mode) for one layer and direction.
+
+    Forward inputs and saved state, as given to ``lstm_layer_forward``:
+      x (seq_len, batch, input_size); w_ih (4*hidden, input_size); w_hh (4*hidden, state);
+      w_hr (proj_size, hidden) or (0, hidden); h0 (batch, state); c0 (batch, hidden);
+      out (seq_len, batch, >= out_col + state) forward outputs;
+      gates (seq_len, batch, 4*hidden) activations, overwritten with the gate gradients;
+      c_seq, h_cell_seq (seq_len, batch, hidden) (h_cell_seq unused without projection).
+    Upstream gradients: d_out like out (columns out_col:out_col + state are read);
+      dh_n (batch, state); dc_n (batch, hidden).
+    Work space: dh (batch, state); dc, dh_cell (batch, hidden); dh_seq (seq_len, batch, state)
+      with projection, else unused.
+    Results: dx (seq_len, batch, input_size) = d_gates @ w_ih + dx_beta * dx;
+      dh0 (batch, state); dc0 (batch, hidden); and accumulated (+=) into
+      dw_ih, dw_hh, d_bias (4*hidden,), dw_hr like their weights.
+    """
+    seq_len, batch = x.shape[0], x.shape[1]
+    state = h0.shape[1]
+    projecting = w_hr.shape[0] > 0
+    dh[:, :] = dh_n
+    dc[:, :] = dc_n
+    for step in range(seq_len - 1, -1, -1):
+        t = time_index(step, seq_len, reverse)
+        _add_into(dh, d_out[t][:, out_col:out_col + state])
+        c_prev = c0 if step == 0 else c_seq[time_index(step - 1, seq_len, reverse)]
+        if projecting:
+            dh_seq[t, :, :] = dh
+            matmul(dh, w_hr, dh_cell, False, False, 0.0, True, n_parts)
+            dh_hidden = dh_cell
+        else:
+            dh_hidden = dh
+        if n_parts > 1:
+            cell_backward_parallel(gates[t], c_seq[t], c_prev, dh_hidden, dc, n_parts)
+        else:
+            cell_backward_part(gates[t], c_seq[t], c_prev, dh_hidden, dc, 0, dc.shape[1])
+        matmul(gates[t], w_hh, dh, False, False, 0.0, True, n_parts)
+    dh0[:, :] = dh
+    dc0[:, :] = dc
+
+    rows = seq_len * batch
+    d_gates = gates.reshape((rows, gates.shape[2]))
+    matmul(d_gates, x.reshape((rows, x.shape[2])), dw_ih, True, False, 1.0, False, n_parts)
+    # h_{t-1} of every step is the output row of the step before it (h0 for the first step).
+    h_seq = out.reshape((rows, out.shape[2]))[:, out_col:out_col + state]
+    later, earlier = (0, batch) if reverse else (batch, 0)
+    matmul(d_gates[later:later + rows - batch], h_seq[earlier:earlier + rows - batch],
+           dw_hh, True, False, 1.0, False, n_parts)
+    first = rows - batch if reverse else 0
+    matmul(d_gates[first:first + batch], h0, dw_hh, True, False, 1.0, False, n_parts)
+    if d_bias.shape[0] > 0:
+        if n_parts > 1:
+            column_sums_into_parallel(d_bias, d_gates, n_parts)
+        else:
+            _column_sums_into(d_bias, d_gates, 0, d_gates.shape[1])
+    if projecting:
+        matmul(dh_seq.reshape((rows, state)), h_cell_seq.reshape((rows, h_cell_seq.shape[2])),
+               dw_hr, True, False, 1.0, False, n_parts)
+    matmul(d_gates, w_ih, dx.reshape((rows, dx.shape[2])), False, False, dx_beta, False, n_parts)

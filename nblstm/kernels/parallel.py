@@ -1,0 +1,52 @@
+"""Splitting work between Numba's threads: slices of a range, matrix products split by rows or columns.
+
+Each thread writes its own slice of the output, so no two threads touch the
+same element: no atomics, no reductions across threads.
+"""
+from numba import njit, prange
+
+from .._config import JIT_OPTIONS, PARALLEL_JIT_OPTIONS
+from .blas import gemm
+
+# Ranges are split in blocks of this many elements (one cache line of float32,
+# a whole number of SIMD vectors).
+PART_BLOCK = 16
+
+
+@njit(**JIT_OPTIONS)
+def part_range(part, n_parts, size):
+    """[start, stop) of the ``part``-th of ``n_parts`` near-equal slices of range(size), in PART_BLOCK blocks."""
+    n_blocks = (size + PART_BLOCK - 1) // PART_BLOCK
+    start = min(size, (part * n_blocks // n_parts) * PART_BLOCK)
+    stop = min(size, ((part + 1) * n_blocks // n_parts) * PART_BLOCK)
+    return start, stop
+
+
+@njit(**JIT_OPTIONS)
+def _matmul_part(a, b, c, trans_a, trans_b, beta, split_cols, part, n_parts):
+    if split_cols:
+        start, stop = part_range(part, n_parts, c.shape[1])
+        b_part = b[start:stop] if trans_b else b[:, start:stop]
+        gemm(a, b_part, c[:, start:stop], trans_a, trans_b, beta)
+    else:
+        start, stop = part_range(part, n_parts, c.shape[0])
+        a_part = a[:, start:stop] if trans_a else a[start:stop]
+        gemm(a_part, b, c[start:stop], trans_a, trans_b, beta)
+
+
+@njit(**PARALLEL_JIT_OPTIONS)
+def _matmul_parallel(a, b, c, trans_a, trans_b, beta, split_cols, n_parts):
+    for part in prange(n_parts):
+        _matmul_part(a, b, c, trans_a, trans_b, beta, split_cols, part, n_parts)
+
+
+@njit(**JIT_OPTIONS)
+def matmul(a, b, c, trans_a, trans_b, beta, split_cols, n_parts):
+    """c = op(a) @ op(b) + beta * c (see ``gemm``) on ``n_parts`` threads.
+
+    Each thread computes a slice of the columns of c (``split_cols``) or of its rows.
+    """
+    if n_parts > 1:
+        _matmul_parallel(a, b, c, trans_a, trans_b, beta, split_cols, n_parts)
+    else:
+        gemm(a, b, c, trans_a, trans_b, beta)

@@ -1,0 +1,171 @@
+"""Forward parity: nblstm.api.LSTM / LSTMCell against torch.nn and the NumPy reference."""
+import itertools
+
+import numpy as np
+import pytest
+from oracle import assert_close, numpy, tensor, torch, torch_twin
+
+from nblstm import reference
+from nblstm.api import LSTM, LSTMCell
+
+DTYPES = [np.float32, np.float64]
+
+# num_layers x bidirectional x bias x proj_size; batch_first and the initial state
+# alternate so every combination of them also appears.
+MATRIX = [
+    dict(num_layers=layers, bidirectional=bidir, bias=bias, proj_size=proj,
+         batch_first=index % 2 == 1, with_state=index % 3 != 0)
+    for index, (layers, bidir, bias, proj) in enumerate(
+        itertools.product([1, 2, 3], [False, True], [True, False], [0, 5]))
+]
+
+
+def _case_id(case):
+    return "-".join(f"{k}={v}" for k, v in case.items())
+
+
+def _random_state(model, batch, rng, batched=True):
+    c = model.config
+    layers = c.num_layers * c.num_directions
+    shape_h = (layers, batch, c.state_size) if batched else (layers, c.state_size)
+    shape_c = (layers, batch, c.hidden_size) if batched else (layers, c.hidden_size)
+    return rng.standard_normal(shape_h).astype(model.dtype), rng.standard_normal(shape_c).astype(model.dtype)
+
+
+def run_both(model, x, hx):
+    """(nblstm result, torch result) as (output, h_n, c_n) NumPy triples."""
+    output, (h_n, c_n) = model(x, hx)
+    twin = torch_twin(model)
+    t_hx = None if hx is None else (tensor(hx[0]), tensor(hx[1]))
+    t_out, (t_h, t_c) = twin(tensor(x), t_hx)
+    return (output, h_n, c_n), (numpy(t_out), numpy(t_h), numpy(t_c))
+
+
+def assert_same(ours, theirs, dtype):
+    for name, a, b in zip(("output", "h_n", "c_n"), ours, theirs):
+        assert a.shape == b.shape, name
+        assert_close(a, b, dtype, what=name)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", MATRIX, ids=_case_id)
+@pytest.mark.parametrize("training", [False, True], ids=["eval", "train"])
+def test_lstm_matches_torch(case, dtype, training, rng):
+    case = dict(case)
+    with_state = case.pop("with_state")
+    model = LSTM(7, 13, dtype=dtype, seed=3, **case)
+    model.train(training)
+    seq_len, batch = 11, 5
+    shape = (batch, seq_len, 7) if case["batch_first"] else (seq_len, batch, 7)
+    x = rng.standard_normal(shape).astype(dtype)
+    hx = _random_state(model, batch, rng) if with_state else None
+    ours, theirs = run_both(model, x, hx)
+    assert_same(ours, theirs, dtype)
+
+
+# Sizes that reach every code path: 1-unit layers, primes, seq_len 1 and 2000,
+# loops vs BLAS products, one thread vs a parallel split of the hidden units,
+# and inference blocks of time steps that do not divide seq_len.
+ODD_SIZES = [
+    # seq_len, batch, input, hidden, extra
+    (1, 1, 1, 1, {}),
+    (2, 1, 1, 1, dict(bidirectional=True)),
+    (1, 7, 13, 37, dict(num_layers=2)),
+    (13, 1, 37, 7, dict(bidirectional=True, proj_size=3)),
+    (7, 37, 13, 1, {}),
+    (2000, 2, 3, 5, {}),
+    (9, 16, 37, 37, dict(bidirectional=True)),          # parallel split, BLAS products
+    (9, 16, 20, 64, dict(proj_size=17, bidirectional=True)),
+    (37, 64, 5, 48, dict(bidirectional=True)),          # several inference blocks
+    (3, 130, 40, 100, dict(num_layers=2)),
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("sizes", ODD_SIZES, ids=lambda s: "x".join(map(str, s[:4])) + str(s[4] or ""))
+@pytest.mark.parametrize("training", [False, True], ids=["eval", "train"])
+def test_odd_sizes_match_torch(sizes, dtype, training, rng):
+    seq_len, batch, input_size, hidden, extra = sizes
+    model = LSTM(input_size, hidden, dtype=dtype, seed=5, **extra).train(training)
+    x = rng.standard_normal((seq_len, batch, input_size)).astype(dtype)
+    ours, theirs = run_both(model, x, _random_state(model, batch, rng))
+    assert_same(ours, theirs, dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("extra", [{}, dict(num_layers=2, bidirectional=True, proj_size=2)], ids=["plain", "deep"])
+def test_unbatched_input(extra, dtype, rng):
+    model = LSTM(4, 6, dtype=dtype, seed=1, **extra)
+    x = rng.standard_normal((9, 4)).astype(dtype)
+    hx = _random_state(model, None, rng, batched=False)
+    ours, theirs = run_both(model, x, hx)
+    assert ours[0].shape == (9, model.config.num_directions * model.config.state_size)
+    assert_same(ours, theirs, dtype)
+    # the same numbers as a batch of one
+    batched, (h_n, c_n) = model(x[:, None], (hx[0][:, None], hx[1][:, None]))
+    np.testing.assert_array_equal(ours[0], batched[:, 0])
+    np.testing.assert_array_equal(ours[1], h_n[:, 0])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("extra", [{}, dict(num_layers=2, bidirectional=True, proj_size=3, bias=False)],
+                         ids=["plain", "deep"])
+def test_reference_matches_torch_and_nblstm(extra, dtype, rng):
+    model = LSTM(6, 8, dtype=dtype, seed=2, **extra)
+    x = rng.standard_normal((12, 3, 6)).astype(dtype)
+    h0, c0 = _random_state(model, 3, rng)
+    ref_out, ref_h, ref_c, _ = reference.lstm_forward(model.state_dict(), model.config, x, h0, c0)
+    ours, theirs = run_both(model, x, (h0, c0))
+    assert_same((ref_out, ref_h, ref_c), theirs, dtype)
+    assert_same((ref_out, ref_h, ref_c), ours, dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("bias", [True, False])
+def test_cell_matches_torch(bias, dtype, rng):
+    cell = LSTMCell(5, 7, bias=bias, dtype=dtype, seed=4)
+    twin = torch_twin(cell)
+    x = rng.standard_normal((3, 5)).astype(dtype)
+    h, c = (rng.standard_normal((3, 7)).astype(dtype) for _ in range(2))
+    for hx in (None, (h, c)):
+        ours = cell(x, hx)
+        theirs = twin(tensor(x), None if hx is None else (tensor(h), tensor(c)))
+        for a, b in zip(ours, theirs):
+            assert_close(a, numpy(b), dtype)
+    h1, c1 = cell(x[0], (h[0], c[0]))  # unbatched
+    assert h1.shape == (7,)
+    assert_close(h1, cell(x, (h, c))[0][0], dtype)
+
+
+def test_cell_steps_equal_lstm(rng):
+    """Stepping LSTMCell by hand gives LSTM's output with the same weights."""
+    lstm = LSTM(3, 4, seed=0)
+    cell = LSTMCell(3, 4)
+    cell.load_state_dict({name[:-3]: value for name, value in lstm.state_dict().items()})
+    x = rng.standard_normal((6, 2, 3)).astype(np.float32)
+    output, (h_n, c_n) = lstm(x)
+    h = c = np.zeros((2, 4), np.float32)
+    for t in range(6):
+        h, c = cell(x[t], (h, c))
+        assert_close(h, output[t], np.float32)
+    assert_close(c, c_n[0], np.float32)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_nan_and_inf_propagate_like_torch(dtype):
+    model = LSTM(3, 4, num_layers=2, dtype=dtype, seed=0)
+    x = np.ones((5, 2, 3), dtype)
+    x[1, 0, 0] = np.nan
+    x[2, 1, 1] = np.inf
+    ours, theirs = run_both(model, x, None)
+    for a, b in zip(ours, theirs):
+        np.testing.assert_array_equal(np.isnan(a), np.isnan(b))
+        finite = np.isfinite(b)
+        assert_close(a[finite], b[finite], dtype)
+
+
+def test_torch_float32_inputs_accepted():
+    """Torch tensors are taken as arrays (converted through NumPy)."""
+    model = LSTM(3, 4, seed=0)
+    x = np.random.default_rng(0).standard_normal((4, 2, 3)).astype(np.float32)
+    np.testing.assert_array_equal(model(torch.from_numpy(x))[0], model(x)[0])

@@ -1,0 +1,252 @@
+"""Backward parity: every gradient of nblstm's BPTT against torch autograd, finite differences and the reference."""
+import numpy as np
+import pytest
+from oracle import assert_close, numpy, tensor, torch, torch_twin
+from test_forward import MATRIX, ODD_SIZES, _case_id, _random_state
+
+from nblstm import reference
+from nblstm.api import LSTM, LSTMCell
+
+DTYPES = [np.float32, np.float64]
+
+
+def torch_gradients(model, x, hx, grad_output, grad_h_n, grad_c_n):
+    """grad_x, grad_h0, grad_c0 and {name: grad} from torch autograd with the same weights."""
+    twin = torch_twin(model)
+    t_x = tensor(x, requires_grad=True)
+    t_h0, t_c0 = tensor(hx[0], requires_grad=True), tensor(hx[1], requires_grad=True)
+    out, (h_n, c_n) = twin(t_x, (t_h0, t_c0))
+    loss = (out * tensor(grad_output)).sum() + (h_n * tensor(grad_h_n)).sum() + (c_n * tensor(grad_c_n)).sum()
+    loss.backward()
+    return numpy(t_x.grad), numpy(t_h0.grad), numpy(t_c0.grad), {n: numpy(p.grad) for n, p in twin.named_parameters()}
+
+
+def upstream(model, output, h_n, c_n, rng):
+    return tuple(rng.standard_normal(a.shape).astype(model.dtype) for a in (output, h_n, c_n))
+
+
+def check_against_torch(model, x, hx, rng):
+    output, (h_n, c_n) = model(x, hx)
+    grad_output, grad_h_n, grad_c_n = upstream(model, output, h_n, c_n, rng)
+    grad_x, (grad_h0, grad_c0) = model.backward(grad_output, (grad_h_n, grad_c_n))
+    expected = torch_gradients(model, x, hx, grad_output, grad_h_n, grad_c_n)
+    dtype = model.dtype
+    for name, ours, theirs in zip(("input", "h0", "c0"), (grad_x, grad_h0, grad_c0), expected[:3]):
+        assert ours.shape == theirs.shape, name
+        assert_close(ours, theirs, dtype, grad=True, what=name)
+    assert set(model.grads) == set(expected[3])
+    for name, theirs in expected[3].items():
+        assert_close(model.grads[name], theirs, dtype, grad=True, what=name)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", MATRIX, ids=_case_id)
+def test_gradients_match_torch(case, dtype, rng):
+    case = dict(case)
+    case.pop("with_state")
+    model = LSTM(7, 13, dtype=dtype, seed=3, **case)
+    seq_len, batch = 11, 5
+    shape = (batch, seq_len, 7) if case["batch_first"] else (seq_len, batch, 7)
+    x = rng.standard_normal(shape).astype(dtype)
+    check_against_torch(model, x, _random_state(model, batch, rng), rng)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("sizes", ODD_SIZES, ids=lambda s: "x".join(map(str, s[:4])) + str(s[4] or ""))
+def test_odd_size_gradients_match_torch(sizes, dtype, rng):
+    seq_len, batch, input_size, hidden, extra = sizes
+    model = LSTM(input_size, hidden, dtype=dtype, seed=5, **extra)
+    x = rng.standard_normal((seq_len, batch, input_size)).astype(dtype)
+    check_against_torch(model, x, _random_state(model, batch, rng), rng)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_unbatched_gradients_match_torch(dtype, rng):
+    model = LSTM(4, 6, num_layers=2, bidirectional=True, proj_size=2, dtype=dtype, seed=1)
+    x = rng.standard_normal((9, 4)).astype(dtype)
+    check_against_torch(model, x, _random_state(model, None, rng, batched=False), rng)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("bias", [True, False])
+def test_cell_gradients_match_torch(bias, dtype, rng):
+    cell = LSTMCell(5, 7, bias=bias, dtype=dtype, seed=4)
+    twin = torch_twin(cell)
+    x, h, c = (rng.standard_normal((3, n)).astype(dtype) for n in (5, 7, 7))
+    h1, c1 = cell(x, (h, c))
+    grad_h, grad_c = rng.standard_normal(h1.shape).astype(dtype), rng.standard_normal(c1.shape).astype(dtype)
+    grad_x, (grad_h0, grad_c0) = cell.backward(grad_h, grad_c)
+    t_x, t_h, t_c = (tensor(a, requires_grad=True) for a in (x, h, c))
+    t_h1, t_c1 = twin(t_x, (t_h, t_c))
+    ((t_h1 * tensor(grad_h)).sum() + (t_c1 * tensor(grad_c)).sum()).backward()
+    for ours, theirs in ((grad_x, t_x), (grad_h0, t_h), (grad_c0, t_c)):
+        assert_close(ours, numpy(theirs.grad), dtype, grad=True)
+    for name, parameter in twin.named_parameters():
+        assert_close(cell.grads[name], numpy(parameter.grad), dtype, grad=True, what=name)
+
+
+def test_cell_bptt_by_hand_equals_lstm_backward(rng):
+    """Stepping LSTMCell forward, then backward in reverse order, is BPTT of the whole LSTM."""
+    lstm = LSTM(3, 4, dtype="float64", seed=0)
+    cell = LSTMCell(3, 4, dtype="float64")
+    cell.load_state_dict({name[:-3]: value for name, value in lstm.state_dict().items()})
+    x = rng.standard_normal((6, 2, 3))
+    output, _ = lstm(x)
+    grad_output = rng.standard_normal(output.shape)
+    grad_x, (grad_h0, grad_c0) = lstm.backward(grad_output)
+    h = c = np.zeros((2, 4))
+    for t in range(6):
+        h, c = cell(x[t], (h, c))
+    grad_h, grad_c = np.zeros((2, 4)), np.zeros((2, 4))
+    for t in reversed(range(6)):
+        grad_x_t, (grad_h, grad_c) = cell.backward(grad_output[t] + grad_h, grad_c)
+        np.testing.assert_allclose(grad_x_t, grad_x[t], rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(grad_h, grad_h0[0], rtol=1e-12, atol=1e-12)
+    for name, grad in cell.grads.items():
+        np.testing.assert_allclose(grad, lstm.grads[name + "_l0"], rtol=1e-12, atol=1e-12)
+
+
+def _loss_and_gradients(model, x, hx, weights):
+    """L = sum(output * w_out) + sum(h_n * w_h) + sum(c_n * w_c), and its analytic gradients."""
+    output, (h_n, c_n) = model(x, hx)
+    loss = sum(float((a * w).sum()) for a, w in zip((output, h_n, c_n), weights))
+    return loss, output, h_n, c_n
+
+
+@pytest.mark.parametrize("extra", [dict(), dict(num_layers=2, bidirectional=True, proj_size=2, bias=False),
+                                   dict(num_layers=2, batch_first=True)], ids=["plain", "deep-proj", "batch-first"])
+def test_finite_differences_float64(extra, rng):
+    """Central differences of a scalar loss agree with backward for inputs, states and every parameter."""
+    model = LSTM(3, 5, dtype="float64", seed=7, **extra)
+    x = rng.standard_normal((3, 4, 3))  # (seq_len, batch) = (3, 4), or (4, 3) batch-first
+    hx = _random_state(model, 3 if model.batch_first else 4, rng)
+    output, (h_n, c_n) = model(x, hx)
+    weights = upstream(model, output, h_n, c_n, rng)
+    grad_x, (grad_h0, grad_c0) = model.backward(*weights[:1], weights[1:])
+    model.eval()
+    step = 1e-6
+
+    def numeric(array, index):
+        saved = array[index]
+        array[index] = saved + step
+        plus = _loss_and_gradients(model, x, hx, weights)[0]
+        array[index] = saved - step
+        minus = _loss_and_gradients(model, x, hx, weights)[0]
+        array[index] = saved
+        return (plus - minus) / (2 * step)
+
+    targets = [("input", x, grad_x), ("h0", hx[0], grad_h0), ("c0", hx[1], grad_c0)]
+    targets += [(name, value, model.grads[name]) for name, value in model.named_parameters()]
+    for name, array, analytic in targets:
+        for flat in rng.choice(array.size, size=min(4, array.size), replace=False):
+            index = np.unravel_index(flat, array.shape)
+            np.testing.assert_allclose(numeric(array, index), analytic[index], rtol=1e-6, atol=1e-8, err_msg=name)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_dropout_masks_match_reference(dtype, rng):
+    """In training, dropout between layers is inverted dropout; forward and backward equal the
+    reference run with the same masks."""
+    model = LSTM(4, 6, num_layers=3, dropout=0.4, bidirectional=True, dtype=dtype, seed=11)
+    x = rng.standard_normal((7, 5, 4)).astype(dtype)
+    output, (h_n, c_n) = model(x)
+    masks = model._tapes[-1].dropout_masks
+    assert len(masks) == 2
+    for mask in masks:
+        assert set(np.unique(mask)) <= {0, dtype(1 / 0.6)}
+    params = model.state_dict()
+    zeros = [np.zeros(s.shape, dtype) for s in (h_n, c_n)]
+    ref_out, ref_h, ref_c, tape = reference.lstm_forward(params, model.config, x, *zeros, dropout_masks=masks)
+    assert_close(output, ref_out, dtype)
+    grad_output = rng.standard_normal(output.shape).astype(dtype)
+    grad_x, _ = model.backward(grad_output)
+    ref_grad_x, _, _, ref_grads = reference.lstm_backward(params, model.config, tape, *zeros, grad_output,
+                                                          dropout_masks=masks)
+    assert_close(grad_x, ref_grad_x, dtype, grad=True)
+    for name, grad in ref_grads.items():
+        assert_close(model.grads[name], grad, dtype, grad=True, what=name)
+
+
+def test_dropout_statistics_and_seeding(rng):
+    x = rng.standard_normal((50, 40, 8)).astype(np.float32)
+    first = LSTM(8, 16, num_layers=2, dropout=0.5, seed=3)
+    second = LSTM(8, 16, num_layers=2, dropout=0.5, seed=3)
+    np.testing.assert_array_equal(first(x)[0], second(x)[0])  # seeded: reproducible
+    mask = first._tapes[-1].dropout_masks[0]
+    assert abs((mask == 0).mean() - 0.5) < 0.02
+    np.testing.assert_array_equal(first.eval()(x)[0], second.eval()(x)[0])
+    # eval mode: no dropout, same as PyTorch in eval
+    twin = torch_twin(first)
+    assert_close(first(x)[0], numpy(twin(tensor(x))[0]), np.float32)
+    assert not np.array_equal(first.train()(x)[0], first.eval()(x)[0])
+
+
+def test_dropout_one_zeroes_the_upper_layer_input(rng):
+    model = LSTM(3, 4, num_layers=2, dropout=1.0, seed=0)
+    x = rng.standard_normal((5, 2, 3)).astype(np.float32)
+    out_x = model(x)[0]
+    out_zero = model(np.zeros_like(x))[0]  # layer 1 sees zeros either way
+    np.testing.assert_allclose(out_x, out_zero, atol=1e-7)
+
+
+def test_truncated_bptt_stops_at_chunk_start(rng):
+    """The final state of one chunk seeds the next; backward on a chunk ends at its start (like
+    detaching the state in PyTorch)."""
+    model = LSTM(3, 5, num_layers=2, dtype="float64", seed=2)
+    twin = torch_twin(model)
+    x = rng.standard_normal((10, 2, 3))
+    state, t_state = None, None
+    for chunk in (x[:6], x[6:]):
+        model.zero_grad()
+        twin.zero_grad()
+        output, state = model(chunk, state)
+        grad_output = rng.standard_normal(output.shape)
+        grad_x, _ = model.backward(grad_output)
+        t_x = tensor(chunk, requires_grad=True)
+        t_out, t_state = twin(t_x, None if t_state is None else tuple(s.detach() for s in t_state))
+        (t_out * tensor(grad_output)).sum().backward()
+        np.testing.assert_allclose(grad_x, numpy(t_x.grad), rtol=1e-9, atol=1e-9)
+        for name, parameter in twin.named_parameters():
+            np.testing.assert_allclose(model.grads[name], numpy(parameter.grad), rtol=1e-9, atol=1e-9)
+
+
+def test_gradients_accumulate_until_zero_grad(rng):
+    model = LSTM(3, 4, dtype="float64", seed=0)
+    x = rng.standard_normal((5, 2, 3))
+    grad_output = rng.standard_normal((5, 2, 4))
+    model(x)
+    model.backward(grad_output)
+    once = {name: grad.copy() for name, grad in model.grads.items()}
+    model(x)
+    model.backward(grad_output)
+    for name, grad in model.grads.items():
+        np.testing.assert_allclose(grad, 2 * once[name], rtol=1e-12)
+    model.zero_grad()
+    assert all(not grad.any() for grad in model.grads.values())
+
+
+def test_backward_needs_a_training_forward(rng):
+    model = LSTM(3, 4, seed=0)
+    x = rng.standard_normal((5, 2, 3)).astype(np.float32)
+    with pytest.raises(RuntimeError, match="training mode"):
+        model.backward(np.ones((5, 2, 4), np.float32))
+    model.eval()
+    model(x)
+    with pytest.raises(RuntimeError, match="training mode"):
+        model.backward(np.ones((5, 2, 4), np.float32))
+    model.train()
+    model(x)
+    with pytest.raises(ValueError, match=r"grad_output must have the shape of the forward result \(5, 2, 4\)"):
+        model.backward(np.ones((5, 2, 3), np.float32))
+    with pytest.raises(ValueError, match="grad_h_n"):
+        model.backward(np.ones((5, 2, 4), np.float32), (np.ones((2, 2, 4), np.float32), None))
+    model.backward(np.ones((5, 2, 4), np.float32))  # the failed calls kept the forward
+    with pytest.raises(RuntimeError, match="once"):
+        model.backward(np.ones((5, 2, 4), np.float32))
+
+
+def test_eval_forward_keeps_nothing_for_backward(rng):
+    model = LSTM(3, 4, seed=0).eval()
+    for _ in range(3):
+        model(rng.standard_normal((50, 2, 3)).astype(np.float32))
+    assert model._tapes == []

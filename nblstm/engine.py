@@ -132,7 +132,9 @@ def forward(params, config, x, h0, c0, training=False, dropout_rng=None, backend
     h_n, c_n = backend.empty(h0.shape, dtype), backend.empty(c0.shape, dtype)
     tape = Tape(h0, c0, plan, backend) if training else None
     gate_slots = seq_len if training else min(seq_len, max(1, INFERENCE_BLOCK_ROWS // batch))
-    c_slots = seq_len if training else 1
+    # Inference keeps two cell states, c_{t-1} and c_t, in alternating slots: never
+    # one slot read and written in place, which would stop LLVM vectorising the step.
+    c_slots = seq_len if training else min(seq_len, 2)
     cell_slots = c_slots if config.proj_size > 0 else 0
     if not training:  # one work space serves every layer and direction
         gates = backend.empty((gate_slots, batch, NUM_GATES * hidden), dtype)

@@ -18,7 +18,7 @@ from numba import njit, prange
 
 from .._config import JIT_OPTIONS, PARALLEL_JIT_OPTIONS
 from .activations import tanh
-from .cpu_forward import time_index
+from .cpu_forward import gate_slices, time_index
 from .parallel import matmul, part_range
 
 
@@ -33,21 +33,20 @@ def cell_backward_part(gates_t, c_t, c_prev, dh, dc, start, stop):
     dc:      (batch, hidden) gradient of c_t from later steps; on return that of c_prev
     """
     hidden = c_t.shape[1]
-    f_rows, g_rows, o_rows = hidden, 2 * hidden, 3 * hidden
     one = c_t.dtype.type(1.0)
     for b in range(gates_t.shape[0]):
-        for j in range(start, stop):
-            i_gate = gates_t[b, j]
-            f_gate = gates_t[b, f_rows + j]
-            g_gate = gates_t[b, g_rows + j]
-            o_gate = gates_t[b, o_rows + j]
-            tanh_c = tanh(c_t[b, j])
-            dc_t = dc[b, j] + dh[b, j] * o_gate * (one - tanh_c * tanh_c)
-            gates_t[b, j] = dc_t * g_gate * i_gate * (one - i_gate)
-            gates_t[b, f_rows + j] = dc_t * c_prev[b, j] * f_gate * (one - f_gate)
-            gates_t[b, g_rows + j] = dc_t * i_gate * (one - g_gate * g_gate)
-            gates_t[b, o_rows + j] = dh[b, j] * tanh_c * o_gate * (one - o_gate)
-            dc[b, j] = dc_t * f_gate
+        i_row, f_row, g_row, o_row = gate_slices(gates_t[b], hidden, start, stop)
+        c_row, c_prev_row = c_t[b, start:stop], c_prev[b, start:stop]
+        dh_row, dc_row = dh[b, start:stop], dc[b, start:stop]
+        for j in range(stop - start):
+            i_gate, f_gate, g_gate, o_gate = i_row[j], f_row[j], g_row[j], o_row[j]
+            tanh_c = tanh(c_row[j])
+            dc_t = dc_row[j] + dh_row[j] * o_gate * (one - tanh_c * tanh_c)
+            i_row[j] = dc_t * g_gate * i_gate * (one - i_gate)
+            f_row[j] = dc_t * c_prev_row[j] * f_gate * (one - f_gate)
+            g_row[j] = dc_t * i_gate * (one - g_gate * g_gate)
+            o_row[j] = dh_row[j] * tanh_c * o_gate * (one - o_gate)
+            dc_row[j] = dc_t * f_gate
 
 
 @njit(**PARALLEL_JIT_OPTIONS)
@@ -69,9 +68,11 @@ def _add_into(total, term):
 @njit(**JIT_OPTIONS)
 def _column_sums_into(total, matrix, start, stop):
     """total[j] += sum over rows of matrix[:, j] for j in [start, stop)."""
+    total_part = total[start:stop]
     for r in range(matrix.shape[0]):
-        for j in range(start, stop):
-            total[j] += matrix[r, j]
+        row = matrix[r, start:stop]
+        for j in range(stop - start):
+            total_part[j] += row[j]
 
 
 @njit(**PARALLEL_JIT_OPTIONS)

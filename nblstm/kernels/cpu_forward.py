@@ -30,6 +30,18 @@ def time_index(step, seq_len, reverse):
 
 
 @njit(**JIT_OPTIONS)
+def gate_slices(row, hidden, start, stop):
+    """The i, f, g, o entries of hidden units [start, stop) in a (4*hidden,) row of gates.
+
+    Kernels loop over these zero-based slices rather than over range(start, stop):
+    with a non-negative loop index Numba emits no negative-index wraparound, which
+    lets LLVM vectorise the gate math.
+    """
+    return (row[start:stop], row[hidden + start:hidden + stop],
+            row[2 * hidden + start:2 * hidden + stop], row[3 * hidden + start:3 * hidden + stop])
+
+
+@njit(**JIT_OPTIONS)
 def cell_forward_part(gates_t, bias, h_prev, w_hh, c_prev, c_t, h_dst, h_dst_col, start, stop):
     """One time step for hidden units [start, stop).
 
@@ -39,27 +51,27 @@ def cell_forward_part(gates_t, bias, h_prev, w_hh, c_prev, c_t, h_dst, h_dst_col
     h_prev:    (batch, state) previous hidden state
     w_hh:      (4*hidden, state)
     c_prev:    (batch, hidden) previous cell state
-    c_t:       (batch, hidden) receives the new cell state (may be c_prev itself)
+    c_t:       (batch, hidden) receives the new cell state (not c_prev: vectorisation needs them apart)
     h_dst:     (batch, >= h_dst_col + hidden) receives o * tanh(c_t) in columns h_dst_col + j
     """
     hidden = c_t.shape[1]
     for gate in range(NUM_GATES):
         rows = gate * hidden
         gemm(h_prev, w_hh[rows + start:rows + stop], gates_t[:, rows + start:rows + stop], False, True, 1.0)
-    f_rows, g_rows, o_rows = hidden, 2 * hidden, 3 * hidden
+    i_bias, f_bias, g_bias, o_bias = gate_slices(bias, hidden, start, stop)
     for b in range(gates_t.shape[0]):
-        for j in range(start, stop):
-            i_gate = sigmoid(gates_t[b, j] + bias[j])
-            f_gate = sigmoid(gates_t[b, f_rows + j] + bias[f_rows + j])
-            g_gate = tanh(gates_t[b, g_rows + j] + bias[g_rows + j])
-            o_gate = sigmoid(gates_t[b, o_rows + j] + bias[o_rows + j])
-            c = f_gate * c_prev[b, j] + i_gate * g_gate
-            c_t[b, j] = c
-            h_dst[b, h_dst_col + j] = o_gate * tanh(c)
-            gates_t[b, j] = i_gate
-            gates_t[b, f_rows + j] = f_gate
-            gates_t[b, g_rows + j] = g_gate
-            gates_t[b, o_rows + j] = o_gate
+        i_row, f_row, g_row, o_row = gate_slices(gates_t[b], hidden, start, stop)
+        c_prev_row, c_row = c_prev[b, start:stop], c_t[b, start:stop]
+        h_row = h_dst[b, h_dst_col + start:h_dst_col + stop]
+        for j in range(stop - start):
+            i_gate = sigmoid(i_row[j] + i_bias[j])
+            f_gate = sigmoid(f_row[j] + f_bias[j])
+            g_gate = tanh(g_row[j] + g_bias[j])
+            o_gate = sigmoid(o_row[j] + o_bias[j])
+            c = f_gate * c_prev_row[j] + i_gate * g_gate
+            c_row[j] = c
+            h_row[j] = o_gate * tanh(c)
+            i_row[j], f_row[j], g_row[j], o_row[j] = i_gate, f_gate, g_gate, o_gate
 
 
 @njit(**PARALLEL_JIT_OPTIONS)
@@ -85,7 +97,8 @@ def lstm_layer_forward(x, w_ih, w_hh, bias, w_hr, h0, c0, reverse, n_parts,
     n_parts:    threads to split each step between (1 runs serially)
     gates:      (gate_slots, batch, 4*hidden) work space; time t uses slot t % gate_slots.
                 With gate_slots == seq_len it keeps every step's activations for backward.
-    c_seq:      (c_slots, batch, hidden) cell states, slot t % c_slots (c_slots: seq_len or 1)
+    c_seq:      (c_slots, batch, hidden) cell states, slot t % c_slots (c_slots: seq_len, or 2
+                to keep only c_{t-1} and c_t)
     h_cell_seq: (c_slots, batch, hidden) o * tanh(c) before the projection; unused (may be
                 (0, 0, 0)) without projection
     out:        (seq_len, batch, >= out_col + state) receives h_t in columns out_col:out_col + state

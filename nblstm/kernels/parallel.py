@@ -3,10 +3,16 @@
 Each thread writes its own slice of the output, so no two threads touch the
 same element: no atomics, no reductions across threads.
 """
+import numba
 from numba import njit, prange
 
 from .._config import JIT_OPTIONS, PARALLEL_JIT_OPTIONS
 from .blas import gemm
+
+# A cached kernel that calls a parallel one does not start Numba's threading
+# layer when it is loaded from the cache, and crashes (numba issue #8578).
+# Starting the layer here, before any kernel can load, avoids that.
+numba.get_num_threads()
 
 # Ranges are split in blocks of this many elements (one cache line of float32,
 # a whole number of SIMD vectors).

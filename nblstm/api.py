@@ -113,7 +113,7 @@ class _Recurrent:
         if array.shape != expected:
             raise ValueError(f"size mismatch for {name}: copying a param with shape {_shape(array)}, "
                              f"the shape in the current model is {expected}")
-        self._parameters[name] = np.array(array, dtype=self.dtype, order="C")
+        np.copyto(self._parameters[name], array, casting="unsafe")  # in place, as torch's copy_
 
     def named_parameters(self):
         """(name, array) pairs in PyTorch's order; the arrays are the live parameters."""

@@ -180,3 +180,14 @@ def test_constructor_checks(kwargs, error, message):
 def test_dropout_on_one_layer_warns_like_torch():
     with pytest.warns(UserWarning, match="non-zero dropout expects num_layers greater than 1"):
         LSTM(3, 4, dropout=0.5)
+
+
+def test_loading_copies_into_the_live_arrays():
+    """As in PyTorch, loading or assigning parameters copies into them: references stay valid."""
+    model = LSTM(3, 4, seed=0)
+    held = list(model.parameters())
+    model.load_state_dict(LSTM(3, 4, seed=1).state_dict())
+    model.weight_hh_l0 = np.full((16, 4), 2.0)
+    for (name, value), reference in zip(model.named_parameters(), held):
+        assert value is reference, name
+    assert (held[1] == 2).all()

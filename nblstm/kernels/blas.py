@@ -17,7 +17,7 @@ import ctypes
 
 import llvmlite.binding as llvm
 import scipy.linalg.cython_blas as cython_blas
-from numba import njit, types
+from numba import carray, njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic, overload
 
@@ -25,6 +25,9 @@ from .._config import JIT_OPTIONS
 
 # Below this many multiply-adds a compiled loop beats the BLAS call overhead.
 BLAS_MIN_WORK = 4096
+# Up to this many rows of c (a batch of LSTM states), register-blocked loops beat
+# BLAS, which is tuned for large matrices (measured: see the benchmarks).
+LOOPS_MAX_ROWS = 1
 
 
 def _capsule_address(capsule):
@@ -97,45 +100,125 @@ def _gemm_blas(a, b, c, trans_a, trans_b, beta, m, n, k):
     )
 
 
+@intrinsic
+def _address_as_pointer(typingctx, address, dtype):
+    """The integer ``address`` as a pointer to ``dtype`` elements (for numba.carray)."""
+    pointer_type = types.CPointer(dtype.dtype)
+
+    def codegen(context, builder, signature, args):
+        return builder.inttoptr(args[0], context.get_value_type(pointer_type))
+
+    return pointer_type(address, dtype), codegen
+
+
+@njit(**JIT_OPTIONS)
+def _row(matrix, i):
+    """Row i of a 2-D array with a contiguous last axis, typed as a C-contiguous 1-D array.
+
+    A row of a sliced ('A' layout) matrix has an unknown stride as far as Numba
+    knows, which stops LLVM from vectorising loops over it; this view does not.
+    """
+    return carray(_address_as_pointer(matrix[i:].ctypes.data, matrix.dtype), matrix.shape[1])
+
+
+@njit(**JIT_OPTIONS)
+def _store(c_row, j, n, beta, sums):
+    """c_row[j + q] = sums[q] + beta * c_row[j + q] for the q < 4 with j + q < n (beta == 0 overwrites)."""
+    for q in range(min(4, n - j)):
+        c_row[j + q] = sums[q] if beta == 0.0 else sums[q] + beta * c_row[j + q]
+
+
+@njit(**JIT_OPTIONS)
+def _dot_2x4(a0, a1, b0, b1, b2, b3):
+    """The 8 dot products of rows a0, a1 with rows b0..b3 (1-D, same length)."""
+    zero = a0.dtype.type(0.0)
+    s00 = s01 = s02 = s03 = s10 = s11 = s12 = s13 = zero
+    for p in range(a0.shape[0]):
+        x0, x1 = a0[p], a1[p]
+        w0, w1, w2, w3 = b0[p], b1[p], b2[p], b3[p]
+        s00 += x0 * w0
+        s01 += x0 * w1
+        s02 += x0 * w2
+        s03 += x0 * w3
+        s10 += x1 * w0
+        s11 += x1 * w1
+        s12 += x1 * w2
+        s13 += x1 * w3
+    return (s00, s01, s02, s03), (s10, s11, s12, s13)
+
+
+@njit(**JIT_OPTIONS)
+def _dot_1x4(a0, b0, b1, b2, b3):
+    """The 4 dot products of row a0 with rows b0..b3."""
+    zero = a0.dtype.type(0.0)
+    s0 = s1 = s2 = s3 = zero
+    for p in range(a0.shape[0]):
+        x0 = a0[p]
+        s0 += x0 * b0[p]
+        s1 += x0 * b1[p]
+        s2 += x0 * b2[p]
+        s3 += x0 * b3[p]
+    return s0, s1, s2, s3
+
+
+@njit(**JIT_OPTIONS)
+def _gemm_nt_loops(a, b, c, beta):
+    """c = a @ b.T + beta * c as register blocks of dot products: 2 rows of a by 4 rows of b,
+    and 1 by 4 for a last odd row (edge columns recompute the last row of b, stored once)."""
+    m, n = c.shape
+    for i in range(0, m, 2):
+        for j in range(0, n, 4):
+            b0, b1 = _row(b, j), _row(b, min(j + 1, n - 1))
+            b2, b3 = _row(b, min(j + 2, n - 1)), _row(b, min(j + 3, n - 1))
+            if i + 1 < m:
+                first, second = _dot_2x4(_row(a, i), _row(a, i + 1), b0, b1, b2, b3)
+                _store(_row(c, i + 1), j, n, beta, second)
+            else:
+                first = _dot_1x4(_row(a, i), b0, b1, b2, b3)
+            _store(_row(c, i), j, n, beta, first)
+
+
 @njit(**JIT_OPTIONS)
 def _scale(c, beta):
     """c *= beta, with beta == 0 meaning overwrite (as BLAS: NaN in c does not survive)."""
     if beta == 1.0:
         return
     for i in range(c.shape[0]):
+        c_row = _row(c, i)
         for j in range(c.shape[1]):
-            c[i, j] = 0.0 if beta == 0.0 else beta * c[i, j]
+            c_row[j] = 0.0 if beta == 0.0 else beta * c_row[j]
 
 
 @njit(**JIT_OPTIONS)
-def _gemm_loops(a, b, c, trans_a, trans_b, beta, m, n, k):
+def _axpy4(y, x0, x1, x2, x3, w0, w1, w2, w3):
+    """y += x0 * w0 + x1 * w1 + x2 * w2 + x3 * w3 (1-D arrays, scalar x)."""
+    for j in range(y.shape[0]):
+        y[j] += x0 * w0[j] + x1 * w1[j] + x2 * w2[j] + x3 * w3[j]
+
+
+@njit(**JIT_OPTIONS)
+def _element(a, i, p, trans_a):
+    """op(a)[i, p]."""
+    return a[p, i] if trans_a else a[i, p]
+
+
+@njit(**JIT_OPTIONS)
+def _gemm_nn_loops(a, b, c, trans_a, beta):
+    """c = op(a) @ b + beta * c as sums of scaled rows of b, four rows of b at a time."""
     _scale(c, beta)
-    if not trans_a and trans_b:  # c[i, j] += a[i, :] . b[j, :]
-        for i in range(m):
-            for j in range(n):
-                acc = c.dtype.type(0.0)
-                for p in range(k):
-                    acc += a[i, p] * b[j, p]
-                c[i, j] += acc
-    elif not trans_a:  # c[i, :] += a[i, p] * b[p, :]
-        for i in range(m):
-            for p in range(k):
-                a_ip = a[i, p]
-                for j in range(n):
-                    c[i, j] += a_ip * b[p, j]
-    elif not trans_b:  # c[i, :] += a[p, i] * b[p, :]
-        for p in range(k):
-            for i in range(m):
-                a_pi = a[p, i]
-                for j in range(n):
-                    c[i, j] += a_pi * b[p, j]
-    else:  # c[i, j] += a[:, i] . b[j, :]
-        for i in range(m):
-            for j in range(n):
-                acc = c.dtype.type(0.0)
-                for p in range(k):
-                    acc += a[p, i] * b[j, p]
-                c[i, j] += acc
+    m = c.shape[0]
+    k = b.shape[0]
+    zero = c.dtype.type(0.0)
+    for i in range(m):
+        c_row = _row(c, i)
+        for p in range(0, k, 4):
+            last = min(p + 3, k - 1)
+            x0 = _element(a, i, p, trans_a)
+            x1 = _element(a, i, p + 1, trans_a) if p + 1 <= last else zero
+            x2 = _element(a, i, p + 2, trans_a) if p + 2 <= last else zero
+            x3 = _element(a, i, p + 3, trans_a) if p + 3 <= last else zero
+            _axpy4(c_row, x0, x1, x2, x3, _row(b, p), _row(b, min(p + 1, last)),
+                   _row(b, min(p + 2, last)), _row(b, last))
 
 
 @njit(**JIT_OPTIONS)
@@ -150,10 +233,13 @@ def gemm(a, b, c, trans_a=False, trans_b=False, beta=0.0):
     k = a.shape[0] if trans_a else a.shape[1]
     if m == 0 or n == 0:
         return
-    if m * n * k >= BLAS_MIN_WORK:
+    small = m * n * k < BLAS_MIN_WORK or (m <= LOOPS_MAX_ROWS and not trans_a)
+    if not small or (trans_a and trans_b):
         _gemm_blas(a, b, c, trans_a, trans_b, beta, m, n, k)
+    elif trans_b:
+        _gemm_nt_loops(a, b, c, beta)
     else:
-        _gemm_loops(a, b, c, trans_a, trans_b, beta, m, n, k)
+        _gemm_nn_loops(a, b, c, trans_a, beta)
 
 
 _blas_controllers_cache = []

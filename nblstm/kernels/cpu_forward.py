@@ -55,9 +55,12 @@ def cell_forward_part(gates_t, bias, h_prev, w_hh, c_prev, c_t, h_dst, h_dst_col
     h_dst:     (batch, >= h_dst_col + hidden) receives o * tanh(c_t) in columns h_dst_col + j
     """
     hidden = c_t.shape[1]
-    for gate in range(NUM_GATES):
-        rows = gate * hidden
-        gemm(h_prev, w_hh[rows + start:rows + stop], gates_t[:, rows + start:rows + stop], False, True, 1.0)
+    if stop - start == hidden:  # all hidden units: the four gates' rows form one block
+        gemm(h_prev, w_hh, gates_t, False, True, 1.0)
+    else:
+        for gate in range(NUM_GATES):
+            rows = gate * hidden
+            gemm(h_prev, w_hh[rows + start:rows + stop], gates_t[:, rows + start:rows + stop], False, True, 1.0)
     i_bias, f_bias, g_bias, o_bias = gate_slices(bias, hidden, start, stop)
     for b in range(gates_t.shape[0]):
         i_row, f_row, g_row, o_row = gate_slices(gates_t[b], hidden, start, stop)

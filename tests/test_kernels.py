@@ -1,0 +1,78 @@
+"""The building blocks of the CPU kernels: activations (with their error bound), gemm, work splitting."""
+import numpy as np
+import pytest
+from numba import njit
+
+from nblstm._config import JIT_OPTIONS
+from nblstm.kernels.activations import sigmoid, tanh
+from nblstm.kernels.blas import gemm
+from nblstm.kernels.parallel import part_range
+
+
+@njit(**JIT_OPTIONS)
+def _apply(x, sigmoid_out, tanh_out):
+    for i in range(x.size):
+        sigmoid_out[i] = sigmoid(x[i])
+        tanh_out[i] = tanh(x[i])
+
+
+def _activations(x):
+    s, t = np.empty_like(x), np.empty_like(x)
+    _apply(x, s, t)
+    return s, t
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_activation_error_bound_over_the_whole_range(dtype):
+    """Within 4 ulp of the correctly rounded value (extended-precision reference), and
+    sigmoid within 1e-7 / 2e-16 absolute everywhere."""
+    x = np.concatenate([np.linspace(-50, 50, 1_000_001), np.geomspace(1e-30, 50, 20001),
+                        -np.geomspace(1e-30, 50, 20001), [0.0, -0.0]]).astype(dtype)
+    s, t = _activations(x)
+    xl = x.astype(np.longdouble)
+    with np.errstate(over="ignore"):
+        ref_s, ref_t = 1 / (1 + np.exp(-xl)), np.tanh(xl)
+    ulp = lambda ours, ref: np.abs(ours - ref) / np.spacing(np.abs(ref).astype(dtype))
+    normal = ref_s > np.finfo(dtype).tiny * 1e3  # away from underflow
+    assert ulp(s, ref_s)[normal].max() <= 4
+    assert ulp(t, ref_t).max() <= 4
+    assert np.abs(s - ref_s).max() <= (1e-7 if dtype == np.float32 else 2e-16)
+    assert np.all((s >= 0) & (s <= 1)) and np.all(np.abs(t) <= 1)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_activation_special_values(dtype):
+    x = np.array([np.nan, np.inf, -np.inf, 0.0, 1e30, -1e30], dtype)
+    s, t = _activations(x)
+    assert np.isnan(s[0]) and np.isnan(t[0])
+    assert s[1] == 1 and s[2] < 1e-30 and s[3] == 0.5 and s[4] == 1 and s[5] < 1e-30
+    np.testing.assert_array_equal(t[1:], [1, -1, 0, 1, -1])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("m,n,k", [(1, 1, 1), (3, 5, 7), (2, 9, 4), (1, 80, 20), (16, 300, 256),
+                                   (17, 33, 5), (64, 300, 256), (5, 0, 3), (4, 6, 0)])
+@pytest.mark.parametrize("trans_a,trans_b", [(False, False), (False, True), (True, False), (True, True)])
+@pytest.mark.parametrize("beta", [0.0, 0.5, 1.0])
+def test_gemm_matches_numpy(m, n, k, trans_a, trans_b, beta, dtype, rng):
+    """Loops and BLAS alike, on column slices of wider arrays; beta == 0 ignores NaN in c."""
+    a = rng.standard_normal((k, m) if trans_a else (m, k)).astype(dtype)
+    b = rng.standard_normal((n, k) if trans_b else (k, n)).astype(dtype)
+    wide = rng.standard_normal((m, n + 10)).astype(dtype)
+    c = wide[:, 3:3 + n]
+    if beta == 0:
+        c[...] = np.nan
+    expected = (a.T if trans_a else a) @ (b.T if trans_b else b) + (beta * c if beta else 0)
+    gemm(a, b, c, trans_a, trans_b, beta)
+    tolerance = 1e-4 if dtype == np.float32 else 1e-12
+    np.testing.assert_allclose(c, expected, rtol=tolerance, atol=tolerance * max(k, 1))
+    assert np.isfinite(wide[:, :3]).all() and np.isfinite(wide[:, 3 + n:]).all()  # outside c untouched
+
+
+@pytest.mark.parametrize("size", [0, 1, 15, 16, 17, 100, 1024])
+@pytest.mark.parametrize("n_parts", [1, 2, 3, 7])
+def test_part_range_covers_everything_once(size, n_parts):
+    bounds = [part_range(part, n_parts, size) for part in range(n_parts)]
+    assert bounds[0][0] == 0 and bounds[-1][1] == size
+    for (start, stop), (next_start, _) in zip(bounds, bounds[1:]):
+        assert start <= stop == next_start

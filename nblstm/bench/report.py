@@ -1,0 +1,200 @@
+"""Results of a sweep: derived metrics, the machine they came from, table, JSON and CSV.
+
+A results document (JSON) holds ``format``, ``created``, ``command``,
+``machine`` (CPU model, cores, thread count, library versions, BLAS),
+``settings``, ``peak`` ({dtype: matrix-product ceiling}), ``backends``
+({name: availability and reason}) and ``rows``: one per (case, mode, backend)
+with the configuration, ``status`` (ok, mismatch, unsupported, error, skipped)
+and ``reason``, and for timed rows the seconds per call (``median_s``,
+quartiles ``q1_s``/``q3_s``, ``min_s``, ``max_s``), ``first_call_s``,
+``compile_s``, ``max_error`` against the float64 reference, and the derived
+``seq_per_s`` (sequences per second = batch / median_s), ``gflops``
+(``flops`` / median_s, see ``nblstm.bench.cases``), ``pct_peak`` (of the
+matrix-product peak in the row's dtype; CPU backends only) and ``speedup``
+(``baseline``'s median time / this median time: > 1 is faster).
+"""
+import csv
+import datetime
+import importlib.metadata
+import json
+import os
+import platform
+
+from .backends import BACKENDS, BASELINES
+
+FORMAT = "nblstm-bench/1"
+LIBRARIES = ("nblstm", "numpy", "numba", "llvmlite", "scipy", "torch", "onnx", "onnxruntime", "threadpoolctl")
+CSV_COLUMNS = (
+    "case", "mode", "backend", "device", "dtype", "seq_len", "batch", "input_size", "hidden_size", "num_layers",
+    "bidirectional", "proj_size", "threads", "status", "reason", "median_s", "q1_s", "q3_s", "min_s", "max_s",
+    "samples", "calls_per_sample", "setup_s", "first_call_s", "compile_s", "max_error", "flops", "seq_per_s",
+    "gflops", "pct_peak", "baseline", "speedup",
+)
+
+
+def cpu_model():
+    """The CPU's marketing name where the OS tells it, else the architecture."""
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _version(distribution):
+    try:
+        return importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def _blas_pools():
+    from threadpoolctl import threadpool_info
+
+    keys = ("user_api", "internal_api", "version", "num_threads", "prefix")
+    return [{key: pool.get(key) for key in keys} for pool in threadpool_info()]
+
+
+def _numba_threading_layer():
+    import numba
+
+    try:
+        return numba.threading_layer()
+    except ValueError:  # no parallel kernel has run yet
+        return None
+
+
+def machine_info(threads):
+    """Where the numbers come from: CPU, cores, thread count, OS, library versions, BLAS pools."""
+    return {
+        "cpu": cpu_model(),
+        "logical_cores": os.cpu_count(),
+        "usable_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "threads": threads,
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "numba_threading_layer": _numba_threading_layer(),
+        "libraries": {name: _version(name) for name in LIBRARIES},
+        "blas": _blas_pools(),
+    }
+
+
+def backend_table(available, unavailable):
+    """{name: {available, reason, device, description}} for every backend considered."""
+    table = {b.name: {"available": True, "reason": None} for b in available}
+    table.update({name: {"available": False, "reason": reason} for name, reason in unavailable.items()})
+    for name, entry in table.items():
+        entry.update(device=BACKENDS[name].device, description=BACKENDS[name].description)
+    return table
+
+
+def add_derived(rows, peaks):
+    """Fill seq_per_s, gflops, pct_peak, baseline and speedup of the timed rows (in place).
+
+    peaks: {dtype: GFLOP/s}; the speed-up baseline of a (case, mode, dtype) group is the first
+    backend of BASELINES that was timed in it.
+    """
+    timed = [row for row in rows if row["status"] == "ok" and row.get("median_s")]
+    medians = {(r["case"], r["mode"], r["dtype"], r["backend"]): r["median_s"] for r in timed}
+    for row in timed:
+        row["seq_per_s"] = row["batch"] / row["median_s"]
+        row["gflops"] = row["flops"] / row["median_s"] / 1e9
+        peak = peaks.get(row["dtype"])
+        row["pct_peak"] = 100.0 * row["gflops"] / peak if peak and row["device"] == "cpu" else None
+        group = (row["case"], row["mode"], row["dtype"])
+        baseline = next((name for name in BASELINES if group + (name,) in medians), None)
+        row["baseline"] = baseline
+        row["speedup"] = medians[group + (baseline,)] / row["median_s"] if baseline else None
+    return rows
+
+
+def document(rows, machine, settings, peaks, backends, command, extra_settings=None):
+    return {
+        "format": FORMAT,
+        "created": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "command": command,
+        "machine": machine,
+        "settings": dict(settings, **(extra_settings or {})),
+        "peak": peaks,
+        "backends": backends,
+        "rows": rows,
+    }
+
+
+def _plain(value):
+    """JSON form of NumPy scalars."""
+    if hasattr(value, "item"):
+        return value.item()
+    raise TypeError(f"cannot write {type(value).__name__} to JSON")
+
+
+def write_json(path, results):
+    with open(path, "w") as handle:
+        json.dump(results, handle, indent=1, default=_plain, allow_nan=False)
+
+
+def read_json(path):
+    """A results document written by ``write_json``; ValueError when the file is not one."""
+    with open(path) as handle:
+        try:
+            results = json.load(handle)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{path} is not JSON: {error}") from None
+    if not isinstance(results, dict) or results.get("format") != FORMAT or "rows" not in results:
+        raise ValueError(f"{path} is not an nblstm-bench results file (expected format {FORMAT!r})")
+    return results
+
+
+def write_csv(path, rows):
+    with open(path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=CSV_COLUMNS, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def _number(value, digits=3):
+    if value is None:
+        return "-"
+    if value >= 10 ** digits:
+        return f"{value:,.0f}"
+    return f"{value:.{digits}g}"
+
+
+def _table_cells(row):
+    if row["status"] != "ok":
+        return [row["case"], row["dtype"], row["mode"], row["backend"], "", "", "", "", "", "", row["status"]]
+    ms = 1e3
+    speedup = f"{row['speedup']:.2f}x" if row.get("speedup") else "-"
+    return [row["case"], row["dtype"], row["mode"], row["backend"], _number(row["median_s"] * ms),
+            f"{_number(row['q1_s'] * ms)}-{_number(row['q3_s'] * ms)}", _number(row["seq_per_s"]),
+            _number(row["gflops"]), _number(row["pct_peak"], 2), speedup, "ok"]
+
+
+TABLE_HEADER = ["case", "dtype", "mode", "backend", "median ms", "IQR ms", "seq/s", "GFLOP/s", "% peak",
+                "speed-up", "status"]
+
+
+def format_table(rows):
+    """A fixed-width text table, one line per row, then one line per distinct reason a backend was not timed."""
+    lines = [TABLE_HEADER] + [_table_cells(row) for row in rows]
+    widths = [max(len(str(line[i])) for line in lines) for i in range(len(TABLE_HEADER))]
+    text = ["  ".join(str(cell).ljust(width) for cell, width in zip(line, widths)).rstrip() for line in lines]
+    text.insert(1, "  ".join("-" * width for width in widths))
+    baselines = sorted({row["baseline"] for row in rows if row.get("baseline")})
+    if baselines:
+        text.append(f"speed-up = {' or '.join(baselines)} median time / backend median time (> 1: faster)")
+    reasons = dict.fromkeys(f"{r['backend']} {r['mode']}: {r['status']}: {r['reason']}"
+                            for r in rows if r["status"] != "ok")
+    return "\n".join(text + list(reasons))
+
+
+def compile_summary(rows):
+    """{backend: first-call overhead (compilation, cache loading, lazy set-up) summed over the rows, seconds}."""
+    overhead = {}
+    for row in rows:
+        if row.get("compile_s") is not None:
+            overhead[row["backend"]] = overhead.get(row["backend"], 0.0) + row["compile_s"]
+    return overhead

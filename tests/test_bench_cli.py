@@ -1,0 +1,219 @@
+"""The nblstm-bench command and the harness under it: options, outputs, checks, bad input. Tiny sizes only."""
+import csv
+import json
+
+import numba
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from nblstm.bench import cases as bench_cases
+from nblstm.bench.backends import BACKENDS, Backend, Prepared, Problem, make_problem
+from nblstm.bench.cli import main
+from nblstm.bench.runner import Settings, measure_case, run_sweep
+from nblstm.bench.threads import thread_limit
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+TINY_SIZES = ["--seq-len", "3", "--batch", "2", "--input-size", "4", "--hidden-size", "5"]
+FAST = ["--threads", "1", "--repeats", "2", "--warmup", "0", "--min-sample-time", "0", "--peak-size", "32"]
+FAST_SETTINGS = Settings(threads=1, repeats=2, warmup=0, min_sample_s=0.0)
+
+
+def invoke(*args):
+    return CliRunner().invoke(main, list(args), catch_exceptions=False)
+
+
+def test_help_lists_the_commands():
+    result = invoke("--help")
+    assert result.exit_code == 0
+    for command in ("run", "plot", "backends", "peak"):
+        assert command in result.output
+
+
+def test_tiny_run_writes_json_csv_and_png(tmp_path):
+    paths = {kind: tmp_path / f"out.{kind}" for kind in ("json", "csv", "png")}
+    result = invoke("run", "-b", "nblstm", "-b", "numpy", "--mode", "both", *TINY_SIZES, "--layers", "1",
+                    "--layers", "2", "--bidirectional", "--dtype", "float64", *FAST,
+                    "--json", str(paths["json"]), "--csv", str(paths["csv"]), "--plot", str(paths["png"]))
+    assert result.exit_code == 0, result.output
+    results = json.loads(paths["json"].read_text())
+    assert results["format"] == "nblstm-bench/1"
+    assert results["machine"]["threads"] == 1 and results["machine"]["libraries"]["numpy"] == np.__version__
+    assert set(results["peak"]) == {"float64"}
+    rows = results["rows"]
+    assert len(rows) == 2 * 2 * 2  # cases x modes x backends
+    assert {(r["num_layers"], r["mode"], r["backend"]) for r in rows} == {
+        (layers, mode, backend) for layers in (1, 2) for mode in ("fwd", "train") for backend in ("nblstm", "numpy")}
+    for row in rows:
+        assert row["status"] == "ok", row
+        assert row["bidirectional"] and row["dtype"] == "float64"
+        assert row["q1_s"] <= row["median_s"] <= row["q3_s"] and row["gflops"] > 0 and row["seq_per_s"] > 0
+        assert row["baseline"] == "numpy"  # no torch in this run
+    with open(paths["csv"], newline="") as handle:
+        assert len(list(csv.DictReader(handle))) == len(rows)
+    assert paths["png"].read_bytes().startswith(PNG_MAGIC)
+    assert "median ms" in result.output
+
+
+def test_run_without_paths_fills_the_results_folder(tmp_path):
+    result = invoke("run", "-b", "numpy", "--mode", "fwd", *TINY_SIZES, *FAST, "--out", str(tmp_path / "res"))
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in (tmp_path / "res").iterdir()) == ["results.csv", "results.json", "results.png"]
+
+
+def test_no_arguments_runs_the_quick_preset_into_a_timestamped_folder(monkeypatch, tmp_path):
+    monkeypatch.setitem(bench_cases.PRESETS, "quick", (bench_cases.NAMED["tiny"],))
+    monkeypatch.chdir(tmp_path)
+    result = invoke()
+    assert result.exit_code == 0, result.output
+    [folder] = (tmp_path / "nblstm-results").iterdir()
+    results = json.loads((folder / "results.json").read_text())
+    assert results["settings"]["preset"] == "quick"
+    assert {row["case"] for row in results["rows"]} == {bench_cases.NAMED["tiny"].label}
+
+
+def test_plot_redraws_saved_results(tmp_path):
+    saved = tmp_path / "r.json"
+    assert invoke("run", "-b", "numpy", "--mode", "fwd", *TINY_SIZES, *FAST, "--json", str(saved)).exit_code == 0
+    result = invoke("plot", str(saved), "-o", str(tmp_path / "again.png"))
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "again.png").read_bytes().startswith(PNG_MAGIC)
+    assert invoke("plot", str(saved)).exit_code == 0
+    assert (tmp_path / "r.png").read_bytes().startswith(PNG_MAGIC)
+
+
+def test_plot_refuses_a_file_that_is_not_results(tmp_path):
+    other = tmp_path / "other.json"
+    other.write_text('{"hello": 1}')
+    result = CliRunner().invoke(main, ["plot", str(other)])
+    assert result.exit_code == 2 and "not an nblstm-bench results file" in result.output
+
+
+def test_backends_lists_every_backend_with_a_reason_when_unavailable():
+    result = invoke("backends")
+    assert result.exit_code == 0
+    lines = [line for line in result.output.splitlines() if line and not line.startswith(" ")]
+    assert [line.split()[0] for line in lines] == list(BACKENDS)
+    for name, backend in BACKENDS.items():
+        reason = backend.unavailable_reason()
+        if reason:
+            assert f"unavailable: {reason}" in result.output
+
+
+def test_peak_runs_on_a_tiny_size():
+    result = invoke("peak", "--size", "32", "--dtype", "float32", "--threads", "1", "--repeats", "1")
+    assert result.exit_code == 0
+    assert "float32:" in result.output and "GFLOP/s" in result.output
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--hidden-size", "-1"], "--hidden-size"),
+    (["--hidden-size", "0"], "--hidden-size"),
+    (["--batch", "0"], "--batch"),
+    (["--backend", "fortran"], "--backend"),
+    (["--mode", "sideways"], "--mode"),
+    (["--dtype", "float16"], "--dtype"),
+    (["--threads", "0"], "--threads"),
+    (["--preset", "quick", "--hidden-size", "8"], "cannot be combined"),
+    (["--hidden-size", "8", "--proj-size", "8"], "proj_size"),
+    (["--preset", "huge"], "--preset"),
+])
+def test_bad_options_get_a_clear_message_and_a_nonzero_exit(args, message):
+    result = CliRunner().invoke(main, ["run", *args])
+    assert result.exit_code == 2
+    assert message in result.output
+    assert "Traceback" not in result.output
+
+
+def test_asking_only_for_unavailable_backends_fails(monkeypatch):
+    monkeypatch.setattr(BACKENDS["numpy"], "unavailable_reason", lambda: "switched off for this test")
+    result = CliRunner().invoke(main, ["run", "-b", "numpy", *TINY_SIZES, *FAST])
+    assert result.exit_code == 1
+    assert "switched off for this test" in result.output and "none of the selected backends" in result.output
+
+
+class WrongGateOrder(Backend):
+    """The NumPy backend with the forget and cell gates swapped (a plausible layout bug); no projection."""
+
+    name = "wrong"
+
+    def prepare(self, problem, mode, threads):
+        swapped = {}
+        for name, value in problem.params.items():
+            i, f, g, o = np.split(value, 4, axis=0)
+            swapped[name] = np.concatenate([i, g, f, o])
+        wrong = Problem(problem.case, swapped, problem.x, problem.grad_output)
+        return BACKENDS["numpy"].prepare(wrong, mode, threads)
+
+
+def test_a_backend_that_disagrees_with_the_reference_is_reported_and_not_timed():
+    case = bench_cases.NAMED["tiny"]
+    rows = measure_case(case, ["fwd"], [WrongGateOrder(), BACKENDS["numpy"]], FAST_SETTINGS)
+    by_backend = {row["backend"]: row for row in rows}
+    assert by_backend["wrong"]["status"] == "mismatch" and "median_s" not in by_backend["wrong"]
+    assert "exceeds" in by_backend["wrong"]["reason"]
+    assert by_backend["numpy"]["status"] == "ok" and by_backend["numpy"]["median_s"] > 0
+
+
+class Failing(Backend):
+    name = "failing"
+
+    def prepare(self, problem, mode, threads):
+        return Prepared(lambda: 1 / 0, lambda raw: {})
+
+
+def test_a_backend_that_raises_is_reported_and_the_sweep_goes_on():
+    rows = measure_case(bench_cases.NAMED["tiny"], ["fwd"], [Failing(), BACKENDS["numpy"]], FAST_SETTINGS)
+    by_backend = {row["backend"]: row for row in rows}
+    assert by_backend["failing"]["status"] == "error" and "ZeroDivisionError" in by_backend["failing"]["reason"]
+    assert by_backend["numpy"]["status"] == "ok"
+
+
+@pytest.mark.parametrize("name", ["tiny", "stacked-bi"])
+def test_onnxruntime_graph_matches_the_reference(name):
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    rows = measure_case(bench_cases.NAMED[name], ["fwd", "train"], [BACKENDS["onnxruntime"]], FAST_SETTINGS)
+    by_mode = {row["mode"]: row for row in rows}
+    assert by_mode["fwd"]["status"] == "ok", by_mode["fwd"]["reason"]
+    assert by_mode["train"]["status"] == "unsupported"
+
+
+def test_every_available_backend_agrees_with_the_reference_in_both_modes():
+    available = [b for b in BACKENDS.values() if b.unavailable_reason() is None]
+    [(_, rows)] = run_sweep([bench_cases.NAMED["stacked-bi"]], ["fwd", "train"], available, FAST_SETTINGS)
+    for row in rows:
+        assert row["status"] in ("ok", "unsupported"), row
+
+
+def test_flop_count_follows_the_documented_formula():
+    L, N, I, H = 10, 2, 3, 4
+    assert bench_cases.Case(L, N, I, H).flops("fwd") == 2 * L * N * 4 * H * (I + H)
+    assert bench_cases.Case(L, N, I, H).flops("train") == 3 * 2 * L * N * 4 * H * (I + H)
+    stacked = bench_cases.Case(L, N, I, H, num_layers=2, bidirectional=True)
+    assert stacked.flops("fwd") == 2 * (2 * L * N * 4 * H * (I + H)) + 2 * (2 * L * N * 4 * H * (2 * H + H))
+    projected = bench_cases.Case(L, N, I, H, proj_size=2)
+    assert projected.flops("fwd") == 2 * L * N * 4 * H * (I + 2) + 2 * L * N * H * 2
+
+
+def test_problem_is_the_same_for_the_same_seed():
+    first, second = make_problem(bench_cases.NAMED["tiny"], 3), make_problem(bench_cases.NAMED["tiny"], 3)
+    assert all(np.array_equal(first.params[k], second.params[k]) for k in first.params)
+    assert np.array_equal(first.x, second.x) and np.array_equal(first.grad_output, second.grad_output)
+
+
+def test_thread_limit_sets_and_restores_numba_threads():
+    before = numba.get_num_threads()
+    with thread_limit(1):
+        assert numba.get_num_threads() == 1
+    assert numba.get_num_threads() == before
+
+
+def test_presets_hold_the_sizes_of_the_brief():
+    seeds = {(c.seq_len, c.batch, c.input_size, c.hidden_size) for c in bench_cases.PRESETS["seeds"]}
+    assert {(100, 64, 256, 256), (10, 1, 20, 20), (1000, 8, 256, 256), (100, 64, 512, 1024)} <= seeds
+    deepbench = bench_cases.PRESETS["deepbench"]
+    assert all(c.input_size == c.hidden_size for c in deepbench)
+    assert {c.modes for c in deepbench if c.batch <= 4} == {("fwd",)}
+    assert set(bench_cases.PRESETS["quick"]) <= set(bench_cases.PRESETS["full"])
+

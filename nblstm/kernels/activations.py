@@ -11,11 +11,10 @@ polynomial (float32) or the (3, 3) Pade form (float64); 2**n built from its
 exponent bits.  tanh uses a small odd polynomial for |x| < 0.625 and
 1 - 2 / (exp(2|x|) + 1) above; sigmoid is 1 / (1 + exp(-x)).
 
-Error bound, checked by ``tests/test_activations.py`` against float64 (for
-float32) and extended-precision (for float64) references over the whole range:
-tanh and sigmoid are within 4 ulp of the correctly rounded result in float32
-and 1e-15 relative in float64 away from underflow, and sigmoid's absolute error
-is below 1e-7 (float32) / 1e-16 (float64) everywhere.  NaN propagates;
+Error bound, checked by ``tests/test_kernels.py`` against an extended-precision
+reference over the whole range: tanh and sigmoid are within 4 ulp of the
+correctly rounded result (away from underflow), in float32 and float64, and
+sigmoid's absolute error is below 1e-7 (float32) / 2e-16 (float64) everywhere.  NaN propagates;
 +-inf give the exact limits (0, 1 or +-1).
 """
 import numpy as np

@@ -10,6 +10,13 @@ Input dtype rule: the model computes in its own dtype (float32 by default,
 float64 on request).  Any floating-point input (float16, float32, float64) is
 converted to the model's dtype and results come back in it; integer, boolean,
 complex and object arrays are refused with a TypeError.
+
+Devices: ``device="cuda"`` (or ``.to("cuda")``) keeps parameters, gradients and
+states on an NVIDIA GPU and runs the numba.cuda kernels.  Such a model takes
+NumPy arrays (copied in, results copied back to NumPy) and GPU arrays through
+``__cuda_array_interface__`` (Numba device arrays, CuPy arrays, PyTorch CUDA
+tensors) without host copies, returning Numba device arrays.  ``grads`` stay on
+the GPU; ``state_dict()`` returns host copies.
 """
 import json
 import numbers
@@ -18,6 +25,7 @@ import warnings
 import numpy as np
 
 from . import engine
+from .cuda import backend as cuda_backend
 from .params import LSTMConfig, init_parameters, parameter_shapes
 
 _DTYPES = {"float32": np.dtype(np.float32), "float64": np.dtype(np.float64)}
@@ -62,18 +70,42 @@ def _check_bool(name, value):
 
 
 def _to_numpy(value):
-    """A NumPy view of an array-like; torch tensors are detached and moved to the CPU."""
+    """A NumPy view of an array-like; torch tensors are detached and moved to the CPU, GPU arrays copied to it."""
     if hasattr(value, "detach") and hasattr(value, "cpu"):
         value = value.detach().cpu().numpy()
+    elif hasattr(value, "copy_to_host"):
+        value = value.copy_to_host()
     return np.asarray(value)
+
+
+def _check_floating(dtype, name):
+    if not np.issubdtype(dtype, np.floating):
+        raise TypeError(f"{name} must be a floating-point array (float32 or float64), got dtype {dtype}")
 
 
 def as_float_array(value, name, dtype):
     """``value`` as a C-contiguous, writable array of the model's dtype, refusing non-float input."""
     array = _to_numpy(value)
-    if not np.issubdtype(array.dtype, np.floating):
-        raise TypeError(f"{name} must be a floating-point array (float32 or float64), got dtype {array.dtype}")
+    _check_floating(array.dtype, name)
     return np.require(array, dtype=dtype, requirements=("C", "W"))
+
+
+def _host_copy(array):
+    """A NumPy copy of a host or GPU array."""
+    return array.copy() if isinstance(array, np.ndarray) else array.copy_to_host()
+
+
+def _with_batch_axis(array, axis):
+    """A view of C-contiguous ``array`` (host or GPU) with a batch axis of size 1 inserted at ``axis``."""
+    shape = tuple(array.shape)
+    return array.reshape(shape[:axis] + (1,) + shape[axis:])
+
+
+def _swap_leading_axes(array):
+    """A C-contiguous (B, A, F) copy of an (A, B, F) array, on the device the array is on."""
+    if isinstance(array, np.ndarray):
+        return np.ascontiguousarray(array.transpose(1, 0, 2))
+    return cuda_backend().swap_leading_axes(array)
 
 
 def _shape(array):
@@ -83,7 +115,7 @@ def _shape(array):
 class _Recurrent:
     """Parameters, gradients, state dicts, files and modes shared by LSTM and LSTMCell."""
 
-    def _init_parameters(self, shapes, hidden_size, dtype, seed):
+    def _init_parameters(self, shapes, hidden_size, dtype, seed, device="cpu"):
         object.__setattr__(self, "_parameters", {})
         self.dtype = _model_dtype(dtype)
         self._rng = _generator(seed)
@@ -91,6 +123,47 @@ class _Recurrent:
         self.grads = {name: np.zeros_like(value) for name, value in self._parameters.items()}
         self.training = True
         self._tapes = []
+        self.device, self._backend = "cpu", engine.CPU
+        self.to(device)
+
+    # -- devices ----------------------------------------------------------------------------
+    def to(self, device):
+        """Move parameters and gradients to ``device`` ('cpu', 'cuda' or 'cuda:0'); returns self, as
+        ``torch.nn.Module.to`` does.
+
+        Training-mode forwards not yet backpropagated are dropped (what they saved stays on the old
+        device).  Raises RuntimeError when 'cuda' is asked for and no CUDA device is available
+        (``nblstm.cuda.unavailable_reason()`` says why), ValueError for any other device.
+        """
+        device = _check_device(device)
+        if device == self.device:
+            return self
+        backend = engine.CPU if device == "cpu" else cuda_backend()
+        place = (lambda array: array) if device == "cpu" else backend.from_host
+        self._parameters = {name: place(_host_copy(value)) for name, value in self._parameters.items()}
+        self.grads = {name: place(_host_copy(value)) for name, value in self.grads.items()}
+        self._tapes = []
+        self.device, self._backend = device, backend
+        return self
+
+    def _as_array(self, value, name):
+        """``value`` as a C-contiguous float array of the model's dtype on the model's device.
+
+        On 'cuda', GPU arrays are used in place (or converted on the GPU) and host arrays copied in.
+        """
+        if self.device == "cpu":
+            return as_float_array(value, name, self.dtype)
+        view = self._backend.device_view(value)
+        if view is None:
+            return self._backend.from_host(as_float_array(value, name, self.dtype))
+        _check_floating(view.dtype, name)
+        return self._backend.contiguous(view, self.dtype)
+
+    def _for_caller(self, caller_value, *arrays):
+        """``arrays`` as they go back to the caller: host copies when a 'cuda' model was given host data."""
+        if self.device == "cpu" or self._backend.device_view(caller_value) is not None:
+            return arrays
+        return tuple(self._backend.to_host(array) for array in arrays)
 
     # -- parameters as attributes, as in torch.nn.Module ---------------------------------
     def __getattr__(self, name):
@@ -113,7 +186,10 @@ class _Recurrent:
         if array.shape != expected:
             raise ValueError(f"size mismatch for {name}: copying a param with shape {_shape(array)}, "
                              f"the shape in the current model is {expected}")
-        np.copyto(self._parameters[name], array, casting="unsafe")  # in place, as torch's copy_
+        if self.device == "cpu":
+            np.copyto(self._parameters[name], array, casting="unsafe")  # in place, as torch's copy_
+        else:
+            self._parameters[name].copy_to_device(np.ascontiguousarray(array, dtype=self.dtype))
 
     def named_parameters(self):
         """(name, array) pairs in PyTorch's order; the arrays are the live parameters."""
@@ -123,9 +199,9 @@ class _Recurrent:
         return iter(list(self._parameters.values()))
 
     def state_dict(self, as_torch=False):
-        """{name: copy of the parameter}; ``as_torch=True`` gives torch tensors, which
+        """{name: host NumPy copy of the parameter}; ``as_torch=True`` gives (CPU) torch tensors, which
         ``torch.nn.LSTM.load_state_dict`` accepts."""
-        state = {name: value.copy() for name, value in self._parameters.items()}
+        state = {name: _host_copy(value) for name, value in self._parameters.items()}
         if as_torch:
             import torch
 
@@ -153,7 +229,7 @@ class _Recurrent:
     def zero_grad(self):
         """Reset every accumulated gradient to zero."""
         for grad in self.grads.values():
-            grad[...] = 0
+            grad[:] = 0
 
     def train(self, mode=True):
         """Training mode: dropout on, and forward keeps what backward needs."""
@@ -171,7 +247,7 @@ class _Recurrent:
     def save(self, path):
         """Write configuration and parameters to a portable ``.npz`` file (no pickles)."""
         config = dict(self._config_dict(), dtype=self.dtype.name, format=_FILE_FORMAT, kind=type(self).__name__)
-        np.savez(path, __nblstm_config__=np.array(json.dumps(config)), **self._parameters)
+        np.savez(path, __nblstm_config__=np.array(json.dumps(config)), **self.state_dict())
 
     @classmethod
     def load(cls, path):
@@ -196,7 +272,7 @@ class _Recurrent:
         return self._tapes.pop()
 
     def _check_grad(self, grad, name, expected_shape):
-        array = as_float_array(grad, name, self.dtype)
+        array = self._as_array(grad, name)
         if array.shape != expected_shape:
             raise ValueError(f"{name} must have the shape of the forward result {expected_shape}, "
                              f"got {_shape(array)}")
@@ -218,7 +294,10 @@ class LSTM(_Recurrent):
     Arguments as PyTorch's (input_size, hidden_size, num_layers=1, bias=True,
     batch_first=False, dropout=0.0, bidirectional=False, proj_size=0), plus
     ``dtype`` ('float32' default or 'float64') and ``seed`` (int or
-    numpy.random.Generator) for initialisation and dropout.
+    numpy.random.Generator) for initialisation and dropout.  ``device`` is
+    'cpu' (default) or 'cuda' / 'cuda:0' (see the module docstring); 'cuda'
+    raises RuntimeError when no CUDA device is available, any other device
+    ValueError.  LSTMCell takes ``device`` the same way.
 
     Call ``lstm(input, (h_0, c_0))`` with input of shape (L, N, H_in), (N, L, H_in)
     with batch_first, or (L, H_in) unbatched; h_0: (D*num_layers, N, H_out) and
@@ -249,8 +328,7 @@ class LSTM(_Recurrent):
         self.config = LSTMConfig(input_size, hidden_size, num_layers, _check_bool("bias", bias),
                                  _check_bool("batch_first", batch_first), float(dropout),
                                  _check_bool("bidirectional", bidirectional), proj_size)
-        _check_device(device)
-        self._init_parameters(self.config.shapes(), hidden_size, dtype, seed)
+        self._init_parameters(self.config.shapes(), hidden_size, dtype, seed, _check_device(device))
 
     def __getattr__(self, name):
         config = self.__dict__.get("config")
@@ -276,46 +354,49 @@ class LSTM(_Recurrent):
     def forward(self, input, hx=None):
         """Run the LSTM; see the class docstring for shapes.  Returns ``output, (h_n, c_n)``."""
         c = self.config
-        x = as_float_array(input, "input", self.dtype)
+        x = self._as_array(input, "input")
         if x.ndim not in (2, 3):
             raise ValueError(f"LSTM: Expected input to be 2-D (L, H_in) or 3-D "
                              f"({'N, L' if c.batch_first else 'L, N'}, H_in), got {x.ndim}-D of shape {_shape(x)}")
-        if x.shape[-1] != c.input_size:
+        if _shape(x)[-1] != c.input_size:
             raise ValueError(f"input.shape[-1] must be equal to input_size. Expected {c.input_size}, "
-                             f"got {x.shape[-1]} (input shape {_shape(x)})")
+                             f"got {_shape(x)[-1]} (input shape {_shape(x)})")
         batched = x.ndim == 3
         if not batched:
-            x = x[:, None, :]
+            x = _with_batch_axis(x, 1)
         elif c.batch_first:
-            x = np.ascontiguousarray(x.transpose(1, 0, 2))
+            x = _swap_leading_axes(x)
         seq_len, batch = x.shape[0], x.shape[1]
         if seq_len == 0 or batch == 0:
             raise ValueError(f"Expected sequence length and batch size larger than 0, got input of shape "
                              f"{_shape(input) if hasattr(input, 'shape') else _shape(x)}")
         h0, c0 = self._initial_state(hx, batch, batched)
-        output, h_n, c_n, tape = engine.forward(self._parameters, c, x, h0, c0, self.training, self._rng)
+        output, h_n, c_n, tape = engine.forward(self._parameters, c, x, h0, c0, self.training, self._rng,
+                                                backend=self._backend)
         if tape is not None:
             tape.layout = (batched, seq_len, batch)
             self._tapes.append(tape)
-        return self._user_layout(output, batched), (self._squeeze(h_n, batched), self._squeeze(c_n, batched))
+        output, h_n, c_n = self._for_caller(input, self._user_layout(output, batched), self._squeeze(h_n, batched),
+                                            self._squeeze(c_n, batched))
+        return output, (h_n, c_n)
 
     __call__ = forward
 
     def _initial_state(self, hx, batch, batched):
         h_shape, c_shape = self._state_shapes(batch)
         if hx is None:
-            return np.zeros(h_shape, self.dtype), np.zeros(c_shape, self.dtype)
+            return self._backend.zeros(h_shape, self.dtype), self._backend.zeros(c_shape, self.dtype)
         if not isinstance(hx, (tuple, list)) or len(hx) != 2 or hx[0] is None or hx[1] is None:
             raise TypeError("hx must be a tuple (h_0, c_0) of two arrays, or None for zeros; "
                             f"got {type(hx).__name__}" + (f" of length {len(hx)}" if isinstance(hx, (tuple, list)) else ""))
-        h0 = as_float_array(hx[0], "h_0", self.dtype)
-        c0 = as_float_array(hx[1], "c_0", self.dtype)
+        h0 = self._as_array(hx[0], "h_0")
+        c0 = self._as_array(hx[1], "c_0")
         rank = 3 if batched else 2
         if h0.ndim != rank or c0.ndim != rank:
             raise ValueError(f"For {'batched 3-D' if batched else 'unbatched 2-D'} input, h_0 and c_0 should also be "
                              f"{rank}-D but got ({h0.ndim}-D, {c0.ndim}-D) arrays")
         if not batched:
-            h0, c0 = h0[:, None, :], c0[:, None, :]
+            h0, c0 = _with_batch_axis(h0, 1), _with_batch_axis(c0, 1)
         if h0.shape != h_shape:
             raise ValueError(f"Expected hidden[0] (h_0) size {self._squeeze_shape(h_shape, batched)}, "
                              f"got {self._squeeze_shape(h0.shape, batched)}")
@@ -338,15 +419,15 @@ class LSTM(_Recurrent):
         if not batched:
             return sequence[:, 0, :]
         if self.config.batch_first:
-            return np.ascontiguousarray(sequence.transpose(1, 0, 2))
+            return _swap_leading_axes(sequence)
         return sequence
 
     def _time_major(self, array, batched):
         """Inverse of ``_user_layout``."""
         if not batched:
-            return array[:, None, :]
+            return _with_batch_axis(array, 1)
         if self.config.batch_first:
-            return np.ascontiguousarray(array.transpose(1, 0, 2))
+            return _swap_leading_axes(array)
         return array
 
     def backward(self, grad_output, grad_state=None):
@@ -370,13 +451,15 @@ class LSTM(_Recurrent):
         grad_c_n = self._state_grad(grad_c_n, "grad_c_n", c_shape, batched)
         self._pop_tape()
         grad_x, grad_h0, grad_c0 = engine.backward(self._parameters, c, tape, d_out, grad_h_n, grad_c_n, self.grads)
-        return self._user_layout(grad_x, batched), (self._squeeze(grad_h0, batched), self._squeeze(grad_c0, batched))
+        grad_x, grad_h0, grad_c0 = self._for_caller(grad_output, self._user_layout(grad_x, batched),
+                                                    self._squeeze(grad_h0, batched), self._squeeze(grad_c0, batched))
+        return grad_x, (grad_h0, grad_c0)
 
     def _state_grad(self, grad, name, shape, batched):
         if grad is None:
-            return np.zeros(shape, self.dtype)
+            return self._backend.zeros(shape, self.dtype)
         array = self._check_grad(grad, name, self._squeeze_shape(shape, batched))
-        return array if batched else array[:, None, :]
+        return array if batched else _with_batch_axis(array, 1)
 
 
 class LSTMCell(_Recurrent):
@@ -396,9 +479,8 @@ class LSTMCell(_Recurrent):
         input_size = _check_int("input_size", input_size, 1)
         hidden_size = _check_int("hidden_size", hidden_size, 1)
         self.config = LSTMConfig(input_size, hidden_size, bias=_check_bool("bias", bias))
-        _check_device(device)
         self._init_parameters(parameter_shapes(input_size, hidden_size, bias=self.config.bias, cell=True),
-                              hidden_size, dtype, seed)
+                              hidden_size, dtype, seed, _check_device(device))
 
     def __getattr__(self, name):
         config = self.__dict__.get("config")
@@ -420,25 +502,26 @@ class LSTMCell(_Recurrent):
     def forward(self, input, hx=None):
         """One step; returns ``(h', c')`` shaped like h, c."""
         c = self.config
-        x = as_float_array(input, "input", self.dtype)
+        x = self._as_array(input, "input")
         if x.ndim not in (1, 2):
             raise ValueError(f"LSTMCell: Expected input to be 1-D (H_in,) or 2-D (N, H_in), got {x.ndim}-D "
                              f"of shape {_shape(x)}")
-        if x.shape[-1] != c.input_size:
+        if _shape(x)[-1] != c.input_size:
             raise ValueError(f"input.shape[-1] must be equal to input_size. Expected {c.input_size}, "
-                             f"got {x.shape[-1]} (input shape {_shape(x)})")
+                             f"got {_shape(x)[-1]} (input shape {_shape(x)})")
         batched = x.ndim == 2
-        x = x if batched else x[None, :]
+        x = x if batched else _with_batch_axis(x, 0)
         batch = x.shape[0]
         if batch == 0:
             raise ValueError(f"Expected batch size larger than 0, got input of shape {_shape(x)}")
         h, cell = self._initial_state(hx, batch, batched)
-        _, h_n, c_n, tape = engine.forward(self._layer_view(self._parameters), c, x[None], h[None], cell[None],
-                                           self.training)
+        _, h_n, c_n, tape = engine.forward(self._layer_view(self._parameters), c, _with_batch_axis(x, 0),
+                                           _with_batch_axis(h, 0), _with_batch_axis(cell, 0), self.training,
+                                           backend=self._backend)
         if tape is not None:
             tape.layout = (batched, batch)
             self._tapes.append(tape)
-        return self._unbatch(h_n[0], batched), self._unbatch(c_n[0], batched)
+        return self._for_caller(input, self._unbatch(h_n[0], batched), self._unbatch(c_n[0], batched))
 
     __call__ = forward
 
@@ -449,14 +532,14 @@ class LSTMCell(_Recurrent):
     def _initial_state(self, hx, batch, batched):
         shape = (batch, self.config.hidden_size)
         if hx is None:
-            return np.zeros(shape, self.dtype), np.zeros(shape, self.dtype)
+            return self._backend.zeros(shape, self.dtype), self._backend.zeros(shape, self.dtype)
         if not isinstance(hx, (tuple, list)) or len(hx) != 2 or hx[0] is None or hx[1] is None:
             raise TypeError(f"hx must be a tuple (h, c) of two arrays, or None for zeros; got {type(hx).__name__}")
         states = []
         for index, name in enumerate(("h", "c")):
-            state = as_float_array(hx[index], f"hx[{index}] ({name})", self.dtype)
+            state = self._as_array(hx[index], f"hx[{index}] ({name})")
             given = _shape(state)
-            state = state if batched else state[None, :] if state.ndim == 1 else state
+            state = state if batched else _with_batch_axis(state, 0) if state.ndim == 1 else state
             if state.shape != shape:
                 raise ValueError(f"LSTMCell: Expected hx[{index}] ({name}) of shape "
                                  f"{shape if batched else shape[1:]}, got {given}")
@@ -473,18 +556,27 @@ class LSTMCell(_Recurrent):
         tape = self._tapes[-1] if self._tapes else self._pop_tape()
         batched, batch = tape.layout
         shape = (batch, self.config.hidden_size) if batched else (self.config.hidden_size,)
+        caller_grad_h = grad_h
         grad_h = self._check_grad(grad_h, "grad_h", shape)
-        grad_c = np.zeros(shape, self.dtype) if grad_c is None else self._check_grad(grad_c, "grad_c", shape)
+        grad_c = self._backend.zeros(shape, self.dtype) if grad_c is None else self._check_grad(grad_c, "grad_c", shape)
         if not batched:
-            grad_h, grad_c = grad_h[None], grad_c[None]
+            grad_h, grad_c = _with_batch_axis(grad_h, 0), _with_batch_axis(grad_c, 0)
         self._pop_tape()
         grad_x, grad_h0, grad_c0 = engine.backward(
-            self._layer_view(self._parameters), self.config, tape, np.zeros((1,) + grad_h.shape, self.dtype),
-            grad_h[None], grad_c[None], self._layer_view(self.grads))
-        return self._unbatch(grad_x[0], batched), (self._unbatch(grad_h0[0], batched),
-                                                    self._unbatch(grad_c0[0], batched))
+            self._layer_view(self._parameters), self.config, tape,
+            self._backend.zeros((1,) + _shape(grad_h), self.dtype),
+            _with_batch_axis(grad_h, 0), _with_batch_axis(grad_c, 0), self._layer_view(self.grads))
+        grad_x, grad_h0, grad_c0 = self._for_caller(caller_grad_h, self._unbatch(grad_x[0], batched),
+                                                    self._unbatch(grad_h0[0], batched), self._unbatch(grad_c0[0], batched))
+        return grad_x, (grad_h0, grad_c0)
 
 
 def _check_device(device):
-    if device is not None and str(device) != "cpu":
-        raise ValueError(f"device must be 'cpu' (or None), got {device!r}")
+    """'cpu' or 'cuda' from None, a name or a torch.device; ValueError for anything else."""
+    name = "cpu" if device is None else str(device)
+    if name in ("cpu", "cuda"):
+        return name
+    if name == "cuda:0":
+        return "cuda"
+    raise ValueError(f"device must be 'cpu', 'cuda' or 'cuda:0' (or None), got {device!r}; "
+                     "nblstm runs on the current CUDA device (choose it with CUDA_VISIBLE_DEVICES)")

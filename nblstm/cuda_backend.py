@@ -1,0 +1,144 @@
+"""The engine's CUDA backend: Numba device arrays, a launch plan and the numba.cuda layer kernels.
+
+``nblstm.engine`` runs a whole LSTM over a backend object; this one keeps
+every array on the GPU and hands the engine the kernels of
+``nblstm.kernels.cuda_forward`` / ``cuda_backward``.  It also has the few
+conversions the API needs at its boundary (host <-> device, device views of
+other libraries' arrays, batch-first transposes).  Importing it imports
+numba.cuda: go through ``nblstm.cuda.backend()``, which checks for a device first.
+
+The thread-block sizes are module constants read at every call, so tests can
+shrink them and make tiny inputs span several blocks.
+"""
+import contextlib
+from dataclasses import dataclass
+
+from numba import cuda
+
+from .engine import CPUBackend
+from .kernels.cuda_backward import lstm_layer_backward
+from .kernels.cuda_common import (ADD, MULTIPLY, as_rows, elementwise, fill_kernel, flat_launch,
+                                  swap_leading_axes_kernel)
+from .kernels.cuda_forward import lstm_layer_forward
+
+# Edge of the square thread blocks of the tiled kernels (at most kernels.cuda_common.MAX_TILE).
+TILE = 16
+# Threads per block of the persistent and element-wise kernels.
+THREADS = 256
+# Batches up to this size run the recurrence as persistent kernels when their weights fit
+# in shared memory.  A starting point, not a measured crossover.
+PERSISTENT_MAX_BATCH = 32
+
+
+@dataclass(frozen=True)
+class CUDAPlan:
+    """How the CUDA kernels of one LSTM call are launched (the kernels' ``n_parts``).
+
+    tile:       edge of the (tile, tile) thread blocks of the tiled products and per-step kernels
+    threads:    threads per block of the persistent and element-wise kernels
+    persistent: try the persistent (one launch per sequence) recurrence first
+    """
+
+    tile: int
+    threads: int
+    persistent: bool
+
+
+def _plan(persistent=False):
+    return CUDAPlan(TILE, THREADS, persistent)
+
+
+class CUDABackend:
+    """Runs the engine on Numba device arrays with the numba.cuda kernels (see ``engine.CPUBackend``)."""
+
+    name = "cuda"
+    layer_forward = staticmethod(lstm_layer_forward)
+    layer_backward = staticmethod(lstm_layer_backward)
+
+    @staticmethod
+    def empty(shape, dtype):
+        return cuda.device_array(shape, dtype)
+
+    @staticmethod
+    def zeros(shape, dtype):
+        array = cuda.device_array(shape, dtype)
+        if array.size:
+            fill_kernel[flat_launch(array.size, _plan())](as_rows(array), array.dtype.type(0))
+        return array
+
+    @staticmethod
+    def plan(batch, hidden, state):
+        return _plan(persistent=batch <= PERSISTENT_MAX_BATCH)
+
+    @staticmethod
+    def guard(plan):
+        return contextlib.nullcontext()
+
+    @staticmethod
+    def _apply(op, a, b, out):
+        elementwise(op, as_rows(a), as_rows(b), as_rows(out), _plan())
+        return out
+
+    def add(self, a, b):
+        return self._apply(ADD, a, b, cuda.device_array(a.shape, a.dtype))
+
+    def add_into(self, total, term):
+        self._apply(ADD, total, term, total)
+
+    def multiply(self, a, b):
+        return self._apply(MULTIPLY, a, b, cuda.device_array(a.shape, a.dtype))
+
+    def multiply_into(self, total, factor):
+        self._apply(MULTIPLY, total, factor, total)
+
+    @staticmethod
+    def dropout_mask(shape, p, dtype, rng):
+        """The CPU backend's mask, drawn from the same host generator and copied in, so a
+        seeded model drops the same units on either device."""
+        return cuda.to_device(CPUBackend.dropout_mask(shape, p, dtype, rng))
+
+    # -- the API's boundary ------------------------------------------------------------
+    @staticmethod
+    def from_host(array):
+        """A device copy of a NumPy array."""
+        return cuda.to_device(array)
+
+    @staticmethod
+    def to_host(array):
+        """A NumPy copy of a device array."""
+        return array.copy_to_host()
+
+    @staticmethod
+    def device_view(value):
+        """A Numba device array viewing ``value`` (no copy) if it lives on the GPU, else None.
+
+        GPU arrays are Numba device arrays and anything with ``__cuda_array_interface__``
+        (CuPy arrays, PyTorch CUDA tensors, which are detached first).
+        """
+        if getattr(value, "__cuda_ndarray__", False):
+            return value
+        if hasattr(value, "detach"):
+            value = value.detach()
+        if hasattr(value, "__cuda_array_interface__"):
+            return cuda.as_cuda_array(value)
+        return None
+
+    @staticmethod
+    def contiguous(array, dtype):
+        """``array`` (a device array) itself if C-contiguous in ``dtype``, else a converted device copy."""
+        if array.dtype == dtype and array.is_c_contiguous():
+            return array
+        copy = cuda.device_array(array.shape, dtype)
+        copy[:] = array
+        return copy
+
+    @staticmethod
+    def swap_leading_axes(array):
+        """A C-contiguous (B, A, F) device copy of an (A, B, F) device array."""
+        swapped = cuda.device_array((array.shape[1], array.shape[0], array.shape[2]), array.dtype)
+        if array.size:
+            swap_leading_axes_kernel[flat_launch(array.size, _plan())](array, swapped)
+        return swapped
+
+
+CUDA = CUDABackend()

@@ -1,0 +1,227 @@
+"""Backpropagation through time for one LSTM layer in one direction on an NVIDIA GPU: the twin of ``cpu_backward``.
+
+The per-step chain runs backwards in time.  Each step:
+
+1. (with projection) dh_cell = dh @ w_hr;
+2. each (batch row, hidden unit) turns dh and the running dc into the gate
+   gradients (written over the saved activations in ``gates``) and the next dc;
+3. dh = d_gates @ w_hh, the gradient flowing into the previous step, to which
+   that step's output gradient is added in the same kernel.
+
+As in the forward pass this runs either as per-step launches (a tiled product
+for 1 and 3, ``cell_backward_parallel`` for 2) or, for small batches, as one
+cooperative ``backward_persistent`` launch whose blocks keep their columns of
+w_hh and w_hr in shared memory and meet at a grid-wide barrier between phases.
+
+After the loop the weight gradients are a few large tiled products over all
+time steps at once (``d_gates.T @ x`` and so on), and the bias gradient a
+column sum.  Every weight gradient is accumulated into (``+=``), as PyTorch
+accumulates ``.grad``.
+"""
+import math
+
+from numba import cuda
+
+from ..params import NUM_GATES
+from .cuda_activations import tanh
+from .cuda_common import (ADD, CUDA_JIT_OPTIONS, MAX_TILE, ONE, PADDED_TILE, ZERO, blocks_for, elementwise, matmul,
+                          persistent_grid, slice_length)
+from .cuda_forward import step_time, time_index
+
+
+@cuda.jit(device=True)
+def cell_backward_unit(gates_t, c_t, c_prev, dh, dc_in, dc_out, b, j):
+    """Gate gradients of hidden unit j in batch row b.
+
+    gates_t:       (batch, 4*hidden) activations i, f, g, o; on return gates_t[b, gate*hidden + j]
+                   hold the gradients of the pre-activation gates
+    c_t, c_prev:   (batch, hidden) cell state after and before the step
+    dh:            the gradient of o * tanh(c_t)[b, j] (a scalar)
+    dc_in, dc_out: (batch, hidden) the gradient of c_t from later steps is read from dc_in[b, j],
+                   that of c_prev written to dc_out[b, j] (they may be one array)
+    """
+    hidden = c_t.shape[1]
+    f_rows, g_rows, o_rows = hidden, 2 * hidden, 3 * hidden
+    i_gate = gates_t[b, j]
+    f_gate = gates_t[b, f_rows + j]
+    g_gate = gates_t[b, g_rows + j]
+    o_gate = gates_t[b, o_rows + j]
+    tanh_c = tanh(c_t[b, j])
+    dc_t = dc_in[b, j] + dh * o_gate * (ONE - tanh_c * tanh_c)
+    gates_t[b, j] = dc_t * g_gate * i_gate * (ONE - i_gate)
+    gates_t[b, f_rows + j] = dc_t * c_prev[b, j] * f_gate * (ONE - f_gate)
+    gates_t[b, g_rows + j] = dc_t * i_gate * (ONE - g_gate * g_gate)
+    gates_t[b, o_rows + j] = dh * tanh_c * o_gate * (ONE - o_gate)
+    dc_out[b, j] = dc_t * f_gate
+
+
+@cuda.jit(**CUDA_JIT_OPTIONS)
+def cell_backward_parallel(gates_t, c_t, c_prev, dh, dc_in, dc_out):
+    """``cell_backward_unit`` for every (batch row, hidden unit) of one step; dh: (batch, hidden).
+
+    Launch: blocks of (tile, tile) threads over (hidden units, batch rows).
+    """
+    j, b = cuda.grid(2)
+    if b < c_t.shape[0] and j < c_t.shape[1]:
+        cell_backward_unit(gates_t, c_t, c_prev, dh[b, j], dc_in, dc_out, b, j)
+
+
+@cuda.jit(**CUDA_JIT_OPTIONS)
+def backward_persistent(w_hh, w_hr, c0, gates, c_seq, reverse, d_out, out_col, dc_n,
+                        dh, dc, dh_seq, dh0, dc0, units, state_units):
+    """The whole backward chain of one layer and direction in one cooperative launch.
+
+    Arguments as ``lstm_layer_backward``.  On entry the gradient of the last visited h_t
+    (dh_n plus its output gradient) must be in dh, or in dh_seq[t] with projection.
+    Block k owns hidden units [k*units, (k+1)*units) in the gate phase and columns
+    [k*state_units, (k+1)*state_units) of dh in the product phase.  Dynamic shared
+    memory, state_units*4*hidden + units*proj elements, holds the block's columns of
+    w_hh and of w_hr, each column contiguous.
+    Launch: a 1-D grid of co-resident blocks (cooperative), any block size.
+    """
+    weights = cuda.shared.array(0, gates.dtype)
+    seq_len, batch, gate_rows = gates.shape
+    hidden, state, proj = c0.shape[1], dh0.shape[1], w_hr.shape[0]
+    thread, threads = cuda.threadIdx.x, cuda.blockDim.x
+    unit0, col0 = cuda.blockIdx.x * units, cuda.blockIdx.x * state_units
+    n_units = slice_length(unit0, units, hidden)
+    n_cols = slice_length(col0, state_units, state)
+    proj_base = state_units * gate_rows
+    for e in range(thread, n_cols * gate_rows, threads):
+        weights[e] = w_hh[e % gate_rows, col0 + e // gate_rows]
+    for e in range(thread, n_units * proj, threads):
+        weights[proj_base + e] = w_hr[e % proj, unit0 + e // proj]
+    cuda.syncthreads()
+    grid = cuda.cg.this_grid()
+    for step in range(seq_len - 1, -1, -1):
+        t = time_index(step, seq_len, reverse)
+        t_prev = time_index(step - 1, seq_len, reverse)
+        dh_t = dh_seq[t] if proj > 0 else dh
+        c_prev = c0 if step == 0 else c_seq[t_prev]
+        dc_in = dc_n if step == seq_len - 1 else dc
+        dc_out = dc0 if step == 0 else dc
+        for item in range(thread, batch * n_units, threads):
+            b, jj = item // n_units, item % n_units
+            if proj > 0:
+                dh_value = ZERO
+                for p in range(proj):
+                    dh_value += dh_t[b, p] * weights[proj_base + jj * proj + p]
+            else:
+                dh_value = dh_t[b, unit0 + jj]
+            cell_backward_unit(gates[t], c_seq[t], c_prev, dh_value, dc_in, dc_out, b, unit0 + jj)
+        grid.sync()
+        dh_next = dh0 if step == 0 else dh_seq[t_prev] if proj > 0 else dh
+        for item in range(thread, batch * n_cols, threads):
+            b, kk = item // n_cols, item % n_cols
+            total = ZERO
+            for r in range(gate_rows):
+                total += gates[t, b, r] * weights[kk * gate_rows + r]
+            if step > 0:
+                total += d_out[t_prev, b, out_col + col0 + kk]
+            dh_next[b, col0 + kk] = total
+        grid.sync()
+
+
+@cuda.jit(**CUDA_JIT_OPTIONS)
+def column_sums_into_parallel(total, matrix):
+    """total += matrix.sum(axis=0) for matrix (rows, cols) and total (cols,).
+
+    Launch: blocks of (tile, tile) threads, grid (ceil(cols / tile),): threadIdx.x picks the
+    column, threadIdx.y strides over the rows, then row 0 of the block adds the partial sums.
+    """
+    tx, ty = cuda.threadIdx.x, cuda.threadIdx.y
+    col = cuda.blockIdx.x * cuda.blockDim.x + tx
+    partial = cuda.shared.array((MAX_TILE, PADDED_TILE), matrix.dtype)
+    running = ZERO
+    if col < matrix.shape[1]:
+        for row in range(ty, matrix.shape[0], cuda.blockDim.y):
+            running += matrix[row, col]
+    partial[ty, tx] = running
+    cuda.syncthreads()
+    if ty == 0 and col < matrix.shape[1]:
+        for other in range(1, cuda.blockDim.y):
+            running += partial[other, tx]
+        total[col] += running
+
+
+def _persistent_shape(plan, args, hidden, state, proj, itemsize):
+    """(blocks, shared bytes) of ``backward_persistent``, (0, 0) when its weights do not fit."""
+    def shared_elements(blocks):
+        return math.ceil(state / blocks) * NUM_GATES * hidden + math.ceil(hidden / blocks) * proj
+
+    return persistent_grid(backward_persistent, args, plan.threads, itemsize, shared_elements, hidden)
+
+
+def _steps_per_launch(w_hh, w_hr, c0, gates, c_seq, reverse, plan, d_out, out_col, dc_n,
+                      dh, dc, dh_cell, dh_seq, dh0, dc0):
+    """The backward chain with per-step launches: [projection product,] gate kernel, recurrent product."""
+    seq_len, batch = gates.shape[0], gates.shape[1]
+    state, projecting = dh0.shape[1], w_hr.shape[0] > 0
+    grid = (blocks_for(c0.shape[1], plan.tile), blocks_for(batch, plan.tile))
+    for step in range(seq_len - 1, -1, -1):
+        t = step_time(step, seq_len, reverse)
+        t_prev = step_time(step - 1, seq_len, reverse)
+        dh_t = dh_seq[t] if projecting else dh
+        if projecting:
+            matmul(dh_t, w_hr, dh_cell, False, False, 0.0, plan)
+        cell_backward_parallel[grid, (plan.tile, plan.tile)](
+            gates[t], c_seq[t], c0 if step == 0 else c_seq[t_prev], dh_cell if projecting else dh_t,
+            dc_n if step == seq_len - 1 else dc, dc0 if step == 0 else dc)
+        if step == 0:
+            matmul(gates[t], w_hh, dh0, False, False, 0.0, plan)
+        else:
+            matmul(gates[t], w_hh, dh_seq[t_prev] if projecting else dh, False, False, 1.0, plan,
+                   addend=d_out[t_prev, :, out_col:out_col + state])
+
+
+def lstm_layer_backward(x, w_ih, w_hh, w_hr, h0, c0, out, out_col, gates, c_seq, h_cell_seq,
+                        reverse, n_parts, d_out, dh_n, dc_n, dh, dc, dh_cell, dh_seq,
+                        dx, dx_beta, dh0, dc0, dw_ih, dw_hh, d_bias, dw_hr):
+    """Backward pass of ``lstm_layer_forward`` (training mode) for one layer and direction.
+
+    Forward inputs and saved state, as given to ``lstm_layer_forward``:
+      x (seq_len, batch, input_size); w_ih (4*hidden, input_size); w_hh (4*hidden, state);
+      w_hr (proj_size, hidden) or (0, hidden); h0 (batch, state); c0 (batch, hidden);
+      out (seq_len, batch, >= out_col + state) forward outputs;
+      gates (seq_len, batch, 4*hidden) activations, overwritten with the gate gradients;
+      c_seq, h_cell_seq (seq_len, batch, hidden) (h_cell_seq unused without projection).
+    n_parts: the backend's CUDAPlan.
+    Upstream gradients: d_out like out (columns out_col:out_col + state are read);
+      dh_n (batch, state); dc_n (batch, hidden).
+    Work space: dh (batch, state); dc, dh_cell (batch, hidden); dh_seq (seq_len, batch, state)
+      with projection, else unused.
+    Results: dx (seq_len, batch, input_size) = d_gates @ w_ih + dx_beta * dx;
+      dh0 (batch, state); dc0 (batch, hidden); and accumulated (+=) into
+      dw_ih, dw_hh, d_bias (4*hidden,), dw_hr like their weights.
+    All device arrays of one dtype.
+    """
+    plan = n_parts
+    seq_len, batch = x.shape[0], x.shape[1]
+    hidden, state, proj = c0.shape[1], h0.shape[1], w_hr.shape[0]
+    projecting = proj > 0
+    t_first = step_time(seq_len - 1, seq_len, reverse)
+    elementwise(ADD, dh_n, d_out[t_first, :, out_col:out_col + state], dh_seq[t_first] if projecting else dh, plan)
+    persistent_args = (w_hh, w_hr, c0, gates, c_seq, reverse, d_out, out_col, dc_n, dh, dc, dh_seq, dh0, dc0, 1, 1)
+    blocks, shared_bytes = (_persistent_shape(plan, persistent_args, hidden, state, proj, gates.dtype.itemsize)
+                            if plan.persistent else (0, 0))
+    if blocks:
+        backward_persistent[blocks, plan.threads, 0, shared_bytes](
+            *persistent_args[:-2], math.ceil(hidden / blocks), math.ceil(state / blocks))
+    else:
+        _steps_per_launch(w_hh, w_hr, c0, gates, c_seq, reverse, plan, d_out, out_col, dc_n,
+                          dh, dc, dh_cell, dh_seq, dh0, dc0)
+
+    rows = seq_len * batch
+    d_gates = gates.reshape((rows, gates.shape[2]))
+    matmul(d_gates, x.reshape((rows, x.shape[2])), dw_ih, True, False, 1.0, plan)
+    # h_{t-1} of every step is the output row of the step before it (h0 for the first step).
+    h_seq = out.reshape((rows, out.shape[2]))[:, out_col:out_col + state]
+    later, earlier = (0, batch) if reverse else (batch, 0)
+    matmul(d_gates[later:later + rows - batch], h_seq[earlier:earlier + rows - batch], dw_hh, True, False, 1.0, plan)
+    first = rows - batch if reverse else 0
+    matmul(d_gates[first:first + batch], h0, dw_hh, True, False, 1.0, plan)
+    if d_bias.shape[0] > 0:
+        column_sums_into_parallel[blocks_for(d_bias.shape[0], plan.tile), (plan.tile, plan.tile)](d_bias, d_gates)
+    if projecting:
+        matmul(dh_seq.reshape((rows, state)), h_cell_seq.reshape((rows, hidden)), dw_hr, True, False, 1.0, plan)
+    matmul(d_gates, w_ih, dx.reshape((rows, dx.shape[2])), False, False, dx_beta, plan)

@@ -10,7 +10,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .api import LSTMCell, as_float_array
+from .api import LSTMCell
+from .module import as_float_array
 from .params import GATES, layer_names
 from .reference import sigmoid
 

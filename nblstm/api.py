@@ -18,7 +18,6 @@ NumPy arrays (copied in, results copied back to NumPy) and GPU arrays through
 tensors) without host copies, returning Numba device arrays.  ``grads`` stay on
 the GPU; ``state_dict()`` returns host copies.
 """
-import json
 import numbers
 import warnings
 
@@ -26,74 +25,8 @@ import numpy as np
 
 from . import engine
 from .cuda import backend as cuda_backend
-from .params import LSTMConfig, init_parameters, parameter_shapes
-
-_DTYPES = {"float32": np.dtype(np.float32), "float64": np.dtype(np.float64)}
-_FILE_FORMAT = 1
-
-
-def _model_dtype(dtype):
-    """float32 (the default) or float64, from a NumPy dtype, a name or a torch dtype."""
-    if dtype is None:
-        return _DTYPES["float32"]
-    name = str(dtype).replace("torch.", "")
-    try:
-        name = np.dtype(dtype).name
-    except TypeError:
-        pass
-    if name not in _DTYPES:
-        raise TypeError(f"dtype must be float32 or float64, got {dtype!r}")
-    return _DTYPES[name]
-
-
-def _generator(seed):
-    if seed is None or isinstance(seed, (numbers.Integral, np.random.SeedSequence)):
-        return np.random.default_rng(seed)
-    if isinstance(seed, np.random.Generator):
-        return seed
-    raise TypeError(f"seed must be None, an int or a numpy.random.Generator, got {type(seed).__name__}")
-
-
-def _check_int(name, value, minimum):
-    if not isinstance(value, numbers.Integral) or isinstance(value, bool):
-        raise TypeError(f"{name} should be of type int, got: {type(value).__name__}")
-    if value < minimum:
-        bound = "greater than zero" if minimum == 1 else f"at least {minimum}"
-        raise ValueError(f"{name} must be {bound}, got {value}")
-    return int(value)
-
-
-def _check_bool(name, value):
-    if not isinstance(value, (bool, np.bool_)):
-        raise TypeError(f"{name} should be of type bool, got: {type(value).__name__}")
-    return bool(value)
-
-
-def _to_numpy(value):
-    """A NumPy view of an array-like; torch tensors are detached and moved to the CPU, GPU arrays copied to it."""
-    if hasattr(value, "detach") and hasattr(value, "cpu"):
-        value = value.detach().cpu().numpy()
-    elif hasattr(value, "copy_to_host"):
-        value = value.copy_to_host()
-    return np.asarray(value)
-
-
-def _check_floating(dtype, name):
-    if not np.issubdtype(dtype, np.floating):
-        raise TypeError(f"{name} must be a floating-point array (float32 or float64), got dtype {dtype}")
-
-
-def as_float_array(value, name, dtype):
-    """``value`` as a C-contiguous, writable array of the model's dtype, refusing non-float input."""
-    array = _to_numpy(value)
-    _check_floating(array.dtype, name)
-    return np.require(array, dtype=dtype, requirements=("C", "W"))
-
-
-def _host_copy(array):
-    """A NumPy copy of a host or GPU array."""
-    return array.copy() if isinstance(array, np.ndarray) else array.copy_to_host()
-
+from .module import Module, check_bool, check_device, check_int, shape_tuple
+from .params import LSTMConfig, parameter_shapes
 
 def _with_batch_axis(array, axis):
     """A view of C-contiguous ``array`` (host or GPU) with a batch axis of size 1 inserted at ``axis``."""
@@ -108,178 +41,7 @@ def _swap_leading_axes(array):
     return cuda_backend().swap_leading_axes(array)
 
 
-def _shape(array):
-    return tuple(int(n) for n in array.shape)
-
-
-class _Recurrent:
-    """Parameters, gradients, state dicts, files and modes shared by LSTM and LSTMCell."""
-
-    def _init_parameters(self, shapes, hidden_size, dtype, seed, device="cpu"):
-        object.__setattr__(self, "_parameters", {})
-        self.dtype = _model_dtype(dtype)
-        self._rng = _generator(seed)
-        self._parameters = init_parameters(shapes, hidden_size, self.dtype, self._rng)
-        self.grads = {name: np.zeros_like(value) for name, value in self._parameters.items()}
-        self.training = True
-        self._tapes = []
-        self.device, self._backend = "cpu", engine.CPU
-        self.to(device)
-
-    # -- devices ----------------------------------------------------------------------------
-    def to(self, device):
-        """Move parameters and gradients to ``device`` ('cpu', 'cuda' or 'cuda:0'); returns self, as
-        ``torch.nn.Module.to`` does.
-
-        Training-mode forwards not yet backpropagated are dropped (what they saved stays on the old
-        device).  Raises RuntimeError when 'cuda' is asked for and no CUDA device is available
-        (``nblstm.cuda.unavailable_reason()`` says why), ValueError for any other device.
-        """
-        device = _check_device(device)
-        if device == self.device:
-            return self
-        backend = engine.CPU if device == "cpu" else cuda_backend()
-        place = (lambda array: array) if device == "cpu" else backend.from_host
-        self._parameters = {name: place(_host_copy(value)) for name, value in self._parameters.items()}
-        self.grads = {name: place(_host_copy(value)) for name, value in self.grads.items()}
-        self._tapes = []
-        self.device, self._backend = device, backend
-        return self
-
-    def _as_array(self, value, name):
-        """``value`` as a C-contiguous float array of the model's dtype on the model's device.
-
-        On 'cuda', GPU arrays are used in place (or converted on the GPU) and host arrays copied in.
-        """
-        if self.device == "cpu":
-            return as_float_array(value, name, self.dtype)
-        view = self._backend.device_view(value)
-        if view is None:
-            return self._backend.from_host(as_float_array(value, name, self.dtype))
-        _check_floating(view.dtype, name)
-        return self._backend.contiguous(view, self.dtype)
-
-    def _for_caller(self, caller_value, *arrays):
-        """``arrays`` as they go back to the caller: host copies when a 'cuda' model was given host data."""
-        if self.device == "cpu" or self._backend.device_view(caller_value) is not None:
-            return arrays
-        return tuple(self._backend.to_host(array) for array in arrays)
-
-    # -- parameters as attributes, as in torch.nn.Module ---------------------------------
-    def __getattr__(self, name):
-        parameters = self.__dict__.get("_parameters", {})
-        if name in parameters:
-            return parameters[name]
-        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
-
-    def __setattr__(self, name, value):
-        if name in self.__dict__.get("_parameters", {}):
-            self._set_parameter(name, value)
-        else:
-            object.__setattr__(self, name, value)
-
-    def _set_parameter(self, name, value):
-        expected = self._parameters[name].shape
-        array = _to_numpy(value)
-        if not (np.issubdtype(array.dtype, np.floating) or np.issubdtype(array.dtype, np.integer)):
-            raise TypeError(f"parameter {name} must be a real numeric array, got dtype {array.dtype}")
-        if array.shape != expected:
-            raise ValueError(f"size mismatch for {name}: copying a param with shape {_shape(array)}, "
-                             f"the shape in the current model is {expected}")
-        if self.device == "cpu":
-            np.copyto(self._parameters[name], array, casting="unsafe")  # in place, as torch's copy_
-        else:
-            self._parameters[name].copy_to_device(np.ascontiguousarray(array, dtype=self.dtype))
-
-    def named_parameters(self):
-        """(name, array) pairs in PyTorch's order; the arrays are the live parameters."""
-        return iter(list(self._parameters.items()))
-
-    def parameters(self):
-        return iter(list(self._parameters.values()))
-
-    def state_dict(self, as_torch=False):
-        """{name: host NumPy copy of the parameter}; ``as_torch=True`` gives (CPU) torch tensors, which
-        ``torch.nn.LSTM.load_state_dict`` accepts."""
-        state = {name: _host_copy(value) for name, value in self._parameters.items()}
-        if as_torch:
-            import torch
-
-            state = {name: torch.from_numpy(value) for name, value in state.items()}
-        return state
-
-    def load_state_dict(self, state_dict, strict=True):
-        """Copy parameters from a state dict of NumPy arrays or torch tensors (e.g. PyTorch's).
-
-        With ``strict`` the keys must match exactly; shapes must match in any case.
-        """
-        missing = [name for name in self._parameters if name not in state_dict]
-        unexpected = [name for name in state_dict if name not in self._parameters]
-        if strict and (missing or unexpected):
-            raise ValueError(f"Error(s) in loading state_dict for {type(self).__name__}: "
-                             f"missing keys {missing}, unexpected keys {unexpected}")
-        arrays = {name: _to_numpy(value) for name, value in state_dict.items() if name in self._parameters}
-        for name, array in arrays.items():  # check everything before changing anything
-            if array.shape != self._parameters[name].shape:
-                raise ValueError(f"size mismatch for {name}: copying a param with shape {_shape(array)} "
-                                 f"from checkpoint, the shape in current model is {self._parameters[name].shape}")
-        for name, array in arrays.items():
-            self._set_parameter(name, array)
-
-    def zero_grad(self):
-        """Reset every accumulated gradient to zero."""
-        for grad in self.grads.values():
-            grad[:] = 0
-
-    def train(self, mode=True):
-        """Training mode: dropout on, and forward keeps what backward needs."""
-        self.training = _check_bool("mode", mode)
-        return self
-
-    def eval(self):
-        """Inference mode: no dropout, nothing kept for backward."""
-        return self.train(False)
-
-    # -- files ----------------------------------------------------------------------------
-    def _config_dict(self):
-        raise NotImplementedError
-
-    def save(self, path):
-        """Write configuration and parameters to a portable ``.npz`` file (no pickles)."""
-        config = dict(self._config_dict(), dtype=self.dtype.name, format=_FILE_FORMAT, kind=type(self).__name__)
-        np.savez(path, __nblstm_config__=np.array(json.dumps(config)), **self.state_dict())
-
-    @classmethod
-    def load(cls, path):
-        """Rebuild a model written by ``save``; parameters round-trip bit for bit."""
-        with np.load(path, allow_pickle=False) as archive:
-            if "__nblstm_config__" not in archive:
-                raise ValueError(f"{path} is not an nblstm model file (no __nblstm_config__ entry)")
-            config = json.loads(str(archive["__nblstm_config__"]))
-            kind, version = config.pop("kind"), config.pop("format")
-            if kind != cls.__name__ or version != _FILE_FORMAT:
-                raise ValueError(f"{path} holds a {kind} (format {version}); "
-                                 f"{cls.__name__}.load reads format {_FILE_FORMAT}")
-            model = cls(**config)
-            model.load_state_dict({name: archive[name] for name in archive.files if name != "__nblstm_config__"})
-        return model
-
-    # -- backward bookkeeping ------------------------------------------------------------
-    def _pop_tape(self):
-        if not self._tapes:
-            raise RuntimeError(f"{type(self).__name__}.backward needs a forward pass in training mode "
-                               "first (call .train() before forward); each forward can be backpropagated once")
-        return self._tapes.pop()
-
-    def _check_grad(self, grad, name, expected_shape):
-        array = self._as_array(grad, name)
-        if array.shape != expected_shape:
-            raise ValueError(f"{name} must have the shape of the forward result {expected_shape}, "
-                             f"got {_shape(array)}")
-        return array
-
-
-class LSTM(_Recurrent):
+class LSTM(Module):
     r"""Multi-layer LSTM over NumPy arrays, with ``torch.nn.LSTM``'s interface.
 
     For each element of the input sequence each layer computes::
@@ -314,10 +76,10 @@ class LSTM(_Recurrent):
         if not isinstance(dropout, numbers.Real) or isinstance(dropout, bool) or not 0 <= dropout <= 1:
             raise ValueError("dropout should be a number in range [0, 1] representing the probability "
                              f"of an element being zeroed, got {dropout!r}")
-        input_size = _check_int("input_size", input_size, 1)
-        hidden_size = _check_int("hidden_size", hidden_size, 1)
-        num_layers = _check_int("num_layers", num_layers, 1)
-        proj_size = _check_int("proj_size", proj_size, 0)
+        input_size = check_int("input_size", input_size, 1)
+        hidden_size = check_int("hidden_size", hidden_size, 1)
+        num_layers = check_int("num_layers", num_layers, 1)
+        proj_size = check_int("proj_size", proj_size, 0)
         if proj_size >= hidden_size:
             raise ValueError(f"proj_size has to be smaller than hidden_size, got proj_size={proj_size} "
                              f"and hidden_size={hidden_size}")
@@ -325,10 +87,10 @@ class LSTM(_Recurrent):
             warnings.warn("dropout option adds dropout after all but last recurrent layer, so non-zero "
                           f"dropout expects num_layers greater than 1, but got dropout={dropout} and "
                           f"num_layers={num_layers}", stacklevel=2)
-        self.config = LSTMConfig(input_size, hidden_size, num_layers, _check_bool("bias", bias),
-                                 _check_bool("batch_first", batch_first), float(dropout),
-                                 _check_bool("bidirectional", bidirectional), proj_size)
-        self._init_parameters(self.config.shapes(), hidden_size, dtype, seed, _check_device(device))
+        self.config = LSTMConfig(input_size, hidden_size, num_layers, check_bool("bias", bias),
+                                 check_bool("batch_first", batch_first), float(dropout),
+                                 check_bool("bidirectional", bidirectional), proj_size)
+        self._init_parameters(self.config.shapes(), hidden_size, dtype, seed, check_device(device))
 
     def __getattr__(self, name):
         config = self.__dict__.get("config")
@@ -357,10 +119,10 @@ class LSTM(_Recurrent):
         x = self._as_array(input, "input")
         if x.ndim not in (2, 3):
             raise ValueError(f"LSTM: Expected input to be 2-D (L, H_in) or 3-D "
-                             f"({'N, L' if c.batch_first else 'L, N'}, H_in), got {x.ndim}-D of shape {_shape(x)}")
-        if _shape(x)[-1] != c.input_size:
+                             f"({'N, L' if c.batch_first else 'L, N'}, H_in), got {x.ndim}-D of shape {shape_tuple(x)}")
+        if shape_tuple(x)[-1] != c.input_size:
             raise ValueError(f"input.shape[-1] must be equal to input_size. Expected {c.input_size}, "
-                             f"got {_shape(x)[-1]} (input shape {_shape(x)})")
+                             f"got {shape_tuple(x)[-1]} (input shape {shape_tuple(x)})")
         batched = x.ndim == 3
         if not batched:
             x = _with_batch_axis(x, 1)
@@ -369,7 +131,7 @@ class LSTM(_Recurrent):
         seq_len, batch = x.shape[0], x.shape[1]
         if seq_len == 0 or batch == 0:
             raise ValueError(f"Expected sequence length and batch size larger than 0, got input of shape "
-                             f"{_shape(input) if hasattr(input, 'shape') else _shape(x)}")
+                             f"{shape_tuple(input) if hasattr(input, 'shape') else shape_tuple(x)}")
         h0, c0 = self._initial_state(hx, batch, batched)
         output, h_n, c_n, tape = engine.forward(self._parameters, c, x, h0, c0, self.training, self._rng,
                                                 backend=self._backend)
@@ -443,7 +205,7 @@ class LSTM(_Recurrent):
         batched, seq_len, batch = tape.layout
         c = self.config
         out_shape = (seq_len, batch, c.num_directions * c.state_size)
-        user_out_shape = _shape(self._user_layout(np.empty(out_shape, np.int8), batched))
+        user_out_shape = shape_tuple(self._user_layout(np.empty(out_shape, np.int8), batched))
         d_out = self._time_major(self._check_grad(grad_output, "grad_output", user_out_shape), batched)
         h_shape, c_shape = self._state_shapes(batch)
         grad_h_n, grad_c_n = grad_state if grad_state is not None else (None, None)
@@ -462,7 +224,7 @@ class LSTM(_Recurrent):
         return array if batched else _with_batch_axis(array, 1)
 
 
-class LSTMCell(_Recurrent):
+class LSTMCell(Module):
     """One LSTM step, with ``torch.nn.LSTMCell``'s interface.
 
     ``cell(input, (h, c))`` with input (N, H_in) or unbatched (H_in,) and h, c
@@ -476,11 +238,11 @@ class LSTMCell(_Recurrent):
     """
 
     def __init__(self, input_size, hidden_size, bias=True, device=None, dtype=None, seed=None):
-        input_size = _check_int("input_size", input_size, 1)
-        hidden_size = _check_int("hidden_size", hidden_size, 1)
-        self.config = LSTMConfig(input_size, hidden_size, bias=_check_bool("bias", bias))
+        input_size = check_int("input_size", input_size, 1)
+        hidden_size = check_int("hidden_size", hidden_size, 1)
+        self.config = LSTMConfig(input_size, hidden_size, bias=check_bool("bias", bias))
         self._init_parameters(parameter_shapes(input_size, hidden_size, bias=self.config.bias, cell=True),
-                              hidden_size, dtype, seed, _check_device(device))
+                              hidden_size, dtype, seed, check_device(device))
 
     def __getattr__(self, name):
         config = self.__dict__.get("config")
@@ -505,15 +267,15 @@ class LSTMCell(_Recurrent):
         x = self._as_array(input, "input")
         if x.ndim not in (1, 2):
             raise ValueError(f"LSTMCell: Expected input to be 1-D (H_in,) or 2-D (N, H_in), got {x.ndim}-D "
-                             f"of shape {_shape(x)}")
-        if _shape(x)[-1] != c.input_size:
+                             f"of shape {shape_tuple(x)}")
+        if shape_tuple(x)[-1] != c.input_size:
             raise ValueError(f"input.shape[-1] must be equal to input_size. Expected {c.input_size}, "
-                             f"got {_shape(x)[-1]} (input shape {_shape(x)})")
+                             f"got {shape_tuple(x)[-1]} (input shape {shape_tuple(x)})")
         batched = x.ndim == 2
         x = x if batched else _with_batch_axis(x, 0)
         batch = x.shape[0]
         if batch == 0:
-            raise ValueError(f"Expected batch size larger than 0, got input of shape {_shape(x)}")
+            raise ValueError(f"Expected batch size larger than 0, got input of shape {shape_tuple(x)}")
         h, cell = self._initial_state(hx, batch, batched)
         _, h_n, c_n, tape = engine.forward(self._layer_view(self._parameters), c, _with_batch_axis(x, 0),
                                            _with_batch_axis(h, 0), _with_batch_axis(cell, 0), self.training,
@@ -538,7 +300,7 @@ class LSTMCell(_Recurrent):
         states = []
         for index, name in enumerate(("h", "c")):
             state = self._as_array(hx[index], f"hx[{index}] ({name})")
-            given = _shape(state)
+            given = shape_tuple(state)
             state = state if batched else _with_batch_axis(state, 0) if state.ndim == 1 else state
             if state.shape != shape:
                 raise ValueError(f"LSTMCell: Expected hx[{index}] ({name}) of shape "
@@ -564,19 +326,8 @@ class LSTMCell(_Recurrent):
         self._pop_tape()
         grad_x, grad_h0, grad_c0 = engine.backward(
             self._layer_view(self._parameters), self.config, tape,
-            self._backend.zeros((1,) + _shape(grad_h), self.dtype),
+            self._backend.zeros((1,) + shape_tuple(grad_h), self.dtype),
             _with_batch_axis(grad_h, 0), _with_batch_axis(grad_c, 0), self._layer_view(self.grads))
         grad_x, grad_h0, grad_c0 = self._for_caller(caller_grad_h, self._unbatch(grad_x[0], batched),
                                                     self._unbatch(grad_h0[0], batched), self._unbatch(grad_c0[0], batched))
         return grad_x, (grad_h0, grad_c0)
-
-
-def _check_device(device):
-    """'cpu' or 'cuda' from None, a name or a torch.device; ValueError for anything else."""
-    name = "cpu" if device is None else str(device)
-    if name in ("cpu", "cuda"):
-        return name
-    if name == "cuda:0":
-        return "cuda"
-    raise ValueError(f"device must be 'cpu', 'cuda' or 'cuda:0' (or None), got {device!r}; "
-                     "nblstm runs on the current CUDA device (choose it with CUDA_VISIBLE_DEVICES)")

@@ -1,7 +1,7 @@
 """Backward parity: every gradient of nblstm's BPTT against torch autograd, finite differences and the reference."""
 import numpy as np
 import pytest
-from oracle import assert_close, numpy, tensor, torch, torch_twin
+from oracle import assert_close, numpy, tensor, torch_twin
 from test_forward import MATRIX, ODD_SIZES, _case_id, _random_state
 
 from nblstm import reference

@@ -19,7 +19,6 @@ sigmoid's absolute error is below 1e-7 (float32) / 2e-16 (float64) everywhere.  
 """
 import numpy as np
 from numba import njit, types
-from numba.core import cgutils
 from numba.extending import intrinsic, overload
 
 from .._config import ACTIVATION_FASTMATH

@@ -8,10 +8,10 @@ and returns the gradient w.r.t. that forward's input.
 """
 import numpy as np
 
-from ..api import _check_int, _Recurrent, as_float_array
+from ..module import Module, as_float_array, check_int
 
 
-class Linear(_Recurrent):
+class Linear(Module):
     """``torch.nn.Linear``: y = x W^T + b over the last axis.
 
     Parameters ``weight`` (out_features, in_features) and ``bias`` (out_features,),
@@ -21,8 +21,8 @@ class Linear(_Recurrent):
     """
 
     def __init__(self, in_features, out_features, bias=True, dtype=None, seed=None):
-        self.in_features = _check_int("in_features", in_features, 1)
-        self.out_features = _check_int("out_features", out_features, 1)
+        self.in_features = check_int("in_features", in_features, 1)
+        self.out_features = check_int("out_features", out_features, 1)
         self.bias_enabled = bool(bias)
         shapes = {"weight": (self.out_features, self.in_features)}
         if self.bias_enabled:

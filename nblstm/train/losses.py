@@ -8,14 +8,14 @@ w.r.t. the loss (a scalar, or an array shaped like the 'none' loss).
 """
 import numpy as np
 
-from ..api import _to_numpy
+from ..module import to_numpy
 
 REDUCTIONS = ("mean", "sum", "none")
 
 
 def _float_array(value, name):
     """A float32/float64 array (float16 is widened to float32); other dtypes are refused."""
-    array = _to_numpy(value)
+    array = to_numpy(value)
     if not np.issubdtype(array.dtype, np.floating):
         raise TypeError(f"{name} must be a floating-point array, got dtype {array.dtype}")
     return array.astype(np.promote_types(array.dtype, np.float32), copy=False)
@@ -98,7 +98,7 @@ class CrossEntropyLoss(_Loss):
 
     def _elementwise(self, input, target):
         logits = _float_array(input, "input")
-        target = _to_numpy(target)
+        target = to_numpy(target)
         if not np.issubdtype(target.dtype, np.integer):
             raise TypeError(f"CrossEntropyLoss: target must hold class indices (an integer array), "
                             f"got dtype {target.dtype}")

@@ -15,8 +15,11 @@ For each case and mode:
    sample (at least ``min_sample_s`` seconds, so tiny cases are not timer noise);
 5. ``repeats`` rounds; each round times one sample of every backend, in an
    order rotated by one each round, so slow drifts of the machine (turbo, other
-   load) spread over all backends.  The garbage collector runs once before
-   the rounds and is paused during them.
+   load) spread over all backends.  Between samples the runner sleeps
+   ``SETTLE_S``: OpenMP-style thread pools (Numba's, PyTorch's, ONNX Runtime's)
+   keep spinning for a while after their work, and would otherwise take cycles
+   from the next backend.  The garbage collector runs once before the rounds
+   and is paused during them.
 
 Every backend runs on the same thread count (``threads.thread_limit``).
 Per backend the row holds the median and the quartiles, minimum and maximum
@@ -38,6 +41,8 @@ TOLERANCE = {"float32": 2e-3, "float64": 1e-8}
 MAX_CALLS_PER_SAMPLE = 10_000
 # A case is skipped when its estimated footprint exceeds this share of the available memory.
 MEMORY_SHARE = 0.8
+# Pause between two timed samples, longer than thread pools spin after their work.
+SETTLE_S = 0.02
 
 
 @dataclass(frozen=True)
@@ -147,6 +152,7 @@ def _time_interleaved(ready, repeats):
             shift = round_index % len(names)
             for name in names[shift:] + names[:shift]:
                 run, calls = ready[name]
+                time.sleep(SETTLE_S)
                 samples[name].append(_timed(run, calls))
     return samples
 

@@ -20,6 +20,7 @@ from .kernels.cuda_backward import lstm_layer_backward
 from .kernels.cuda_common import (ADD, MULTIPLY, as_rows, elementwise, fill_kernel, flat_launch,
                                   swap_leading_axes_kernel)
 from .kernels.cuda_forward import lstm_layer_forward
+from .params import NUM_GATES
 
 # Edge of the square thread blocks of the tiled kernels (at most kernels.cuda_common.MAX_TILE).
 TILE = 16
@@ -69,6 +70,11 @@ class CUDABackend:
     @staticmethod
     def plan(batch, hidden, state):
         return _plan(persistent=batch <= PERSISTENT_MAX_BATCH)
+
+    @staticmethod
+    def gate_columns(hidden, dtype):
+        """Width of a row of gates: the CUDA kernels keep PyTorch's layout (i, f, g, o blocks)."""
+        return NUM_GATES * hidden
 
     @staticmethod
     def guard(plan):

@@ -18,6 +18,7 @@ import numpy as np
 from .kernels.blas import single_threaded_blas
 from .kernels.cpu_backward import lstm_layer_backward
 from .kernels.cpu_forward import lstm_layer_forward
+from .kernels.packed import padded_hidden
 from .params import NUM_GATES
 
 # A time step with fewer multiply-adds than this runs on one thread: opening a
@@ -41,8 +42,8 @@ class CPUBackend:
 
     A backend supplies array allocation, the few whole-array operations the
     engine needs, a ``plan`` (how to split a step between threads, passed to
-    the kernels as ``n_parts``) and the two layer kernels, which take the same
-    arguments on every backend.
+    the kernels as ``n_parts``), the width of its kernels' rows of gates, and
+    the two layer kernels, which take the same arguments on every backend.
     """
 
     name = "cpu"
@@ -54,6 +55,11 @@ class CPUBackend:
     @staticmethod
     def plan(batch, hidden, state):
         return thread_parts(batch, hidden, state)
+
+    @staticmethod
+    def gate_columns(hidden, dtype):
+        """Width of a row of gates: the kernels keep them in the gate panel layout (``kernels.packed``)."""
+        return NUM_GATES * padded_hidden(hidden, dtype)
 
     @staticmethod
     def guard(plan):
@@ -137,7 +143,7 @@ def forward(params, config, x, h0, c0, training=False, dropout_rng=None, backend
     c_slots = seq_len if training else min(seq_len, 2)
     cell_slots = c_slots if config.proj_size > 0 else 0
     if not training:  # one work space serves every layer and direction
-        gates = backend.empty((gate_slots, batch, NUM_GATES * hidden), dtype)
+        gates = backend.empty((gate_slots, batch, backend.gate_columns(hidden, dtype)), dtype)
         c_seq = backend.empty((c_slots, batch, hidden), dtype)
         h_cell_seq = backend.empty((cell_slots, batch, hidden), dtype)
     layer_input = x
@@ -151,7 +157,7 @@ def forward(params, config, x, h0, c0, training=False, dropout_rng=None, backend
             for direction in range(num_dirs):
                 k = layer * num_dirs + direction
                 if training:
-                    gates = backend.empty((gate_slots, batch, NUM_GATES * hidden), dtype)
+                    gates = backend.empty((gate_slots, batch, backend.gate_columns(hidden, dtype)), dtype)
                     c_seq = backend.empty((c_slots, batch, hidden), dtype)
                     h_cell_seq = backend.empty((cell_slots, batch, hidden), dtype)
                     tape.saved[(layer, direction)] = (gates, c_seq, h_cell_seq)

@@ -4,6 +4,7 @@ import pytest
 from numba import njit
 
 from nblstm._config import JIT_OPTIONS
+from nblstm.kernels import packed
 from nblstm.kernels.activations import sigmoid, tanh
 from nblstm.kernels.blas import gemm
 from nblstm.kernels.parallel import part_range
@@ -76,3 +77,51 @@ def test_part_range_covers_everything_once(size, n_parts):
     assert bounds[0][0] == 0 and bounds[-1][1] == size
     for (start, stop), (next_start, _) in zip(bounds, bounds[1:]):
         assert start <= stop == next_start
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("hidden,k,m", [(1, 1, 1), (5, 3, 2), (37, 13, 7), (64, 300, 9), (100, 33, 130)])
+@pytest.mark.parametrize("accumulate", [False, True])
+def test_packed_products_match_numpy(hidden, k, m, accumulate, dtype, rng):
+    """gates (+)= a @ w.T in the padded gate layout, and c = a @ w with padded gate rows as the
+    reduction, over every row tile shape (4-row tiles and single rows) and reduction block."""
+    padded = packed.padded_hidden(hidden, dtype)
+    width = packed.panel_width(dtype)
+    w = rng.standard_normal((4 * hidden, k)).astype(dtype)
+    a = rng.standard_normal((m, k)).astype(dtype)
+    panels = np.empty((4 * padded // width, k, width), dtype)
+    packed.pack_gate_rows(w, panels)
+    gates = rng.standard_normal((m, 4 * padded)).astype(dtype)
+    expected = (gates if accumulate else 0) + to_padded_layout(a @ w.T, hidden, padded)
+    packed.gemm_packed(a, panels, gates, accumulate, 0, panels.shape[0], 0, m)
+    tolerance = 1e-4 if dtype == np.float32 else 1e-12
+    np.testing.assert_allclose(gates, expected, rtol=tolerance, atol=tolerance * k)
+
+    d_gates = to_padded_layout(rng.standard_normal((m, 4 * hidden)).astype(dtype), hidden, padded)
+    columns = np.empty((-(-k // width), 4 * padded, width), dtype)
+    packed.pack_columns(w, columns, True)
+    out = np.full((m, columns.shape[0] * width), np.nan, dtype)
+    packed.gemm_packed(d_gates, columns, out, False, 0, columns.shape[0], 0, m)
+    rows = np.empty((4 * padded, k), dtype)
+    packed.to_padded_rows(w, rows)
+    np.testing.assert_allclose(out[:, :k], d_gates @ rows, rtol=tolerance, atol=tolerance * 4 * padded)
+
+
+def to_padded_layout(values, hidden, padded):
+    """(m, 4*hidden) in PyTorch's gate layout -> (m, 4*padded) with zero padding."""
+    result = np.zeros((values.shape[0], 4 * padded), values.dtype)
+    for gate in range(4):
+        result[:, gate * padded:gate * padded + hidden] = values[:, gate * hidden:(gate + 1) * hidden]
+    return result
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_padded_rows_round_trip(dtype, rng):
+    w = rng.standard_normal((4 * 37, 5)).astype(dtype)
+    padded = packed.padded_hidden(37, dtype)
+    rows = np.empty((4 * padded, 5), dtype)
+    packed.to_padded_rows(w, rows)
+    np.testing.assert_array_equal(rows, to_padded_layout(w.T, 37, padded).T)
+    total = np.ones_like(w)
+    packed.add_from_padded_rows(rows, total)
+    np.testing.assert_array_equal(total, w + 1)

@@ -2,43 +2,49 @@
 
 The per-step chain runs backwards in one compiled loop.  Each step:
 
-1. (with projection) dh_cell = dh @ w_hr;
-2. each thread, for its slice of hidden units, turns dh and the running dc into
-   the gate gradients (written over the saved activations in ``gates``) and the
-   next dc;
-3. each thread computes its slice of the columns of dh = d_gates @ w_hh, the
-   gradient flowing into the previous step.
+1. dh = (gradient from the next step) + (gradient of this step's output);
+   with a projection, dh_cell = dh @ w_hr;
+2. each thread, for its hidden units (whole panels of the padded gate
+   layout, see ``packed.py``), turns dh and the running dc into the gate
+   gradients (written over the saved activations in ``gates``) and the next dc;
+3. the gradient flowing into the previous step, d_gates @ w_hh, a packed
+   product whose columns are split between the threads.
 
 After the loop the weight gradients are a few large matrix products over all
 time steps at once (``d_gates.T @ x`` and so on), not one small product per
 step.  Every weight gradient is accumulated into (``+=``), as PyTorch
 accumulates ``.grad``.
 """
+import numpy as np
 from numba import njit, prange
 
 from .._config import JIT_OPTIONS, PARALLEL_JIT_OPTIONS
+from ..params import NUM_GATES
 from .activations import tanh
-from .cpu_forward import gate_slices, time_index
+from .cpu_forward import gate_slices, gemm_packed_all, time_index
+from .packed import PANEL_VECTORS, add_from_padded_rows, pack_columns, to_padded_rows
 from .parallel import matmul, part_range
+from .simd import lanes_of
 
 
 @njit(**JIT_OPTIONS)
 def cell_backward_part(gates_t, c_t, c_prev, dh, dc, start, stop):
-    """Gate gradients of one step for hidden units [start, stop).
+    """Gate gradients of one step for hidden units [start, stop) (whole panels).
 
-    gates_t: (batch, 4*hidden) activations i, f, g, o; on return the gradients of the
-             pre-activation gates
+    gates_t: (batch, 4*padded) activations i, f, g, o in the padded gate layout; on return
+             the gradients of the pre-activation gates (zero for padding units)
     c_t, c_prev: (batch, hidden) cell state after and before the step
-    dh:      (batch, hidden) gradient of o * tanh(c_t)
+    dh:      (batch, >= hidden) gradient of o * tanh(c_t)
     dc:      (batch, hidden) gradient of c_t from later steps; on return that of c_prev
     """
-    hidden = c_t.shape[1]
+    padded = gates_t.shape[1] // NUM_GATES
+    units = min(stop, c_t.shape[1]) - start
     one = c_t.dtype.type(1.0)
     for b in range(gates_t.shape[0]):
-        i_row, f_row, g_row, o_row = gate_slices(gates_t[b], hidden, start, stop)
-        c_row, c_prev_row = c_t[b, start:stop], c_prev[b, start:stop]
-        dh_row, dc_row = dh[b, start:stop], dc[b, start:stop]
-        for j in range(stop - start):
+        i_row, f_row, g_row, o_row = gate_slices(gates_t[b], padded, start, stop)
+        c_row, c_prev_row = c_t[b, start:start + units], c_prev[b, start:start + units]
+        dh_row, dc_row = dh[b, start:start + units], dc[b, start:start + units]
+        for j in range(units):
             i_gate, f_gate, g_gate, o_gate = i_row[j], f_row[j], g_row[j], o_row[j]
             tanh_c = tanh(c_row[j])
             dc_t = dc_row[j] + dh_row[j] * o_gate * (one - tanh_c * tanh_c)
@@ -47,22 +53,25 @@ def cell_backward_part(gates_t, c_t, c_prev, dh, dc, start, stop):
             g_row[j] = dc_t * i_gate * (one - g_gate * g_gate)
             o_row[j] = dh_row[j] * tanh_c * o_gate * (one - o_gate)
             dc_row[j] = dc_t * f_gate
+        for j in range(units, stop - start):  # padding must not feed NaN or inf into the products
+            i_row[j] = f_row[j] = g_row[j] = o_row[j] = 0.0
 
 
 @njit(**PARALLEL_JIT_OPTIONS)
-def cell_backward_parallel(gates_t, c_t, c_prev, dh, dc, n_parts):
-    """cell_backward_part over all hidden units, split between ``n_parts`` threads."""
+def cell_backward_parallel(gates_t, c_t, c_prev, dh, dc, width, n_parts):
+    """cell_backward_part over every hidden unit, whole panels of ``width`` units split between
+    ``n_parts`` threads."""
     for part in prange(n_parts):
-        start, stop = part_range(part, n_parts, c_t.shape[1])
+        start, stop = part_range(part, n_parts, gates_t.shape[1] // NUM_GATES, width)
         cell_backward_part(gates_t, c_t, c_prev, dh, dc, start, stop)
 
 
 @njit(**JIT_OPTIONS)
-def _add_into(total, term):
-    """total += term for two (rows, cols) arrays."""
+def _sum_into(total, a, b):
+    """total = a + b for three (rows, cols) arrays."""
     for r in range(total.shape[0]):
         for col in range(total.shape[1]):
-            total[r, col] += term[r, col]
+            total[r, col] = a[r, col] + b[r, col]
 
 
 @njit(**JIT_OPTIONS)
@@ -93,24 +102,30 @@ def lstm_layer_backward(x, w_ih, w_hh, w_hr, h0, c0, out, out_col, gates, c_seq,
       x (seq_len, batch, input_size); w_ih (4*hidden, input_size); w_hh (4*hidden, state);
       w_hr (proj_size, hidden) or (0, hidden); h0 (batch, state); c0 (batch, hidden);
       out (seq_len, batch, >= out_col + state) forward outputs;
-      gates (seq_len, batch, 4*hidden) activations, overwritten with the gate gradients;
-      c_seq, h_cell_seq (seq_len, batch, hidden) (h_cell_seq unused without projection).
+      gates (seq_len, batch, 4*padded) activations in the padded gate layout, overwritten
+      with the gate gradients; c_seq, h_cell_seq (seq_len, batch, hidden) (h_cell_seq unused
+      without projection).
     Upstream gradients: d_out like out (columns out_col:out_col + state are read);
       dh_n (batch, state); dc_n (batch, hidden).
     Work space: dh (batch, state); dc, dh_cell (batch, hidden); dh_seq (seq_len, batch, state)
       with projection, else unused.
     Results: dx (seq_len, batch, input_size) = d_gates @ w_ih + dx_beta * dx;
       dh0 (batch, state); dc0 (batch, hidden); and accumulated (+=) into
-      dw_ih, dw_hh, d_bias (4*hidden,), dw_hr like their weights.
+      dw_ih, dw_hh, d_bias (4*hidden,) (or (0,) without bias), dw_hr like their weights.
     """
     seq_len, batch = x.shape[0], x.shape[1]
     state = h0.shape[1]
+    gate_columns = gates.shape[2]
+    width = PANEL_VECTORS * lanes_of(gates[0, 0])  # columns per panel
     projecting = w_hr.shape[0] > 0
-    dh[:, :] = dh_n
+    packed_hh = np.empty(((state + width - 1) // width, gate_columns, width), gates.dtype)
+    pack_columns(w_hh, packed_hh, True)
+    dh_next = np.zeros((batch, packed_hh.shape[0] * width), gates.dtype)  # d_gates @ w_hh, padded
+    dh_next[:, :state] = dh_n
     dc[:, :] = dc_n
     for step in range(seq_len - 1, -1, -1):
         t = time_index(step, seq_len, reverse)
-        _add_into(dh, d_out[t][:, out_col:out_col + state])
+        _sum_into(dh, dh_next[:, :state], d_out[t][:, out_col:out_col + state])
         c_prev = c0 if step == 0 else c_seq[time_index(step - 1, seq_len, reverse)]
         if projecting:
             dh_seq[t, :, :] = dh
@@ -119,29 +134,38 @@ def lstm_layer_backward(x, w_ih, w_hh, w_hr, h0, c0, out, out_col, gates, c_seq,
         else:
             dh_hidden = dh
         if n_parts > 1:
-            cell_backward_parallel(gates[t], c_seq[t], c_prev, dh_hidden, dc, n_parts)
+            cell_backward_parallel(gates[t], c_seq[t], c_prev, dh_hidden, dc, width, n_parts)
         else:
-            cell_backward_part(gates[t], c_seq[t], c_prev, dh_hidden, dc, 0, dc.shape[1])
-        matmul(gates[t], w_hh, dh, False, False, 0.0, True, n_parts)
-    dh0[:, :] = dh
+            cell_backward_part(gates[t], c_seq[t], c_prev, dh_hidden, dc, 0, gate_columns // NUM_GATES)
+        gemm_packed_all(gates[t], packed_hh, dh_next, False, n_parts)
+    dh0[:, :] = dh_next[:, :state]
     dc0[:, :] = dc
 
     rows = seq_len * batch
-    d_gates = gates.reshape((rows, gates.shape[2]))
-    matmul(d_gates, x.reshape((rows, x.shape[2])), dw_ih, True, False, 1.0, False, n_parts)
+    d_gates = gates.reshape((rows, gate_columns))
+    # Weight gradients with padded gate rows, then added to the gradients in PyTorch's layout.
+    padded_rows = np.empty((gate_columns, x.shape[2]), gates.dtype)
+    matmul(d_gates, x.reshape((rows, x.shape[2])), padded_rows, True, False, 0.0, False, n_parts)
+    add_from_padded_rows(padded_rows, dw_ih)
     # h_{t-1} of every step is the output row of the step before it (h0 for the first step).
     h_seq = out.reshape((rows, out.shape[2]))[:, out_col:out_col + state]
     later, earlier = (0, batch) if reverse else (batch, 0)
-    matmul(d_gates[later:later + rows - batch], h_seq[earlier:earlier + rows - batch],
-           dw_hh, True, False, 1.0, False, n_parts)
     first = rows - batch if reverse else 0
-    matmul(d_gates[first:first + batch], h0, dw_hh, True, False, 1.0, False, n_parts)
+    padded_rows = np.empty((gate_columns, state), gates.dtype)
+    matmul(d_gates[later:later + rows - batch], h_seq[earlier:earlier + rows - batch],
+           padded_rows, True, False, 0.0, False, n_parts)
+    matmul(d_gates[first:first + batch], h0, padded_rows, True, False, 1.0, False, n_parts)
+    add_from_padded_rows(padded_rows, dw_hh)
     if d_bias.shape[0] > 0:
+        bias_rows = np.zeros((gate_columns, 1), gates.dtype)
         if n_parts > 1:
-            column_sums_into_parallel(d_bias, d_gates, n_parts)
+            column_sums_into_parallel(bias_rows[:, 0], d_gates, n_parts)
         else:
-            _column_sums_into(d_bias, d_gates, 0, d_gates.shape[1])
+            _column_sums_into(bias_rows[:, 0], d_gates, 0, gate_columns)
+        add_from_padded_rows(bias_rows, d_bias.reshape((d_bias.shape[0], 1)))
     if projecting:
         matmul(dh_seq.reshape((rows, state)), h_cell_seq.reshape((rows, h_cell_seq.shape[2])),
                dw_hr, True, False, 1.0, False, n_parts)
-    matmul(d_gates, w_ih, dx.reshape((rows, dx.shape[2])), False, False, dx_beta, False, n_parts)
+    w_ih_rows = np.empty((gate_columns, x.shape[2]), gates.dtype)
+    to_padded_rows(w_ih, w_ih_rows)
+    matmul(d_gates, w_ih_rows, dx.reshape((rows, dx.shape[2])), False, False, dx_beta, False, n_parts)

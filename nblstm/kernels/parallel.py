@@ -20,11 +20,11 @@ PART_BLOCK = 16
 
 
 @njit(**JIT_OPTIONS)
-def part_range(part, n_parts, size):
-    """[start, stop) of the ``part``-th of ``n_parts`` near-equal slices of range(size), in PART_BLOCK blocks."""
-    n_blocks = (size + PART_BLOCK - 1) // PART_BLOCK
-    start = min(size, (part * n_blocks // n_parts) * PART_BLOCK)
-    stop = min(size, ((part + 1) * n_blocks // n_parts) * PART_BLOCK)
+def part_range(part, n_parts, size, block=PART_BLOCK):
+    """[start, stop) of the ``part``-th of ``n_parts`` near-equal slices of range(size), in whole blocks."""
+    n_blocks = (size + block - 1) // block
+    start = min(size, (part * n_blocks // n_parts) * block)
+    stop = min(size, ((part + 1) * n_blocks // n_parts) * block)
     return start, stop
 
 

@@ -1,0 +1,144 @@
+"""SIMD vectors in Numba: LLVM vector values, for the one kernel that needs them (``packed.py``).
+
+LLVM's auto-vectoriser handles element-wise loops well, but a matrix-product
+microkernel needs its accumulators held in registers across the whole
+reduction, which Numba arrays cannot express.  A ``Vector`` is an LLVM vector
+value (``<16 x float>`` / ``<8 x double>`` on AVX-512 machines, half that
+otherwise) that lives in a register like any scalar; the intrinsics below load,
+store, broadcast, add and fused-multiply-add them.
+
+``vector_lanes(dtype)`` gives the lane count from Python; inside kernels
+``lanes_of(array)`` is the same number as a compile-time constant.
+"""
+import llvmlite.binding as llvm
+import numpy as np
+from llvmlite import ir
+from numba import types
+from numba.core import cgutils, config
+from numba.extending import intrinsic, models, register_model
+
+
+def _vector_bits():
+    """512 where the CPU has AVX-512 (32 vector registers), else 256."""
+    features = config.CPU_FEATURES if config.CPU_FEATURES is not None else llvm.get_host_cpu_features().flatten()
+    return 512 if "+avx512f" in features else 256
+
+
+VECTOR_BITS = _vector_bits()
+
+
+def vector_lanes(dtype):
+    """Elements of ``dtype`` in one vector."""
+    return VECTOR_BITS // (8 * np.dtype(dtype).itemsize)
+
+
+class Vector(types.Type):
+    """A SIMD vector of ``lanes`` elements of a float type."""
+
+    def __init__(self, dtype):
+        self.dtype = dtype
+        self.lanes = VECTOR_BITS // dtype.bitwidth
+        super().__init__(name=f"Vector({dtype} x {self.lanes})")
+
+
+@register_model(Vector)
+class _VectorModel(models.PrimitiveModel):
+    def __init__(self, dmm, fe_type):
+        element = dmm.lookup(fe_type.dtype).get_value_type()
+        super().__init__(dmm, fe_type, ir.VectorType(element, fe_type.lanes))
+
+
+def _element_pointer(context, builder, array_type, array, index):
+    """Address of element ``index`` of a 1-D C-contiguous array."""
+    data = context.make_array(array_type)(context, builder, array).data
+    return builder.gep(data, [index])
+
+
+def _check_row(array):
+    return isinstance(array, types.Array) and array.ndim == 1 and array.layout == "C" and \
+        array.dtype in (types.float32, types.float64)
+
+
+@intrinsic
+def lanes_of(typingctx, array):
+    """The lane count of ``array``'s dtype, a compile-time constant."""
+    lanes = VECTOR_BITS // array.dtype.bitwidth
+
+    def codegen(context, builder, signature, args):
+        return ir.Constant(ir.IntType(64), lanes)
+
+    return types.intp(array), codegen
+
+
+@intrinsic
+def vload(typingctx, row, index):
+    """The vector row[index:index + lanes] of a 1-D C-contiguous float array (no bounds check)."""
+    if not _check_row(row):
+        return None
+    vector = Vector(row.dtype)
+
+    def codegen(context, builder, signature, args):
+        pointer = _element_pointer(context, builder, signature.args[0], args[0], args[1])
+        vector_pointer = builder.bitcast(pointer, context.get_value_type(vector).as_pointer())
+        return builder.load(vector_pointer, align=row.dtype.bitwidth // 8)
+
+    return vector(row, index), codegen
+
+
+@intrinsic
+def vstore(typingctx, row, index, value):
+    """row[index:index + lanes] = value (no bounds check)."""
+    if not _check_row(row) or not isinstance(value, Vector) or value.dtype != row.dtype:
+        return None
+
+    def codegen(context, builder, signature, args):
+        pointer = _element_pointer(context, builder, signature.args[0], args[0], args[1])
+        builder.store(args[2], builder.bitcast(pointer, args[2].type.as_pointer()), align=row.dtype.bitwidth // 8)
+        return context.get_dummy_value()
+
+    return types.none(row, index, value), codegen
+
+
+@intrinsic
+def vsplat(typingctx, scalar):
+    """A vector with ``scalar`` in every lane."""
+    if scalar not in (types.float32, types.float64):
+        return None
+    vector = Vector(scalar)
+
+    def codegen(context, builder, signature, args):
+        vector_type = context.get_value_type(vector)
+        undefined = ir.Constant(vector_type, ir.Undefined)
+        first = builder.insert_element(undefined, args[0], ir.Constant(ir.IntType(32), 0))
+        mask = ir.Constant(ir.VectorType(ir.IntType(32), vector.lanes), [0] * vector.lanes)
+        return builder.shuffle_vector(first, undefined, mask)
+
+    return vector(scalar), codegen
+
+
+@intrinsic
+def vadd(typingctx, a, b):
+    """a + b, lane by lane."""
+    if not isinstance(a, Vector) or a != b:
+        return None
+
+    def codegen(context, builder, signature, args):
+        return builder.fadd(args[0], args[1])
+
+    return a(a, b), codegen
+
+
+@intrinsic
+def vfma(typingctx, a, b, c):
+    """a * b + c, lane by lane, with one rounding (a fused multiply-add)."""
+    if not isinstance(a, Vector) or not a == b == c:
+        return None
+
+    def codegen(context, builder, signature, args):
+        vector_type = args[0].type
+        name = f"llvm.fma.v{vector_type.count}{vector_type.element.intrinsic_name}"
+        function = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vector_type, [vector_type] * 3),
+                                                  name)
+        return builder.call(function, args)
+
+    return a(a, b, c), codegen

@@ -21,15 +21,15 @@ from numba import njit, prange
 from .._config import JIT_OPTIONS, PARALLEL_JIT_OPTIONS
 from ..params import NUM_GATES
 from .activations import tanh
-from .cpu_forward import gate_slices, gemm_packed_all, time_index
-from .packed import PANEL_VECTORS, add_from_padded_rows, pack_columns, to_padded_rows
-from .parallel import matmul, part_range
+from .cpu_forward import gate_slices, gemm_packed_all, in_gate_layout, time_index
+from .packed import PANEL_VECTORS, add_from_padded_rows, pack_columns, packs_weights
+from .parallel import PART_BLOCK, empty_aligned, matmul, part_range
 from .simd import lanes_of
 
 
 @njit(**JIT_OPTIONS)
 def cell_backward_part(gates_t, c_t, c_prev, dh, dc, start, stop):
-    """Gate gradients of one step for hidden units [start, stop) (whole panels).
+    """Gate gradients of one step for hidden units [start, stop).
 
     gates_t: (batch, 4*padded) activations i, f, g, o in the padded gate layout; on return
              the gradients of the pre-activation gates (zero for padding units)
@@ -58,11 +58,10 @@ def cell_backward_part(gates_t, c_t, c_prev, dh, dc, start, stop):
 
 
 @njit(**PARALLEL_JIT_OPTIONS)
-def cell_backward_parallel(gates_t, c_t, c_prev, dh, dc, width, n_parts):
-    """cell_backward_part over every hidden unit, whole panels of ``width`` units split between
-    ``n_parts`` threads."""
+def cell_backward_parallel(gates_t, c_t, c_prev, dh, dc, block, n_parts):
+    """cell_backward_part over every hidden unit, blocks of ``block`` units split between ``n_parts`` threads."""
     for part in prange(n_parts):
-        start, stop = part_range(part, n_parts, gates_t.shape[1] // NUM_GATES, width)
+        start, stop = part_range(part, n_parts, gates_t.shape[1] // NUM_GATES, block)
         cell_backward_part(gates_t, c_t, c_prev, dh, dc, start, stop)
 
 
@@ -93,6 +92,18 @@ def column_sums_into_parallel(total, matrix, n_parts):
 
 
 @njit(**JIT_OPTIONS)
+def add_weight_gradient(d_gates, inputs, dw, n_parts):
+    """dw (4*hidden, k) += d_gates.T @ inputs, d_gates (rows, 4*padded) in the padded gate layout,
+    inputs (rows, k); padding rows are dropped."""
+    if d_gates.shape[1] == dw.shape[0]:
+        matmul(d_gates, inputs, dw, True, False, 1.0, False, n_parts)
+    else:
+        padded_rows = empty_aligned(d_gates.shape[1], dw.shape[1], d_gates)
+        matmul(d_gates, inputs, padded_rows, True, False, 0.0, False, n_parts)
+        add_from_padded_rows(padded_rows, dw)
+
+
+@njit(**JIT_OPTIONS)
 def lstm_layer_backward(x, w_ih, w_hh, w_hr, h0, c0, out, out_col, gates, c_seq, h_cell_seq,
                         reverse, n_parts, d_out, dh_n, dc_n, dh, dc, dh_cell, dh_seq,
                         dx, dx_beta, dh0, dc0, dw_ih, dw_hh, d_bias, dw_hr):
@@ -114,15 +125,20 @@ def lstm_layer_backward(x, w_ih, w_hh, w_hr, h0, c0, out, out_col, gates, c_seq,
       dw_ih, dw_hh, d_bias (4*hidden,) (or (0,) without bias), dw_hr like their weights.
     """
     seq_len, batch = x.shape[0], x.shape[1]
-    state = h0.shape[1]
+    hidden, state = c0.shape[1], h0.shape[1]
     gate_columns = gates.shape[2]
+    padded = gate_columns // NUM_GATES
     width = PANEL_VECTORS * lanes_of(gates[0, 0])  # columns per panel
+    packing = packs_weights(seq_len, batch, hidden, state)  # as the forward pass decided
     projecting = w_hr.shape[0] > 0
-    packed_hh = np.empty(((state + width - 1) // width, gate_columns, width), gates.dtype)
-    pack_columns(w_hh, packed_hh, True)
-    dh_next = np.zeros((batch, packed_hh.shape[0] * width), gates.dtype)  # d_gates @ w_hh, padded
+    packed_hh = np.empty(((state + width - 1) // width if packing else 0, gate_columns, width), gates.dtype)
+    if packing:
+        pack_columns(w_hh, packed_hh, True)
+    # d_gates @ w_hh, the gradient flowing into the previous step (padded to whole panels)
+    dh_next = empty_aligned(batch, packed_hh.shape[0] * width if packing else state, gates)
     dh_next[:, :state] = dh_n
     dc[:, :] = dc_n
+    block = width if packing else PART_BLOCK
     for step in range(seq_len - 1, -1, -1):
         t = time_index(step, seq_len, reverse)
         _sum_into(dh, dh_next[:, :state], d_out[t][:, out_col:out_col + state])
@@ -134,28 +150,25 @@ def lstm_layer_backward(x, w_ih, w_hh, w_hr, h0, c0, out, out_col, gates, c_seq,
         else:
             dh_hidden = dh
         if n_parts > 1:
-            cell_backward_parallel(gates[t], c_seq[t], c_prev, dh_hidden, dc, width, n_parts)
+            cell_backward_parallel(gates[t], c_seq[t], c_prev, dh_hidden, dc, block, n_parts)
         else:
-            cell_backward_part(gates[t], c_seq[t], c_prev, dh_hidden, dc, 0, gate_columns // NUM_GATES)
-        gemm_packed_all(gates[t], packed_hh, dh_next, False, n_parts)
+            cell_backward_part(gates[t], c_seq[t], c_prev, dh_hidden, dc, 0, padded)
+        if packing:
+            gemm_packed_all(gates[t], packed_hh, dh_next, False, n_parts)
+        else:
+            matmul(gates[t], w_hh, dh_next, False, False, 0.0, True, n_parts)
     dh0[:, :] = dh_next[:, :state]
     dc0[:, :] = dc
 
     rows = seq_len * batch
     d_gates = gates.reshape((rows, gate_columns))
-    # Weight gradients with padded gate rows, then added to the gradients in PyTorch's layout.
-    padded_rows = np.empty((gate_columns, x.shape[2]), gates.dtype)
-    matmul(d_gates, x.reshape((rows, x.shape[2])), padded_rows, True, False, 0.0, False, n_parts)
-    add_from_padded_rows(padded_rows, dw_ih)
+    add_weight_gradient(d_gates, x.reshape((rows, x.shape[2])), dw_ih, n_parts)
     # h_{t-1} of every step is the output row of the step before it (h0 for the first step).
     h_seq = out.reshape((rows, out.shape[2]))[:, out_col:out_col + state]
     later, earlier = (0, batch) if reverse else (batch, 0)
     first = rows - batch if reverse else 0
-    padded_rows = np.empty((gate_columns, state), gates.dtype)
-    matmul(d_gates[later:later + rows - batch], h_seq[earlier:earlier + rows - batch],
-           padded_rows, True, False, 0.0, False, n_parts)
-    matmul(d_gates[first:first + batch], h0, padded_rows, True, False, 1.0, False, n_parts)
-    add_from_padded_rows(padded_rows, dw_hh)
+    add_weight_gradient(d_gates[later:later + rows - batch], h_seq[earlier:earlier + rows - batch], dw_hh, n_parts)
+    add_weight_gradient(d_gates[first:first + batch], h0, dw_hh, n_parts)
     if d_bias.shape[0] > 0:
         bias_rows = np.zeros((gate_columns, 1), gates.dtype)
         if n_parts > 1:
@@ -166,6 +179,5 @@ def lstm_layer_backward(x, w_ih, w_hh, w_hr, h0, c0, out, out_col, gates, c_seq,
     if projecting:
         matmul(dh_seq.reshape((rows, state)), h_cell_seq.reshape((rows, h_cell_seq.shape[2])),
                dw_hr, True, False, 1.0, False, n_parts)
-    w_ih_rows = np.empty((gate_columns, x.shape[2]), gates.dtype)
-    to_padded_rows(w_ih, w_ih_rows)
-    matmul(d_gates, w_ih_rows, dx.reshape((rows, dx.shape[2])), False, False, dx_beta, False, n_parts)
+    matmul(d_gates, in_gate_layout(w_ih, padded), dx.reshape((rows, dx.shape[2])), False, False, dx_beta,
+           False, n_parts)

@@ -3,11 +3,12 @@
 Gates are kept in the padded gate layout of ``packed.py`` (PyTorch's i, f, g,
 o blocks, each padded to whole panels).  Per layer and direction:
 
-1. the weights are repacked once (``pack_gate_rows``) so that the products
-   below stream them contiguously from cache;
+1. the weights are rearranged once: w_hh repacked (``pack_gate_rows``) so that
+   every step's small product streams it contiguously from cache, w_ih's rows
+   put in the padded gate layout;
 2. the input projection ``x_t @ w_ih.T`` of a block of time steps is one
-   matrix product (the whole sequence in training; a fixed-size block in
-   inference, so memory does not grow with seq_len);
+   large matrix product (BLAS; the whole sequence in training, a fixed-size
+   block in inference, so memory does not grow with seq_len);
 3. a compiled loop over time in which each thread owns a range of hidden
    units (whole panels): it adds ``h_{t-1} @ w_hh.T`` to the four gate blocks
    of its units, then applies the fused gate math
@@ -15,9 +16,10 @@ o blocks, each padded to whole panels).  Per layer and direction:
    (with a projection, ``h_t = w_hr @ (o * tanh(c_t))`` in a second parallel
    region).  Threads never write the same element, so there are no races.
 
-Sequences shorter than ``PACK_MIN_STEPS`` (single steps of LSTMCell) skip the
-repacking, which would cost more than it saves, and compute each step's gates
-in PyTorch's layout before copying them into the padded layout.
+Small problems (``packed.packs_weights``: few time steps, as LSTMCell's single
+steps, or little work per step) skip the repacking and the padding, which
+would cost more than they save: their gates are in PyTorch's layout and every
+product is a plain one (``blas.gemm``).
 
 All arrays are preallocated by the caller and indexed by time step, so the
 reverse direction runs the same loop backwards in time.
@@ -29,13 +31,9 @@ from .._config import JIT_OPTIONS, PARALLEL_JIT_OPTIONS
 from ..params import NUM_GATES
 from .activations import sigmoid, tanh
 from .blas import gemm
-from .packed import PANEL_VECTORS, gemm_packed, pack_gate_rows, to_padded_rows
-from .parallel import matmul, part_range
+from .packed import PANEL_VECTORS, gemm_packed, pack_gate_rows, packs_weights, to_padded_rows
+from .parallel import PART_BLOCK, matmul, part_range
 from .simd import lanes_of
-
-# Repacking the weights pays for itself from this many time steps on.
-PACK_MIN_STEPS = 4
-
 
 @njit(**JIT_OPTIONS)
 def time_index(step, seq_len, reverse):
@@ -53,12 +51,6 @@ def gate_slices(row, padded, start, stop):
     """
     return (row[start:stop], row[padded + start:padded + stop],
             row[2 * padded + start:2 * padded + stop], row[3 * padded + start:3 * padded + stop])
-
-
-@njit(**JIT_OPTIONS)
-def to_padded(values, padded_row):
-    """A (4*hidden,) row in PyTorch's gate layout into a (4*padded,) row in the padded gate layout."""
-    to_padded_rows(values.reshape((values.shape[0], 1)), padded_row.reshape((padded_row.shape[0], 1)))
 
 
 @njit(**JIT_OPTIONS)
@@ -90,31 +82,43 @@ def gate_math_part(gates_t, bias, c_prev, c_t, h_dst, h_dst_col, start, stop):
 
 
 @njit(**JIT_OPTIONS)
-def gemm_gate_blocks(a, packed, c, accumulate, start, stop):
-    """c[:, gate columns of units [start, stop)] (+)= a @ (packed weights of those columns), for the
-    four gate blocks of c (batch, 4*padded); start, stop are multiples of the panel width."""
-    width = packed.shape[2]
-    blocks = packed.shape[0] // NUM_GATES
-    for gate in range(NUM_GATES):
-        gemm_packed(a, packed, c, accumulate, gate * blocks + start // width, gate * blocks + stop // width,
-                    0, c.shape[0])
+def recurrent_product(h_prev, w_hh, packed_hh, gates_t, start, stop):
+    """gates_t[:, gate columns of units [start, stop)] += h_prev @ w_hh.T for those columns.
+
+    With packed weights (packed_hh from ``pack_gate_rows``, start and stop whole panels) one
+    packed product per gate block; without (packed_hh empty, gates_t in PyTorch's layout) plain
+    products, one for all four gates when the part is every unit.
+    h_prev: (batch, state); w_hh: (4*hidden, state); gates_t: (batch, 4*padded).
+    """
+    hidden, padded = w_hh.shape[0] // NUM_GATES, gates_t.shape[1] // NUM_GATES
+    if packed_hh.shape[0] > 0:
+        width = packed_hh.shape[2]
+        blocks = packed_hh.shape[0] // NUM_GATES
+        for gate in range(NUM_GATES):
+            gemm_packed(h_prev, packed_hh, gates_t, True, gate * blocks + start // width,
+                        gate * blocks + stop // width, 0, gates_t.shape[0])
+    elif start == 0 and stop >= hidden:
+        gemm(h_prev, w_hh, gates_t, False, True, 1.0)
+    else:
+        for gate in range(NUM_GATES):
+            gemm(h_prev, w_hh[gate * hidden + start:gate * hidden + stop],
+                 gates_t[:, gate * padded + start:gate * padded + stop], False, True, 1.0)
 
 
 @njit(**JIT_OPTIONS)
-def cell_forward_part(gates_t, bias, h_prev, packed_hh, c_prev, c_t, h_dst, h_dst_col, start, stop):
-    """One time step for hidden units [start, stop) (whole panels): add h_prev @ w_hh.T (packed_hh from
-    ``pack_gate_rows``; h_prev (batch, state)) to their gates, then the gate math."""
-    gemm_gate_blocks(h_prev, packed_hh, gates_t, True, start, stop)
+def cell_forward_part(gates_t, bias, h_prev, w_hh, packed_hh, c_prev, c_t, h_dst, h_dst_col, start, stop):
+    """One time step for hidden units [start, stop): add h_prev @ w_hh.T to their gates (see
+    ``recurrent_product``), then the gate math."""
+    recurrent_product(h_prev, w_hh, packed_hh, gates_t, start, stop)
     gate_math_part(gates_t, bias, c_prev, c_t, h_dst, h_dst_col, start, min(stop, c_t.shape[1]))
 
 
 @njit(**PARALLEL_JIT_OPTIONS)
-def cell_forward_parallel(gates_t, bias, h_prev, packed_hh, c_prev, c_t, h_dst, h_dst_col, n_parts):
-    """cell_forward_part over every hidden unit, whole panels of units split between ``n_parts`` threads."""
-    width = packed_hh.shape[2]
+def cell_forward_parallel(gates_t, bias, h_prev, w_hh, packed_hh, c_prev, c_t, h_dst, h_dst_col, block, n_parts):
+    """cell_forward_part over every hidden unit, blocks of ``block`` units split between ``n_parts`` threads."""
     for part in prange(n_parts):
-        start, stop = part_range(part, n_parts, gates_t.shape[1] // NUM_GATES, width)
-        cell_forward_part(gates_t, bias, h_prev, packed_hh, c_prev, c_t, h_dst, h_dst_col, start, stop)
+        start, stop = part_range(part, n_parts, gates_t.shape[1] // NUM_GATES, block)
+        cell_forward_part(gates_t, bias, h_prev, w_hh, packed_hh, c_prev, c_t, h_dst, h_dst_col, start, stop)
 
 
 @njit(**PARALLEL_JIT_OPTIONS)
@@ -134,13 +138,14 @@ def gemm_packed_all(a, packed, c, accumulate, n_parts):
 
 
 @njit(**JIT_OPTIONS)
-def _direct_gates(x_t, w_ih, h_prev, w_hh, gates_t, scratch):
-    """gates_t = x_t @ w_ih.T + h_prev @ w_hh.T in the padded gate layout, without repacked weights;
-    scratch (batch, 4*hidden) holds them in PyTorch's layout on the way."""
-    gemm(x_t, w_ih, scratch, False, True, 0.0)
-    gemm(h_prev, w_hh, scratch, False, True, 1.0)
-    for b in range(gates_t.shape[0]):
-        to_padded(scratch[b], gates_t[b])
+def in_gate_layout(w, padded):
+    """w (4*hidden, k) with its gate rows in the padded gate layout (4*padded, k): w itself without
+    padding, else a copy with zero rows for the padding units."""
+    if padded * NUM_GATES == w.shape[0]:
+        return w
+    rows = np.empty((NUM_GATES * padded, w.shape[1]), w.dtype)
+    to_padded_rows(w, rows)
+    return rows
 
 
 @njit(**JIT_OPTIONS)
@@ -169,18 +174,15 @@ def lstm_layer_forward(x, w_ih, w_hh, bias, w_hr, h0, c0, reverse, n_parts,
     seq_len, batch = x.shape[0], x.shape[1]
     hidden, state = c0.shape[1], h0.shape[1]
     gate_slots, c_slots = gates.shape[0], c_seq.shape[0]
-    width = PANEL_VECTORS * lanes_of(bias)  # columns per panel
     padded = gates.shape[2] // NUM_GATES
-    bias_padded = np.empty(gates.shape[2], gates.dtype)
-    to_padded(bias, bias_padded)
-    n_panels = gates.shape[2] // width
-    packing = seq_len >= PACK_MIN_STEPS
-    packed_ih = np.empty((n_panels if packing else 0, x.shape[2], width), gates.dtype)
-    packed_hh = np.empty((n_panels, state if packing else 0, width), gates.dtype)
-    scratch = np.empty((0 if packing else batch, NUM_GATES * hidden), gates.dtype)
+    width = PANEL_VECTORS * lanes_of(bias)  # columns per panel
+    packing = packs_weights(seq_len, batch, hidden, state)
+    packed_hh = np.empty((gates.shape[2] // width if packing else 0, state, width), gates.dtype)
     if packing:
-        pack_gate_rows(w_ih, packed_ih)
         pack_gate_rows(w_hh, packed_hh)
+    w_ih_rows = in_gate_layout(w_ih, padded)
+    bias_rows = np.ascontiguousarray(in_gate_layout(bias.reshape((bias.shape[0], 1)), padded)[:, 0])
+    block = width if packing else PART_BLOCK
     projecting = w_hr.shape[0] > 0
     projected_block = -1
     for step in range(seq_len):
@@ -192,24 +194,24 @@ def lstm_layer_forward(x, w_ih, w_hh, bias, w_hr, h0, c0, reverse, n_parts,
             t_prev = time_index(step - 1, seq_len, reverse)
             h_prev = out[t_prev][:, out_col:out_col + state]
             c_prev = c_seq[t_prev % c_slots]
-        gates_t = gates[t % gate_slots]
-        if packing and t // gate_slots != projected_block:
+        if t // gate_slots != projected_block:
             projected_block = t // gate_slots
             t0 = projected_block * gate_slots
             t1 = min(seq_len, t0 + gate_slots)
-            gemm_packed_all(x[t0:t1].reshape(((t1 - t0) * batch, x.shape[2])), packed_ih,
-                            gates[:t1 - t0].reshape(((t1 - t0) * batch, gates.shape[2])), False, n_parts)
-        elif not packing:
-            _direct_gates(x[t], w_ih, h_prev, w_hh, gates_t, scratch)
+            matmul(x[t0:t1].reshape(((t1 - t0) * batch, x.shape[2])), w_ih_rows,
+                   gates[:t1 - t0].reshape(((t1 - t0) * batch, gates.shape[2])), False, True, 0.0, False, n_parts)
+        gates_t = gates[t % gate_slots]
         c_t = c_seq[t % c_slots]
         if projecting:
             h_dst, h_dst_col = h_cell_seq[t % c_slots], 0
         else:
             h_dst, h_dst_col = out[t], out_col
         if n_parts > 1:
-            cell_forward_parallel(gates_t, bias_padded, h_prev, packed_hh, c_prev, c_t, h_dst, h_dst_col, n_parts)
+            cell_forward_parallel(gates_t, bias_rows, h_prev, w_hh, packed_hh, c_prev, c_t, h_dst, h_dst_col,
+                                  block, n_parts)
         else:
-            cell_forward_part(gates_t, bias_padded, h_prev, packed_hh, c_prev, c_t, h_dst, h_dst_col, 0, padded)
+            cell_forward_part(gates_t, bias_rows, h_prev, w_hh, packed_hh, c_prev, c_t, h_dst, h_dst_col,
+                              0, padded)
         if projecting:
             matmul(h_dst, w_hr, out[t][:, out_col:out_col + state], False, True, 0.0, True, n_parts)
     t_last = time_index(seq_len - 1, seq_len, reverse)

@@ -7,7 +7,8 @@ number of panels (``padded_hidden``):
     column of (gate, unit j) = gate * padded + j.
 
 Padding columns hold zeros (their weights are zero); a thread's hidden units
-are whole panels, so every product below writes whole panels.
+are whole panels, so every product below writes whole panels.  Small problems
+(``packs_weights``) use no padding: the layout is then exactly PyTorch's.
 
 Packed weights.  ``c = a @ w.T`` (gates from inputs or states) and
 ``c = a @ w`` (state gradients from gate gradients) run over weights repacked
@@ -34,6 +35,25 @@ ROW_BLOCK = 128
 # Rows of c per register tile: 4 x 4 vectors is 16 accumulators, which AVX-512's
 # 32 registers hold with room to spare; AVX2's 16 registers take one row.
 TILE_ROWS = 4 if VECTOR_BITS == 512 else 1
+
+
+# Repacking the weights and padding the gates pays for itself from this many time
+# steps and this many multiply-adds per step on; smaller problems (LSTMCell steps,
+# tiny models) keep PyTorch's layout and run plain products.
+PACK_MIN_STEPS = 4
+PACK_MIN_WORK = 1 << 16
+
+
+@njit(**JIT_OPTIONS)
+def packs_weights(seq_len, batch, hidden, state):
+    """Whether a layer of this size runs on packed weights and padded gates (else PyTorch's layout)."""
+    return seq_len >= PACK_MIN_STEPS and batch * NUM_GATES * hidden * state >= PACK_MIN_WORK
+
+
+def gate_columns(seq_len, batch, hidden, state, dtype):
+    """Width of a row of gates for a layer of this size: 4 * padded hidden, or 4 * hidden unpadded."""
+    packing = packs_weights(seq_len, batch, hidden, state)
+    return NUM_GATES * (padded_hidden(hidden, dtype) if packing else hidden)
 
 
 def panel_width(dtype):

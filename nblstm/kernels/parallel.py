@@ -4,6 +4,7 @@ Each thread writes its own slice of the output, so no two threads touch the
 same element: no atomics, no reductions across threads.
 """
 import numba
+import numpy as np
 from numba import njit, prange
 
 from .._config import JIT_OPTIONS, PARALLEL_JIT_OPTIONS
@@ -17,6 +18,7 @@ numba.get_num_threads()
 # Ranges are split in blocks of this many elements (one cache line of float32,
 # a whole number of SIMD vectors).
 PART_BLOCK = 16
+CACHE_LINE = 64
 
 
 @njit(**JIT_OPTIONS)
@@ -26,6 +28,16 @@ def part_range(part, n_parts, size, block=PART_BLOCK):
     start = min(size, (part * n_blocks // n_parts) * block)
     stop = min(size, ((part + 1) * n_blocks // n_parts) * block)
     return start, stop
+
+
+@njit(**JIT_OPTIONS)
+def empty_aligned(rows, cols, dtype_of):
+    """np.empty((rows, cols)) of ``dtype_of``'s dtype, starting on a cache-line boundary, so that
+    threads writing neighbouring parts of a row do not share a cache line."""
+    per_line = CACHE_LINE // dtype_of.itemsize
+    raw = np.empty(rows * cols + per_line, dtype_of.dtype)
+    start = -(raw.ctypes.data // dtype_of.itemsize) % per_line
+    return raw[start:start + rows * cols].reshape((rows, cols))
 
 
 @njit(**JIT_OPTIONS)

@@ -72,7 +72,7 @@ class CUDABackend:
         return _plan(persistent=batch <= PERSISTENT_MAX_BATCH)
 
     @staticmethod
-    def gate_columns(seq_len, batch, hidden, state, dtype):
+    def gate_columns(seq_len, hidden, dtype, plan):
         """Width of a row of gates: the CUDA kernels keep PyTorch's layout (i, f, g, o blocks)."""
         return NUM_GATES * hidden
 

@@ -72,6 +72,8 @@ def _check_floating(dtype, name):
 
 def as_float_array(value, name, dtype):
     """``value`` as a C-contiguous, writable array of the model's dtype, refusing non-float input."""
+    if type(value) is np.ndarray and value.dtype == dtype and value.flags.carray:
+        return value  # the common case, checked cheaply: small models are called often
     array = to_numpy(value)
     _check_floating(array.dtype, name)
     return np.require(array, dtype=dtype, requirements=("C", "W"))

@@ -13,6 +13,7 @@ The layout is PyTorch's, so state dicts carry over unchanged:
   proj_size > 0, else hidden_size; the input of layer k > 0 is the output of
   layer k - 1, of size num_directions * state_size.
 """
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -41,6 +42,7 @@ def state_size(hidden_size, proj_size):
     return proj_size if proj_size > 0 else hidden_size
 
 
+@functools.lru_cache(maxsize=1024)
 def layer_names(layer, direction, bias, proj_size, cell=False):
     """Parameter names of one (layer, direction); ``cell=True`` gives LSTMCell's unsuffixed names."""
     suffix = "" if cell else f"_l{layer}" + ("_reverse" if direction == 1 else "")
@@ -93,11 +95,11 @@ class LSTMConfig:
     bidirectional: bool = False
     proj_size: int = 0
 
-    @property
+    @functools.cached_property
     def num_directions(self):
         return 2 if self.bidirectional else 1
 
-    @property
+    @functools.cached_property
     def state_size(self):
         return state_size(self.hidden_size, self.proj_size)
 

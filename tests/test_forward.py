@@ -76,7 +76,8 @@ ODD_SIZES = [
     (2000, 2, 3, 5, {}),
     (9, 16, 37, 37, dict(bidirectional=True)),          # parallel split, BLAS products
     (9, 16, 20, 64, dict(proj_size=17, bidirectional=True)),
-    (37, 64, 5, 48, dict(bidirectional=True)),          # several inference blocks
+    (37, 64, 5, 48, dict(bidirectional=True)),          # several inference blocks, threads split steps
+    (6, 32, 24, 96, dict(bidirectional=True, proj_size=40, num_layers=2)),  # threads, padding, projection
     (3, 130, 40, 100, dict(num_layers=2)),
 ]
 

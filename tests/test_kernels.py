@@ -82,10 +82,11 @@ def test_part_range_covers_everything_once(size, n_parts):
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("hidden,k,m", [(1, 1, 1), (5, 3, 2), (37, 13, 7), (64, 300, 9), (100, 33, 130)])
 @pytest.mark.parametrize("accumulate", [False, True])
-def test_packed_products_match_numpy(hidden, k, m, accumulate, dtype, rng):
+@pytest.mark.parametrize("parallel", [False, True], ids=["vector-padding", "panel-padding"])
+def test_packed_products_match_numpy(hidden, k, m, accumulate, parallel, dtype, rng):
     """gates (+)= a @ w.T in the padded gate layout, and c = a @ w with padded gate rows as the
     reduction, over every row tile shape (4-row tiles and single rows) and reduction block."""
-    padded = packed.padded_hidden(hidden, dtype)
+    padded = packed.padded_hidden(hidden, dtype, parallel)
     width = packed.panel_width(dtype)
     w = rng.standard_normal((4 * hidden, k)).astype(dtype)
     a = rng.standard_normal((m, k)).astype(dtype)
@@ -118,7 +119,7 @@ def to_padded_layout(values, hidden, padded):
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_padded_rows_round_trip(dtype, rng):
     w = rng.standard_normal((4 * 37, 5)).astype(dtype)
-    padded = packed.padded_hidden(37, dtype)
+    padded = packed.padded_hidden(37, dtype, True)
     rows = np.empty((4 * padded, 5), dtype)
     packed.to_padded_rows(w, rows)
     np.testing.assert_array_equal(rows, to_padded_layout(w.T, 37, padded).T)

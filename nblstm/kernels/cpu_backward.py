@@ -129,7 +129,7 @@ def lstm_layer_backward(x, w_ih, w_hh, w_hr, h0, c0, out, out_col, gates, c_seq,
     gate_columns = gates.shape[2]
     padded = gate_columns // NUM_GATES
     width = PANEL_VECTORS * lanes_of(gates[0, 0])  # columns per panel
-    packing = packs_weights(seq_len, batch, hidden, state)  # as the forward pass decided
+    packing = packs_weights(seq_len) and gate_columns % width == 0  # as the forward pass decided
     projecting = w_hr.shape[0] > 0
     packed_hh = np.empty(((state + width - 1) // width if packing else 0, gate_columns, width), gates.dtype)
     if packing:

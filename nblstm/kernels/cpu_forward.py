@@ -85,13 +85,16 @@ def gate_math_part(gates_t, bias, c_prev, c_t, h_dst, h_dst_col, start, stop):
 def recurrent_product(h_prev, w_hh, packed_hh, gates_t, start, stop):
     """gates_t[:, gate columns of units [start, stop)] += h_prev @ w_hh.T for those columns.
 
-    With packed weights (packed_hh from ``pack_gate_rows``, start and stop whole panels) one
-    packed product per gate block; without (packed_hh empty, gates_t in PyTorch's layout) plain
-    products, one for all four gates when the part is every unit.
+    With packed weights (packed_hh from ``pack_gate_rows``) one packed product over every
+    panel, or, for a part of the units (whole panels), one per gate block; without (packed_hh
+    empty, gates_t in PyTorch's layout) plain products, one for all four gates when the part
+    is every unit.
     h_prev: (batch, state); w_hh: (4*hidden, state); gates_t: (batch, 4*padded).
     """
     hidden, padded = w_hh.shape[0] // NUM_GATES, gates_t.shape[1] // NUM_GATES
-    if packed_hh.shape[0] > 0:
+    if packed_hh.shape[0] > 0 and start == 0 and stop == padded:
+        gemm_packed(h_prev, packed_hh, gates_t, True, 0, packed_hh.shape[0], 0, gates_t.shape[0])
+    elif packed_hh.shape[0] > 0:
         width = packed_hh.shape[2]
         blocks = packed_hh.shape[0] // NUM_GATES
         for gate in range(NUM_GATES):
@@ -176,7 +179,7 @@ def lstm_layer_forward(x, w_ih, w_hh, bias, w_hr, h0, c0, reverse, n_parts,
     gate_slots, c_slots = gates.shape[0], c_seq.shape[0]
     padded = gates.shape[2] // NUM_GATES
     width = PANEL_VECTORS * lanes_of(bias)  # columns per panel
-    packing = packs_weights(seq_len, batch, hidden, state)
+    packing = packs_weights(seq_len) and gates.shape[2] % width == 0
     packed_hh = np.empty((gates.shape[2] // width if packing else 0, state, width), gates.dtype)
     if packing:
         pack_gate_rows(w_hh, packed_hh)

@@ -6,9 +6,11 @@ number of panels (``padded_hidden``):
 
     column of (gate, unit j) = gate * padded + j.
 
-Padding columns hold zeros (their weights are zero); a thread's hidden units
-are whole panels, so every product below writes whole panels.  Small problems
-(``packs_weights``) use no padding: the layout is then exactly PyTorch's.
+Padding columns hold zeros (their weights are zero).  When threads split the
+hidden units, each gate block is padded to whole panels, so that every thread
+owns whole panels; a single thread pads to whole vectors only.  Short
+sequences (``packs_weights``) use no padding: the layout is then exactly
+PyTorch's.
 
 Packed weights.  ``c = a @ w.T`` (gates from inputs or states) and
 ``c = a @ w`` (state gradients from gate gradients) run over weights repacked
@@ -37,23 +39,20 @@ ROW_BLOCK = 128
 TILE_ROWS = 4 if VECTOR_BITS == 512 else 1
 
 
-# Repacking the weights and padding the gates pays for itself from this many time
-# steps and this many multiply-adds per step on; smaller problems (LSTMCell steps,
-# tiny models) keep PyTorch's layout and run plain products.
+# Repacking the weights pays for itself from this many time steps on; shorter
+# sequences (LSTMCell's single steps) keep PyTorch's layout and run plain products.
 PACK_MIN_STEPS = 4
-PACK_MIN_WORK = 1 << 16
 
 
 @njit(**JIT_OPTIONS)
-def packs_weights(seq_len, batch, hidden, state):
-    """Whether a layer of this size runs on packed weights and padded gates (else PyTorch's layout)."""
-    return seq_len >= PACK_MIN_STEPS and batch * NUM_GATES * hidden * state >= PACK_MIN_WORK
+def packs_weights(seq_len):
+    """Whether a layer over ``seq_len`` steps runs on packed weights and padded gates."""
+    return seq_len >= PACK_MIN_STEPS
 
 
-def gate_columns(seq_len, batch, hidden, state, dtype):
-    """Width of a row of gates for a layer of this size: 4 * padded hidden, or 4 * hidden unpadded."""
-    packing = packs_weights(seq_len, batch, hidden, state)
-    return NUM_GATES * (padded_hidden(hidden, dtype) if packing else hidden)
+def gate_columns(seq_len, hidden, dtype, parallel):
+    """Width of a row of gates: 4 * padded hidden with packed weights, else 4 * hidden."""
+    return NUM_GATES * (padded_hidden(hidden, dtype, parallel) if packs_weights(seq_len) else hidden)
 
 
 def panel_width(dtype):
@@ -61,10 +60,11 @@ def panel_width(dtype):
     return PANEL_VECTORS * vector_lanes(dtype)
 
 
-def padded_hidden(hidden, dtype):
-    """hidden rounded up to a whole number of panels: the width of each gate block."""
-    width = panel_width(dtype)
-    return -(-hidden // width) * width
+def padded_hidden(hidden, dtype, parallel):
+    """hidden rounded up to whole vectors, or, when threads split the hidden units (``parallel``),
+    to whole panels, so that every thread's gate columns are whole panels."""
+    unit = panel_width(dtype) if parallel else vector_lanes(dtype)
+    return -(-hidden // unit) * unit
 
 
 @njit(**JIT_OPTIONS)
@@ -82,16 +82,15 @@ def pack_gate_rows(w, packed):
     zero for padding units.
     """
     hidden = w.shape[0] // NUM_GATES
-    width, k = packed.shape[2], packed.shape[1]
+    width = packed.shape[2]
     padded = packed.shape[0] * width // NUM_GATES
-    block = 16  # a (16, width) block of packed stays in the L1 cache while 16 columns of w fill it
-    for p in range(packed.shape[0]):
-        for k0 in range(0, k, block):
-            k1 = min(k, k0 + block)
-            for c in range(width):
-                row = weight_row(p * width + c, hidden, padded)
-                for kk in range(k0, k1):
-                    packed[p, kk, c] = w[row, kk] if row >= 0 else 0.0
+    packed[:, :, :] = 0.0
+    for gate in range(NUM_GATES):
+        for unit in range(hidden):
+            column = gate * padded + unit
+            source, target = w[gate * hidden + unit], packed[column // width, :, column % width]
+            for kk in range(source.shape[0]):
+                target[kk] = source[kk]
 
 
 @njit(**JIT_OPTIONS)

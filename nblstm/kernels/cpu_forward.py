@@ -5,10 +5,10 @@ o blocks, each padded to whole panels).  Per layer and direction:
 
 1. the weights are rearranged once: w_hh repacked (``pack_gate_rows``) so that
    every step's small product streams it contiguously from cache, w_ih's rows
-   put in the padded gate layout;
+   put in the padded gate layout (or repacked too when one thread runs);
 2. the input projection ``x_t @ w_ih.T`` of a block of time steps is one
-   large matrix product (BLAS; the whole sequence in training, a fixed-size
-   block in inference, so memory does not grow with seq_len);
+   large matrix product (BLAS with threads; the whole sequence in training, a
+   fixed-size block in inference, so memory does not grow with seq_len);
 3. a compiled loop over time in which each thread owns a range of hidden
    units (whole panels): it adds ``h_{t-1} @ w_hh.T`` to the four gate blocks
    of its units, then applies the fused gate math
@@ -181,9 +181,15 @@ def lstm_layer_forward(x, w_ih, w_hh, bias, w_hr, h0, c0, reverse, n_parts,
     width = PANEL_VECTORS * lanes_of(bias)  # columns per panel
     packing = packs_weights(seq_len) and gates.shape[2] % width == 0
     packed_hh = np.empty((gates.shape[2] // width if packing else 0, state, width), gates.dtype)
+    # One thread projects the inputs with the packed product too: no BLAS call, whose own
+    # threads would wake up and spin beside the serial loop.
+    packed_ih = np.empty((gates.shape[2] // width if packing and n_parts == 1 else 0, x.shape[2], width),
+                         gates.dtype)
     if packing:
         pack_gate_rows(w_hh, packed_hh)
-    w_ih_rows = in_gate_layout(w_ih, padded)
+    if packed_ih.shape[0] > 0:
+        pack_gate_rows(w_ih, packed_ih)
+    w_ih_rows = in_gate_layout(w_ih, padded) if packed_ih.shape[0] == 0 else w_ih
     bias_rows = np.ascontiguousarray(in_gate_layout(bias.reshape((bias.shape[0], 1)), padded)[:, 0])
     block = width if packing else PART_BLOCK
     projecting = w_hr.shape[0] > 0
@@ -201,8 +207,12 @@ def lstm_layer_forward(x, w_ih, w_hh, bias, w_hr, h0, c0, reverse, n_parts,
             projected_block = t // gate_slots
             t0 = projected_block * gate_slots
             t1 = min(seq_len, t0 + gate_slots)
-            matmul(x[t0:t1].reshape(((t1 - t0) * batch, x.shape[2])), w_ih_rows,
-                   gates[:t1 - t0].reshape(((t1 - t0) * batch, gates.shape[2])), False, True, 0.0, False, n_parts)
+            x_block = x[t0:t1].reshape(((t1 - t0) * batch, x.shape[2]))
+            gates_block = gates[:t1 - t0].reshape(((t1 - t0) * batch, gates.shape[2]))
+            if packed_ih.shape[0] > 0:
+                gemm_packed(x_block, packed_ih, gates_block, False, 0, packed_ih.shape[0], 0, x_block.shape[0])
+            else:
+                matmul(x_block, w_ih_rows, gates_block, False, True, 0.0, False, n_parts)
         gates_t = gates[t % gate_slots]
         c_t = c_seq[t % c_slots]
         if projecting:

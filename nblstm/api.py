@@ -28,6 +28,7 @@ from .cuda import backend as cuda_backend
 from .module import Module, check_bool, check_device, check_int, shape_tuple
 from .params import LSTMConfig, parameter_shapes
 
+
 def _with_batch_axis(array, axis):
     """A view of C-contiguous ``array`` (host or GPU) with a batch axis of size 1 inserted at ``axis``."""
     shape = tuple(array.shape)

@@ -17,8 +17,15 @@ from numba import cuda
 
 from .engine import CPUBackend
 from .kernels.cuda_backward import lstm_layer_backward
-from .kernels.cuda_common import (ADD, MULTIPLY, as_rows, elementwise, fill_kernel, flat_launch,
-                                  swap_leading_axes_kernel)
+from .kernels.cuda_common import (
+    ADD,
+    MULTIPLY,
+    as_rows,
+    elementwise,
+    fill_kernel,
+    flat_launch,
+    swap_leading_axes_kernel,
+)
 from .kernels.cuda_forward import lstm_layer_forward
 from .params import NUM_GATES
 
@@ -33,7 +40,7 @@ PERSISTENT_MAX_BATCH = 32
 
 @dataclass(frozen=True)
 class CUDAPlan:
-    """How the CUDA kernels of one LSTM call are launched (the kernels' ``n_parts``).
+    """How the CUDA kernels of one LSTM call are launched (the kernels' ``plan``).
 
     tile:       edge of the (tile, tile) thread blocks of the tiled products and per-step kernels
     threads:    threads per block of the persistent and element-wise kernels

@@ -73,7 +73,7 @@ class CPUBackend:
 
     A backend supplies array allocation, the few whole-array operations the
     engine needs, a ``plan`` (how to split a step between threads, passed to
-    the kernels as ``n_parts``), the width of its kernels' rows of gates, and
+    the kernels as ``plan``), the width of its kernels' rows of gates, and
     the two layer kernels, which take the same arguments on every backend.
     """
 
@@ -85,17 +85,24 @@ class CPUBackend:
 
     @staticmethod
     def plan(batch, hidden, state):
-        return thread_parts(batch, hidden, state)
+        """(threads per step, whether they may run many steps in one parallel region).
+
+        The second needs every part of a parallel loop on its own thread at the same time,
+        which Numba's OpenMP layer provides (the kernels check, and fall back, anyway).
+        """
+        n_parts = thread_parts(batch, hidden, state)
+        together = n_parts > 1 and numba.threading_layer() == "omp" and numba.get_parallel_chunksize() == 0
+        return n_parts, together
 
     @staticmethod
     def gate_columns(seq_len, hidden, dtype, plan):
         """Width of a row of gates: the kernels pad them (``kernels.packed``)."""
-        return gate_columns(seq_len, hidden, dtype, plan > 1)
+        return gate_columns(seq_len, hidden, dtype, plan[0] > 1)
 
     @staticmethod
     def guard(plan):
         """The kernels own the threads: keep BLAS single-threaded inside parallel kernels."""
-        return single_threaded_blas() if plan > 1 else _NO_GUARD
+        return single_threaded_blas() if plan[0] > 1 else _NO_GUARD
 
     @staticmethod
     def add(a, b):

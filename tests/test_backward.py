@@ -250,3 +250,16 @@ def test_eval_forward_keeps_nothing_for_backward(rng):
     for _ in range(3):
         model(rng.standard_normal((50, 2, 3)).astype(np.float32))
     assert model._tapes == []
+
+
+@pytest.mark.parametrize("together", [True, False], ids=["one-region", "region-per-step"])
+@pytest.mark.parametrize("extra", [dict(bidirectional=True), dict(proj_size=40, num_layers=2)], ids=["bi", "proj"])
+def test_thread_split_steps_match_torch(together, extra, monkeypatch, rng):
+    """Steps split between two threads, either in one parallel region (barriers between steps) or
+    one region per step, give PyTorch's numbers forward and backward."""
+    from nblstm import engine
+
+    monkeypatch.setattr(engine.CPUBackend, "plan", staticmethod(lambda batch, hidden, state: (2, together)))
+    model = LSTM(24, 96, dtype="float64", seed=8, **extra)
+    x = rng.standard_normal((7, 32, 24))
+    check_against_torch(model, x, _random_state(model, 32, rng), rng)

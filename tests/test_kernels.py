@@ -1,10 +1,11 @@
 """The building blocks of the CPU kernels: activations (with their error bound), gemm, work splitting."""
 import numpy as np
 import pytest
-from numba import njit
+import numba
+from numba import njit, prange
 
 from nblstm._config import JIT_OPTIONS
-from nblstm.kernels import packed
+from nblstm.kernels import barrier, packed
 from nblstm.kernels.activations import sigmoid, tanh
 from nblstm.kernels.blas import gemm
 from nblstm.kernels.parallel import part_range
@@ -131,3 +132,41 @@ def test_padded_rows_round_trip(dtype, rng):
     total = np.ones_like(w)
     packed.add_from_padded_rows(rows, total)
     np.testing.assert_array_equal(total, w + 1)
+
+
+@njit(parallel=True)
+def _barrier_rounds(n_parts, rounds, seen):
+    state = np.zeros(barrier.BARRIER_STATE_SIZE, np.int64)
+    started = np.zeros(n_parts, np.bool_)
+    for part in prange(n_parts):
+        started[part] = barrier.arrive_together(state, n_parts)
+        if started[part]:
+            for step in range(rounds):
+                seen[step, part] = step
+                barrier.wait_for_all(state, n_parts)
+                for other in range(n_parts):  # every part's write of this round is visible
+                    if seen[step, other] != step:
+                        seen[step, part] = -1
+                barrier.wait_for_all(state, n_parts)
+    return started
+
+
+@njit
+def _serial_handshake(n_parts):
+    return barrier.arrive_together(np.zeros(barrier.BARRIER_STATE_SIZE, np.int64), n_parts)
+
+
+def test_barrier_orders_every_round():
+    n_parts = numba.get_num_threads()
+    seen = np.full((2000, n_parts), -2, np.int64)
+    started = _barrier_rounds(n_parts, 2000, seen)
+    if started.all():
+        assert (seen == np.arange(2000)[:, None]).all()
+    else:  # a threading layer that did not run the parts together: nothing was done
+        assert not started.any() and (seen == -2).all()
+
+
+def test_handshake_calls_off_parts_that_cannot_meet():
+    """One thread running a two-part handshake alone gives up instead of waiting forever."""
+    assert not _serial_handshake(2)
+    assert _serial_handshake(1)

@@ -4,7 +4,16 @@ import pytest
 from oracle import assert_close, numpy, tensor, torch, torch_twin
 
 from nblstm import LSTM
-from nblstm.train import SGD, Adam, CrossEntropyLoss, LastStep, Linear, MSELoss, Sequential, clip_grad_norm_
+from nblstm.train import (
+    SGD,
+    Adam,
+    CrossEntropyLoss,
+    LastStep,
+    Linear,
+    MSELoss,
+    Sequential,
+    clip_grad_norm_,
+)
 
 DTYPES = [np.float32, np.float64]
 

@@ -16,8 +16,17 @@ import click
 from . import cases as bench_cases
 from .backends import BACKENDS, select_backends
 from .peak import DEFAULT_SIZE, measure_peak
-from .report import (add_derived, backend_table, compile_summary, document, format_table, machine_info,
-                     read_json, write_csv, write_json)
+from .report import (
+    add_derived,
+    backend_table,
+    compile_summary,
+    document,
+    format_table,
+    machine_info,
+    read_json,
+    write_csv,
+    write_json,
+)
 from .runner import Settings, run_sweep
 from .threads import max_threads
 

@@ -21,8 +21,16 @@ from numba import njit, prange
 from .._config import JIT_OPTIONS, PARALLEL_JIT_OPTIONS
 from ..params import NUM_GATES
 from .activations import tanh
-from .cpu_forward import gate_slices, gemm_packed_all, in_gate_layout, time_index
-from .packed import PANEL_VECTORS, add_from_padded_rows, pack_columns, packs_weights
+from .barrier import BARRIER_STATE_SIZE, arrive_together, wait_for_all
+from .blas import gemm
+from .cpu_forward import gate_slices, in_gate_layout, time_index
+from .packed import (
+    PANEL_VECTORS,
+    add_from_padded_rows,
+    gemm_packed,
+    pack_columns,
+    packs_weights,
+)
 from .parallel import PART_BLOCK, empty_aligned, matmul, part_range
 from .simd import lanes_of
 
@@ -92,6 +100,97 @@ def column_sums_into_parallel(total, matrix, n_parts):
 
 
 @njit(**JIT_OPTIONS)
+def state_columns(part, n_parts, state, packed_hh):
+    """The columns of the state gradient (dh, and d_gates @ w_hh) that ``part`` computes: whole panels
+    of packed_hh (from ``pack_columns``), or blocks of PART_BLOCK without packed weights.  Without a
+    projection they are the part's hidden units."""
+    if packed_hh.shape[0] > 0:
+        first, last = part_range(part, n_parts, packed_hh.shape[0], 1)
+        return first * packed_hh.shape[2], min(state, last * packed_hh.shape[2])
+    return part_range(part, n_parts, state)
+
+
+@njit(**JIT_OPTIONS)
+def state_product_part(gates_t, w_hh, packed_hh, dh_next, part, n_parts):
+    """The part's columns of dh_next = gates_t @ w_hh (gates_t in the padded gate layout)."""
+    if packed_hh.shape[0] > 0:
+        first, last = part_range(part, n_parts, packed_hh.shape[0], 1)
+        gemm_packed(gates_t, packed_hh, dh_next, False, first, last, 0, gates_t.shape[0])
+    else:
+        start, stop = state_columns(part, n_parts, w_hh.shape[1], packed_hh)
+        gemm(gates_t, w_hh[:, start:stop], dh_next[:, start:stop], False, False, 0.0)
+
+
+@njit(**PARALLEL_JIT_OPTIONS)
+def _state_product_parallel(gates_t, w_hh, packed_hh, dh_next, n_parts):
+    for part in prange(n_parts):
+        state_product_part(gates_t, w_hh, packed_hh, dh_next, part, n_parts)
+
+
+@njit(**JIT_OPTIONS)
+def _backward_steps(reverse, gates, c_seq, c0, w_hh, packed_hh, w_hr, d_out, dh, dc, dh_cell, dh_seq, dh_next,
+                    block, n_parts):
+    """The backward time loop, one parallel region per step (or none with one part).
+
+    d_out: (seq_len, batch, state) this direction's output gradients; the other arguments as
+    in ``lstm_layer_backward`` (dh_next holds dh_n on entry and dh0 on return, dc likewise).
+    """
+    seq_len, state = d_out.shape[0], d_out.shape[2]
+    padded = gates.shape[2] // NUM_GATES
+    projecting = w_hr.shape[0] > 0
+    for step in range(seq_len - 1, -1, -1):
+        t = time_index(step, seq_len, reverse)
+        _sum_into(dh, dh_next[:, :state], d_out[t])
+        c_prev = c0 if step == 0 else c_seq[time_index(step - 1, seq_len, reverse)]
+        if projecting:
+            dh_seq[t, :, :] = dh
+            matmul(dh, w_hr, dh_cell, False, False, 0.0, True, n_parts)
+            dh_hidden = dh_cell
+        else:
+            dh_hidden = dh
+        if n_parts > 1:
+            cell_backward_parallel(gates[t], c_seq[t], c_prev, dh_hidden, dc, block, n_parts)
+            _state_product_parallel(gates[t], w_hh, packed_hh, dh_next, n_parts)
+        else:
+            cell_backward_part(gates[t], c_seq[t], c_prev, dh_hidden, dc, 0, padded)
+            state_product_part(gates[t], w_hh, packed_hh, dh_next, 0, 1)
+
+
+@njit(**PARALLEL_JIT_OPTIONS)
+def _backward_steps_together(reverse, gates, c_seq, c0, w_hh, packed_hh, w_hr, d_out, dh, dc, dh_cell, dh_seq,
+                             dh_next, block, n_parts):
+    """``_backward_steps`` in one parallel region: each thread owns hidden units and state columns of
+    every step, the threads meeting at a barrier whenever one needs what others wrote.  Returns
+    False, having done nothing, when the threads did not start together."""
+    seq_len, state = d_out.shape[0], d_out.shape[2]
+    padded, hidden = gates.shape[2] // NUM_GATES, c0.shape[1]
+    projecting = w_hr.shape[0] > 0
+    barrier = np.zeros(BARRIER_STATE_SIZE, np.int64)
+    started = np.zeros(n_parts, np.bool_)
+    for part in prange(n_parts):
+        started[part] = arrive_together(barrier, n_parts)
+        if started[part]:
+            start, stop = part_range(part, n_parts, padded, block)
+            units_stop = min(stop, hidden)
+            col_start, col_stop = state_columns(part, n_parts, state, packed_hh)
+            for step in range(seq_len - 1, -1, -1):
+                t = time_index(step, seq_len, reverse)
+                _sum_into(dh[:, col_start:col_stop], dh_next[:, col_start:col_stop], d_out[t][:, col_start:col_stop])
+                c_prev = c0 if step == 0 else c_seq[time_index(step - 1, seq_len, reverse)]
+                if projecting:
+                    dh_seq[t][:, col_start:col_stop] = dh[:, col_start:col_stop]
+                    wait_for_all(barrier, n_parts)  # dh complete
+                    gemm(dh, w_hr[:, start:units_stop], dh_cell[:, start:units_stop], False, False, 0.0)
+                    dh_hidden = dh_cell
+                else:
+                    dh_hidden = dh
+                cell_backward_part(gates[t], c_seq[t], c_prev, dh_hidden, dc, start, stop)
+                wait_for_all(barrier, n_parts)  # every gate gradient of the step written
+                state_product_part(gates[t], w_hh, packed_hh, dh_next, part, n_parts)
+    return started[0]
+
+
+@njit(**JIT_OPTIONS)
 def add_weight_gradient(d_gates, inputs, dw, n_parts):
     """dw (4*hidden, k) += d_gates.T @ inputs, d_gates (rows, 4*padded) in the padded gate layout,
     inputs (rows, k); padding rows are dropped."""
@@ -105,7 +204,7 @@ def add_weight_gradient(d_gates, inputs, dw, n_parts):
 
 @njit(**JIT_OPTIONS)
 def lstm_layer_backward(x, w_ih, w_hh, w_hr, h0, c0, out, out_col, gates, c_seq, h_cell_seq,
-                        reverse, n_parts, d_out, dh_n, dc_n, dh, dc, dh_cell, dh_seq,
+                        reverse, plan, d_out, dh_n, dc_n, dh, dc, dh_cell, dh_seq,
                         dx, dx_beta, dh0, dc0, dw_ih, dw_hh, d_bias, dw_hr):
     """Backward pass of ``lstm_layer_forward`` (training mode) for one layer and direction.
 
@@ -116,6 +215,7 @@ def lstm_layer_backward(x, w_ih, w_hh, w_hr, h0, c0, out, out_col, gates, c_seq,
       gates (seq_len, batch, 4*padded) activations in the padded gate layout, overwritten
       with the gate gradients; c_seq, h_cell_seq (seq_len, batch, hidden) (h_cell_seq unused
       without projection).
+    plan: as for ``lstm_layer_forward``.
     Upstream gradients: d_out like out (columns out_col:out_col + state are read);
       dh_n (batch, state); dc_n (batch, hidden).
     Work space: dh (batch, state); dc, dh_cell (batch, hidden); dh_seq (seq_len, batch, state)
@@ -124,8 +224,9 @@ def lstm_layer_backward(x, w_ih, w_hh, w_hr, h0, c0, out, out_col, gates, c_seq,
       dh0 (batch, state); dc0 (batch, hidden); and accumulated (+=) into
       dw_ih, dw_hh, d_bias (4*hidden,) (or (0,) without bias), dw_hr like their weights.
     """
+    n_parts, together = plan
     seq_len, batch = x.shape[0], x.shape[1]
-    hidden, state = c0.shape[1], h0.shape[1]
+    state = h0.shape[1]
     gate_columns = gates.shape[2]
     padded = gate_columns // NUM_GATES
     width = PANEL_VECTORS * lanes_of(gates[0, 0])  # columns per panel
@@ -139,24 +240,12 @@ def lstm_layer_backward(x, w_ih, w_hh, w_hr, h0, c0, out, out_col, gates, c_seq,
     dh_next[:, :state] = dh_n
     dc[:, :] = dc_n
     block = width if packing else PART_BLOCK
-    for step in range(seq_len - 1, -1, -1):
-        t = time_index(step, seq_len, reverse)
-        _sum_into(dh, dh_next[:, :state], d_out[t][:, out_col:out_col + state])
-        c_prev = c0 if step == 0 else c_seq[time_index(step - 1, seq_len, reverse)]
-        if projecting:
-            dh_seq[t, :, :] = dh
-            matmul(dh, w_hr, dh_cell, False, False, 0.0, True, n_parts)
-            dh_hidden = dh_cell
-        else:
-            dh_hidden = dh
-        if n_parts > 1:
-            cell_backward_parallel(gates[t], c_seq[t], c_prev, dh_hidden, dc, block, n_parts)
-        else:
-            cell_backward_part(gates[t], c_seq[t], c_prev, dh_hidden, dc, 0, padded)
-        if packing:
-            gemm_packed_all(gates[t], packed_hh, dh_next, False, n_parts)
-        else:
-            matmul(gates[t], w_hh, dh_next, False, False, 0.0, True, n_parts)
+    d_out_cols = d_out[:, :, out_col:out_col + state]
+    if not (n_parts > 1 and together and _backward_steps_together(
+            reverse, gates, c_seq, c0, w_hh, packed_hh, w_hr, d_out_cols, dh, dc, dh_cell, dh_seq, dh_next,
+            block, n_parts)):
+        _backward_steps(reverse, gates, c_seq, c0, w_hh, packed_hh, w_hr, d_out_cols, dh, dc, dh_cell, dh_seq,
+                        dh_next, block, n_parts)
     dh0[:, :] = dh_next[:, :state]
     dc0[:, :] = dc
 

@@ -30,10 +30,18 @@ from numba import njit, prange
 from .._config import JIT_OPTIONS, PARALLEL_JIT_OPTIONS
 from ..params import NUM_GATES
 from .activations import sigmoid, tanh
+from .barrier import BARRIER_STATE_SIZE, arrive_together, wait_for_all
 from .blas import gemm
-from .packed import PANEL_VECTORS, gemm_packed, pack_gate_rows, packs_weights, to_padded_rows
+from .packed import (
+    PANEL_VECTORS,
+    gemm_packed,
+    pack_gate_rows,
+    packs_weights,
+    to_padded_rows,
+)
 from .parallel import PART_BLOCK, matmul, part_range
 from .simd import lanes_of
+
 
 @njit(**JIT_OPTIONS)
 def time_index(step, seq_len, reverse):
@@ -152,7 +160,77 @@ def in_gate_layout(w, padded):
 
 
 @njit(**JIT_OPTIONS)
-def lstm_layer_forward(x, w_ih, w_hh, bias, w_hr, h0, c0, reverse, n_parts,
+def step_arrays(step, seq_len, reverse, h0, c0, c_seq, h_cell_seq, out, out_col, projecting):
+    """What loop step ``step`` reads and writes: (t, h_prev, c_prev, c_t, h_dst, h_dst_col).
+
+    h_dst, h_dst_col: where o * tanh(c_t) goes: the step's output columns, or with a projection
+    the work space it is projected from.
+    """
+    t = time_index(step, seq_len, reverse)
+    c_slots = c_seq.shape[0]
+    if step == 0:
+        h_prev = h0
+        c_prev = c0
+    else:
+        t_prev = time_index(step - 1, seq_len, reverse)
+        h_prev = out[t_prev][:, out_col:out_col + h0.shape[1]]
+        c_prev = c_seq[t_prev % c_slots]
+    if projecting:
+        h_dst, h_dst_col = h_cell_seq[t % c_slots], 0
+    else:
+        h_dst, h_dst_col = out[t], out_col
+    return t, h_prev, c_prev, c_seq[t % c_slots], h_dst, h_dst_col
+
+
+@njit(**JIT_OPTIONS)
+def _run_steps(step0, step1, reverse, gates, bias, w_hh, packed_hh, w_hr, h0, c0, c_seq, h_cell_seq,
+               out, out_col, block, n_parts):
+    """Loop steps [step0, step1), one parallel region per step (or none with one part)."""
+    seq_len, state, padded = out.shape[0], h0.shape[1], gates.shape[2] // NUM_GATES
+    projecting = w_hr.shape[0] > 0
+    for step in range(step0, step1):
+        t, h_prev, c_prev, c_t, h_dst, h_dst_col = step_arrays(step, seq_len, reverse, h0, c0, c_seq,
+                                                               h_cell_seq, out, out_col, projecting)
+        gates_t = gates[t % gates.shape[0]]
+        if n_parts > 1:
+            cell_forward_parallel(gates_t, bias, h_prev, w_hh, packed_hh, c_prev, c_t, h_dst, h_dst_col,
+                                  block, n_parts)
+        else:
+            cell_forward_part(gates_t, bias, h_prev, w_hh, packed_hh, c_prev, c_t, h_dst, h_dst_col, 0, padded)
+        if projecting:
+            matmul(h_dst, w_hr, out[t][:, out_col:out_col + state], False, True, 0.0, True, n_parts)
+
+
+@njit(**PARALLEL_JIT_OPTIONS)
+def _run_steps_together(step0, step1, reverse, gates, bias, w_hh, packed_hh, w_hr, h0, c0, c_seq, h_cell_seq,
+                        out, out_col, block, n_parts):
+    """Loop steps [step0, step1) in one parallel region: each thread computes its units of every
+    step and the threads meet at a barrier after each (see ``barrier``).  Returns False, having
+    done nothing, when the threads did not start together."""
+    seq_len, padded = out.shape[0], gates.shape[2] // NUM_GATES
+    projecting = w_hr.shape[0] > 0
+    barrier = np.zeros(BARRIER_STATE_SIZE, np.int64)
+    started = np.zeros(n_parts, np.bool_)
+    for part in prange(n_parts):
+        started[part] = arrive_together(barrier, n_parts)
+        if started[part]:
+            start, stop = part_range(part, n_parts, padded, block)
+            proj_start, proj_stop = part_range(part, n_parts, w_hr.shape[0])
+            for step in range(step0, step1):
+                t, h_prev, c_prev, c_t, h_dst, h_dst_col = step_arrays(step, seq_len, reverse, h0, c0, c_seq,
+                                                                       h_cell_seq, out, out_col, projecting)
+                cell_forward_part(gates[t % gates.shape[0]], bias, h_prev, w_hh, packed_hh, c_prev, c_t, h_dst,
+                                  h_dst_col, start, stop)
+                wait_for_all(barrier, n_parts)
+                if projecting:
+                    gemm(h_dst, w_hr[proj_start:proj_stop],
+                         out[t][:, out_col + proj_start:out_col + proj_stop], False, True, 0.0)
+                    wait_for_all(barrier, n_parts)
+    return started[0]
+
+
+@njit(**JIT_OPTIONS)
+def lstm_layer_forward(x, w_ih, w_hh, bias, w_hr, h0, c0, reverse, plan,
                        gates, c_seq, h_cell_seq, out, out_col, h_n, c_n):
     """Run one layer in one direction over the whole sequence.
 
@@ -160,12 +238,13 @@ def lstm_layer_forward(x, w_ih, w_hh, bias, w_hr, h0, c0, reverse, n_parts,
     w_ih:       (4*hidden, input_size)
     w_hh:       (4*hidden, state)           state = proj_size or hidden
     bias:       (4*hidden,)                 b_ih + b_hh (zeros without bias)
-    w_hr:       (proj_size, hidden), or (0, hidden) without projection
+    w_hr:       (proj_size, hidden), or (0, 0) without projection
     h0:         (batch, state); c0: (batch, hidden)
     reverse:    walk the sequence from the last time step to the first
-    n_parts:    threads to split each step between (1 runs serially)
+    plan:       (n_parts, together): threads to split each step between (1 runs serially), and
+                whether they may run many steps in one parallel region, meeting at a barrier
     gates:      (gate_slots, batch, 4*padded) work space in the padded gate layout
-                (``packed.padded_hidden``); time t uses slot t % gate_slots.  With
+                (``packed.gate_columns``); time t uses slot t % gate_slots.  With
                 gate_slots == seq_len it keeps every step's activations for backward.
     c_seq:      (c_slots, batch, hidden) cell states, slot t % c_slots (c_slots: seq_len, or 2
                 to keep only c_{t-1} and c_t)
@@ -174,9 +253,10 @@ def lstm_layer_forward(x, w_ih, w_hh, bias, w_hr, h0, c0, reverse, n_parts,
     out:        (seq_len, batch, >= out_col + state) receives h_t in columns out_col:out_col + state
     h_n, c_n:   (batch, state), (batch, hidden) receive the final states
     """
+    n_parts, together = plan
     seq_len, batch = x.shape[0], x.shape[1]
-    hidden, state = c0.shape[1], h0.shape[1]
-    gate_slots, c_slots = gates.shape[0], c_seq.shape[0]
+    state = h0.shape[1]
+    gate_slots = gates.shape[0]
     padded = gates.shape[2] // NUM_GATES
     width = PANEL_VECTORS * lanes_of(bias)  # columns per panel
     packing = packs_weights(seq_len) and gates.shape[2] % width == 0
@@ -192,41 +272,24 @@ def lstm_layer_forward(x, w_ih, w_hh, bias, w_hr, h0, c0, reverse, n_parts,
     w_ih_rows = in_gate_layout(w_ih, padded) if packed_ih.shape[0] == 0 else w_ih
     bias_rows = np.ascontiguousarray(in_gate_layout(bias.reshape((bias.shape[0], 1)), padded)[:, 0])
     block = width if packing else PART_BLOCK
-    projecting = w_hr.shape[0] > 0
-    projected_block = -1
-    for step in range(seq_len):
-        t = time_index(step, seq_len, reverse)
-        if step == 0:
-            h_prev = h0
-            c_prev = c0
+    n_blocks = (seq_len + gate_slots - 1) // gate_slots
+    for visit in range(n_blocks):
+        t0 = (n_blocks - 1 - visit if reverse else visit) * gate_slots
+        t1 = min(seq_len, t0 + gate_slots)
+        x_block = x[t0:t1].reshape(((t1 - t0) * batch, x.shape[2]))
+        gates_block = gates[:t1 - t0].reshape(((t1 - t0) * batch, gates.shape[2]))
+        if packed_ih.shape[0] > 0:
+            gemm_packed(x_block, packed_ih, gates_block, False, 0, packed_ih.shape[0], 0, x_block.shape[0])
         else:
-            t_prev = time_index(step - 1, seq_len, reverse)
-            h_prev = out[t_prev][:, out_col:out_col + state]
-            c_prev = c_seq[t_prev % c_slots]
-        if t // gate_slots != projected_block:
-            projected_block = t // gate_slots
-            t0 = projected_block * gate_slots
-            t1 = min(seq_len, t0 + gate_slots)
-            x_block = x[t0:t1].reshape(((t1 - t0) * batch, x.shape[2]))
-            gates_block = gates[:t1 - t0].reshape(((t1 - t0) * batch, gates.shape[2]))
-            if packed_ih.shape[0] > 0:
-                gemm_packed(x_block, packed_ih, gates_block, False, 0, packed_ih.shape[0], 0, x_block.shape[0])
-            else:
-                matmul(x_block, w_ih_rows, gates_block, False, True, 0.0, False, n_parts)
-        gates_t = gates[t % gate_slots]
-        c_t = c_seq[t % c_slots]
-        if projecting:
-            h_dst, h_dst_col = h_cell_seq[t % c_slots], 0
-        else:
-            h_dst, h_dst_col = out[t], out_col
-        if n_parts > 1:
-            cell_forward_parallel(gates_t, bias_rows, h_prev, w_hh, packed_hh, c_prev, c_t, h_dst, h_dst_col,
-                                  block, n_parts)
-        else:
-            cell_forward_part(gates_t, bias_rows, h_prev, w_hh, packed_hh, c_prev, c_t, h_dst, h_dst_col,
-                              0, padded)
-        if projecting:
-            matmul(h_dst, w_hr, out[t][:, out_col:out_col + state], False, True, 0.0, True, n_parts)
+            matmul(x_block, w_ih_rows, gates_block, False, True, 0.0, False, n_parts)
+        step0, step1 = (seq_len - t1, seq_len - t0) if reverse else (t0, t1)
+        if n_parts > 1 and together:
+            together = _run_steps_together(step0, step1, reverse, gates, bias_rows, w_hh, packed_hh, w_hr, h0, c0,
+                                           c_seq, h_cell_seq, out, out_col, block, n_parts)
+            if together:
+                continue
+        _run_steps(step0, step1, reverse, gates, bias_rows, w_hh, packed_hh, w_hr, h0, c0, c_seq, h_cell_seq,
+                   out, out_col, block, n_parts)
     t_last = time_index(seq_len - 1, seq_len, reverse)
     h_n[:, :] = out[t_last][:, out_col:out_col + state]
-    c_n[:, :] = c_seq[t_last % c_slots]
+    c_n[:, :] = c_seq[t_last % c_seq.shape[0]]

@@ -24,8 +24,19 @@ from numba import cuda
 
 from ..params import NUM_GATES
 from .cuda_activations import tanh
-from .cuda_common import (ADD, CUDA_JIT_OPTIONS, MAX_TILE, ONE, PADDED_TILE, ZERO, blocks_for, elementwise, matmul,
-                          persistent_grid, slice_length)
+from .cuda_common import (
+    ADD,
+    CUDA_JIT_OPTIONS,
+    MAX_TILE,
+    ONE,
+    PADDED_TILE,
+    ZERO,
+    blocks_for,
+    elementwise,
+    matmul,
+    persistent_grid,
+    slice_length,
+)
 from .cuda_forward import step_time, time_index
 
 
@@ -175,7 +186,7 @@ def _steps_per_launch(w_hh, w_hr, c0, gates, c_seq, reverse, plan, d_out, out_co
 
 
 def lstm_layer_backward(x, w_ih, w_hh, w_hr, h0, c0, out, out_col, gates, c_seq, h_cell_seq,
-                        reverse, n_parts, d_out, dh_n, dc_n, dh, dc, dh_cell, dh_seq,
+                        reverse, plan, d_out, dh_n, dc_n, dh, dc, dh_cell, dh_seq,
                         dx, dx_beta, dh0, dc0, dw_ih, dw_hh, d_bias, dw_hr):
     """Backward pass of ``lstm_layer_forward`` (training mode) for one layer and direction.
 
@@ -185,7 +196,7 @@ def lstm_layer_backward(x, w_ih, w_hh, w_hr, h0, c0, out, out_col, gates, c_seq,
       out (seq_len, batch, >= out_col + state) forward outputs;
       gates (seq_len, batch, 4*hidden) activations, overwritten with the gate gradients;
       c_seq, h_cell_seq (seq_len, batch, hidden) (h_cell_seq unused without projection).
-    n_parts: the backend's CUDAPlan.
+    plan: the backend's CUDAPlan.
     Upstream gradients: d_out like out (columns out_col:out_col + state are read);
       dh_n (batch, state); dc_n (batch, hidden).
     Work space: dh (batch, state); dc, dh_cell (batch, hidden); dh_seq (seq_len, batch, state)
@@ -195,7 +206,6 @@ def lstm_layer_backward(x, w_ih, w_hh, w_hr, h0, c0, out, out_col, gates, c_seq,
       dw_ih, dw_hh, d_bias (4*hidden,), dw_hr like their weights.
     All device arrays of one dtype.
     """
-    plan = n_parts
     seq_len, batch = x.shape[0], x.shape[1]
     hidden, state, proj = c0.shape[1], h0.shape[1], w_hr.shape[0]
     projecting = proj > 0

@@ -28,8 +28,19 @@ from numba import cuda
 
 from ..params import NUM_GATES
 from .cuda_activations import sigmoid, tanh
-from .cuda_common import (COPY, CUDA_JIT_OPTIONS, MAX_TILE, PADDED_TILE, ZERO, blocks_for, element_or_zero,
-                          elementwise, matmul, persistent_grid, slice_length)
+from .cuda_common import (
+    COPY,
+    CUDA_JIT_OPTIONS,
+    MAX_TILE,
+    PADDED_TILE,
+    ZERO,
+    blocks_for,
+    element_or_zero,
+    elementwise,
+    matmul,
+    persistent_grid,
+    slice_length,
+)
 
 
 def step_time(step, seq_len, reverse):
@@ -186,7 +197,7 @@ def _steps_per_launch(x, w_hh, bias, w_hr, h0, c0, reverse, plan, gates, c_seq, 
             matmul(h_dst, w_hr, out[t, :, out_col:out_col + state], False, True, 0.0, plan)
 
 
-def lstm_layer_forward(x, w_ih, w_hh, bias, w_hr, h0, c0, reverse, n_parts,
+def lstm_layer_forward(x, w_ih, w_hh, bias, w_hr, h0, c0, reverse, plan,
                        gates, c_seq, h_cell_seq, out, out_col, h_n, c_n):
     """Run one layer in one direction over the whole sequence (host function launching kernels).
 
@@ -197,7 +208,7 @@ def lstm_layer_forward(x, w_ih, w_hh, bias, w_hr, h0, c0, reverse, n_parts,
     w_hr:       (proj_size, hidden), or (0, hidden) without projection
     h0:         (batch, state); c0: (batch, hidden)
     reverse:    walk the sequence from the last time step to the first
-    n_parts:    the backend's CUDAPlan (thread-block sizes, persistent or not)
+    plan:       the backend's CUDAPlan (thread-block sizes, persistent or not)
     gates:      (gate_slots, batch, 4*hidden) work space; time t uses slot t % gate_slots.
                 With gate_slots == seq_len it keeps every step's activations for backward.
     c_seq:      (c_slots, batch, hidden) cell states, slot t % c_slots (c_slots: seq_len or 1)
@@ -207,7 +218,6 @@ def lstm_layer_forward(x, w_ih, w_hh, bias, w_hr, h0, c0, reverse, n_parts,
     h_n, c_n:   (batch, state), (batch, hidden) receive the final states
     All device arrays of one dtype.
     """
-    plan = n_parts
     seq_len, batch = x.shape[0], x.shape[1]
     hidden, state, proj = c0.shape[1], h0.shape[1], w_hr.shape[0]
     gate_slots = gates.shape[0]

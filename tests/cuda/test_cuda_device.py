@@ -7,13 +7,20 @@ import sys
 import numba.cuda
 import numpy as np
 import pytest
-from cuda_helpers import PERSISTENT_KERNELS, SIMULATED, forbid, forward_backward, host, is_device_array
+from cuda_helpers import (
+    PERSISTENT_KERNELS,
+    SIMULATED,
+    forbid,
+    forward_backward,
+    host,
+    is_device_array,
+)
 from numba import cuda
 from oracle import assert_close, torch
 
 import nblstm.cuda
-from nblstm.api import LSTM, LSTMCell
 import nblstm.cuda_backend as cuda_backend
+from nblstm.api import LSTM, LSTMCell
 from nblstm.cuda_backend import CUDAPlan
 from nblstm.kernels import cuda_common
 

@@ -252,14 +252,19 @@ def test_eval_forward_keeps_nothing_for_backward(rng):
     assert model._tapes == []
 
 
-@pytest.mark.parametrize("together", [True, False], ids=["one-region", "region-per-step"])
+@pytest.mark.parametrize("plan", [(2, False, True), (2, True, False), (2, False, False)],
+                         ids=["batch-split", "units-one-region", "units-region-per-step"])
 @pytest.mark.parametrize("extra", [dict(bidirectional=True), dict(proj_size=40, num_layers=2)], ids=["bi", "proj"])
-def test_thread_split_steps_match_torch(together, extra, monkeypatch, rng):
-    """Steps split between two threads, either in one parallel region (barriers between steps) or
-    one region per step, give PyTorch's numbers forward and backward."""
+def test_thread_splits_match_torch(plan, extra, monkeypatch, rng):
+    """Every way of splitting the work between two threads (the batch; or each step's hidden units,
+    in one parallel region with barriers between steps or one region per step) gives PyTorch's
+    numbers, forward and backward, with batch rows and hidden units not divisible evenly."""
     from nblstm import engine
 
-    monkeypatch.setattr(engine.CPUBackend, "plan", staticmethod(lambda batch, hidden, state: (2, together)))
+    monkeypatch.setattr(engine.CPUBackend, "plan", staticmethod(lambda batch, hidden, state: plan))
     model = LSTM(24, 96, dtype="float64", seed=8, **extra)
-    x = rng.standard_normal((7, 32, 24))
-    check_against_torch(model, x, _random_state(model, 32, rng), rng)
+    x = rng.standard_normal((7, 30, 24))
+    check_against_torch(model, x, _random_state(model, 30, rng), rng)
+    model.eval()
+    twin = torch_twin(model)
+    assert_close(model(x)[0], numpy(twin(tensor(x))[0]), np.float64)

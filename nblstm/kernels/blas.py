@@ -112,7 +112,7 @@ def _address_as_pointer(typingctx, address, dtype):
 
 
 @njit(**JIT_OPTIONS)
-def _row(matrix, i):
+def row_of(matrix, i):
     """Row i of a 2-D array with a contiguous last axis, typed as a C-contiguous 1-D array.
 
     A row of a sliced ('A' layout) matrix has an unknown stride as far as Numba
@@ -168,14 +168,14 @@ def _gemm_nt_loops(a, b, c, beta):
     m, n = c.shape
     for i in range(0, m, 2):
         for j in range(0, n, 4):
-            b0, b1 = _row(b, j), _row(b, min(j + 1, n - 1))
-            b2, b3 = _row(b, min(j + 2, n - 1)), _row(b, min(j + 3, n - 1))
+            b0, b1 = row_of(b, j), row_of(b, min(j + 1, n - 1))
+            b2, b3 = row_of(b, min(j + 2, n - 1)), row_of(b, min(j + 3, n - 1))
             if i + 1 < m:
-                first, second = _dot_2x4(_row(a, i), _row(a, i + 1), b0, b1, b2, b3)
-                _store(_row(c, i + 1), j, n, beta, second)
+                first, second = _dot_2x4(row_of(a, i), row_of(a, i + 1), b0, b1, b2, b3)
+                _store(row_of(c, i + 1), j, n, beta, second)
             else:
-                first = _dot_1x4(_row(a, i), b0, b1, b2, b3)
-            _store(_row(c, i), j, n, beta, first)
+                first = _dot_1x4(row_of(a, i), b0, b1, b2, b3)
+            _store(row_of(c, i), j, n, beta, first)
 
 
 @njit(**JIT_OPTIONS)
@@ -184,7 +184,7 @@ def _scale(c, beta):
     if beta == 1.0:
         return
     for i in range(c.shape[0]):
-        c_row = _row(c, i)
+        c_row = row_of(c, i)
         for j in range(c.shape[1]):
             c_row[j] = 0.0 if beta == 0.0 else beta * c_row[j]
 
@@ -210,15 +210,15 @@ def _gemm_nn_loops(a, b, c, trans_a, beta):
     k = b.shape[0]
     zero = c.dtype.type(0.0)
     for i in range(m):
-        c_row = _row(c, i)
+        c_row = row_of(c, i)
         for p in range(0, k, 4):
             last = min(p + 3, k - 1)
             x0 = _element(a, i, p, trans_a)
             x1 = _element(a, i, p + 1, trans_a) if p + 1 <= last else zero
             x2 = _element(a, i, p + 2, trans_a) if p + 2 <= last else zero
             x3 = _element(a, i, p + 3, trans_a) if p + 3 <= last else zero
-            _axpy4(c_row, x0, x1, x2, x3, _row(b, p), _row(b, min(p + 1, last)),
-                   _row(b, min(p + 2, last)), _row(b, last))
+            _axpy4(c_row, x0, x1, x2, x3, row_of(b, p), row_of(b, min(p + 1, last)),
+                   row_of(b, min(p + 2, last)), row_of(b, last))
 
 
 @njit(**JIT_OPTIONS)

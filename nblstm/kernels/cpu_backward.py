@@ -22,10 +22,11 @@ from .._config import JIT_OPTIONS, PARALLEL_JIT_OPTIONS
 from ..params import NUM_GATES
 from .activations import tanh
 from .barrier import BARRIER_STATE_SIZE, arrive_together, wait_for_all
-from .blas import gemm
+from .blas import gemm, row_of
 from .cpu_forward import gate_slices, in_gate_layout, time_index
 from .packed import (
     PANEL_VECTORS,
+    TILE_ROWS,
     add_from_padded_rows,
     gemm_packed,
     pack_columns,
@@ -49,9 +50,9 @@ def cell_backward_part(gates_t, c_t, c_prev, dh, dc, start, stop):
     units = min(stop, c_t.shape[1]) - start
     one = c_t.dtype.type(1.0)
     for b in range(gates_t.shape[0]):
-        i_row, f_row, g_row, o_row = gate_slices(gates_t[b], padded, start, stop)
-        c_row, c_prev_row = c_t[b, start:start + units], c_prev[b, start:start + units]
-        dh_row, dc_row = dh[b, start:start + units], dc[b, start:start + units]
+        i_row, f_row, g_row, o_row = gate_slices(row_of(gates_t, b), padded, start, stop)
+        c_row, c_prev_row = row_of(c_t, b)[start:start + units], row_of(c_prev, b)[start:start + units]
+        dh_row, dc_row = row_of(dh, b)[start:start + units], row_of(dc, b)[start:start + units]
         for j in range(units):
             i_gate, f_gate, g_gate, o_gate = i_row[j], f_row[j], g_row[j], o_row[j]
             tanh_c = tanh(c_row[j])
@@ -128,13 +129,17 @@ def _state_product_parallel(gates_t, w_hh, packed_hh, dh_next, n_parts):
 
 
 @njit(**JIT_OPTIONS)
-def _backward_steps(reverse, gates, c_seq, c0, w_hh, packed_hh, w_hr, d_out, dh, dc, dh_cell, dh_seq, dh_next,
-                    block, n_parts):
-    """The backward time loop, one parallel region per step (or none with one part).
+def _backward_steps(reverse, rows_start, rows_stop, gates, c_seq, c0, w_hh, packed_hh, w_hr, d_out, dh, dc,
+                    dh_cell, dh_seq, dh_next, block, n_parts):
+    """The backward time loop for batch rows [rows_start, rows_stop), one parallel region per step
+    (or none with one part).
 
     d_out: (seq_len, batch, state) this direction's output gradients; the other arguments as
     in ``lstm_layer_backward`` (dh_next holds dh_n on entry and dh0 on return, dc likewise).
     """
+    rows = slice(rows_start, rows_stop)
+    gates, c_seq, d_out, dh_seq = gates[:, rows], c_seq[:, rows], d_out[:, rows], dh_seq[:, rows]
+    c0, dh, dc, dh_cell, dh_next = c0[rows], dh[rows], dc[rows], dh_cell[rows], dh_next[rows]
     seq_len, state = d_out.shape[0], d_out.shape[2]
     padded = gates.shape[2] // NUM_GATES
     projecting = w_hr.shape[0] > 0
@@ -154,6 +159,16 @@ def _backward_steps(reverse, gates, c_seq, c0, w_hh, packed_hh, w_hr, d_out, dh,
         else:
             cell_backward_part(gates[t], c_seq[t], c_prev, dh_hidden, dc, 0, padded)
             state_product_part(gates[t], w_hh, packed_hh, dh_next, 0, 1)
+
+
+@njit(**PARALLEL_JIT_OPTIONS)
+def _backward_steps_by_batch(reverse, gates, c_seq, c0, w_hh, packed_hh, w_hr, d_out, dh, dc, dh_cell, dh_seq,
+                             dh_next, n_parts):
+    """``_backward_steps`` with the batch split between threads, each running its rows on its own."""
+    for part in prange(n_parts):
+        rows_start, rows_stop = part_range(part, n_parts, d_out.shape[1], TILE_ROWS)
+        _backward_steps(reverse, rows_start, rows_stop, gates, c_seq, c0, w_hh, packed_hh, w_hr, d_out, dh, dc,
+                        dh_cell, dh_seq, dh_next, 1, 1)
 
 
 @njit(**PARALLEL_JIT_OPTIONS)
@@ -224,7 +239,7 @@ def lstm_layer_backward(x, w_ih, w_hh, w_hr, h0, c0, out, out_col, gates, c_seq,
       dh0 (batch, state); dc0 (batch, hidden); and accumulated (+=) into
       dw_ih, dw_hh, d_bias (4*hidden,) (or (0,) without bias), dw_hr like their weights.
     """
-    n_parts, together = plan
+    n_parts, together, by_batch = plan
     seq_len, batch = x.shape[0], x.shape[1]
     state = h0.shape[1]
     gate_columns = gates.shape[2]
@@ -241,11 +256,14 @@ def lstm_layer_backward(x, w_ih, w_hh, w_hr, h0, c0, out, out_col, gates, c_seq,
     dc[:, :] = dc_n
     block = width if packing else PART_BLOCK
     d_out_cols = d_out[:, :, out_col:out_col + state]
-    if not (n_parts > 1 and together and _backward_steps_together(
+    if n_parts > 1 and by_batch:
+        _backward_steps_by_batch(reverse, gates, c_seq, c0, w_hh, packed_hh, w_hr, d_out_cols, dh, dc, dh_cell,
+                                 dh_seq, dh_next, n_parts)
+    elif not (n_parts > 1 and together and _backward_steps_together(
             reverse, gates, c_seq, c0, w_hh, packed_hh, w_hr, d_out_cols, dh, dc, dh_cell, dh_seq, dh_next,
             block, n_parts)):
-        _backward_steps(reverse, gates, c_seq, c0, w_hh, packed_hh, w_hr, d_out_cols, dh, dc, dh_cell, dh_seq,
-                        dh_next, block, n_parts)
+        _backward_steps(reverse, 0, batch, gates, c_seq, c0, w_hh, packed_hh, w_hr, d_out_cols, dh, dc, dh_cell,
+                        dh_seq, dh_next, block, n_parts)
     dh0[:, :] = dh_next[:, :state]
     dc0[:, :] = dc
 

@@ -31,9 +31,10 @@ from .._config import JIT_OPTIONS, PARALLEL_JIT_OPTIONS
 from ..params import NUM_GATES
 from .activations import sigmoid, tanh
 from .barrier import BARRIER_STATE_SIZE, arrive_together, wait_for_all
-from .blas import gemm
+from .blas import gemm, row_of
 from .packed import (
     PANEL_VECTORS,
+    TILE_ROWS,
     gemm_packed,
     pack_gate_rows,
     packs_weights,
@@ -67,6 +68,7 @@ def gate_math_part(gates_t, bias, c_prev, c_t, h_dst, h_dst_col, start, stop):
 
     gates_t:  (batch, 4*padded) pre-activations less the bias, padded gate layout;
               on return the activations i, f, g, o of those units
+    (every array 2-D with contiguous rows; a block of batch rows of larger arrays will do)
     bias:     (4*padded,) b_ih + b_hh, padded gate layout
     c_prev:   (batch, hidden) previous cell state
     c_t:      (batch, hidden) receives the new cell state (not c_prev: vectorisation needs them apart)
@@ -75,9 +77,9 @@ def gate_math_part(gates_t, bias, c_prev, c_t, h_dst, h_dst_col, start, stop):
     padded = gates_t.shape[1] // NUM_GATES
     i_bias, f_bias, g_bias, o_bias = gate_slices(bias, padded, start, stop)
     for b in range(gates_t.shape[0]):
-        i_row, f_row, g_row, o_row = gate_slices(gates_t[b], padded, start, stop)
-        c_prev_row, c_row = c_prev[b, start:stop], c_t[b, start:stop]
-        h_row = h_dst[b, h_dst_col + start:h_dst_col + stop]
+        i_row, f_row, g_row, o_row = gate_slices(row_of(gates_t, b), padded, start, stop)
+        c_prev_row, c_row = row_of(c_prev, b)[start:stop], row_of(c_t, b)[start:stop]
+        h_row = row_of(h_dst, b)[h_dst_col + start:h_dst_col + stop]
         for j in range(stop - start):
             i_gate = sigmoid(i_row[j] + i_bias[j])
             f_gate = sigmoid(f_row[j] + f_bias[j])
@@ -183,9 +185,13 @@ def step_arrays(step, seq_len, reverse, h0, c0, c_seq, h_cell_seq, out, out_col,
 
 
 @njit(**JIT_OPTIONS)
-def _run_steps(step0, step1, reverse, gates, bias, w_hh, packed_hh, w_hr, h0, c0, c_seq, h_cell_seq,
-               out, out_col, block, n_parts):
-    """Loop steps [step0, step1), one parallel region per step (or none with one part)."""
+def _run_steps(step0, step1, reverse, rows_start, rows_stop, gates, bias, w_hh, packed_hh, w_hr, h0, c0, c_seq,
+               h_cell_seq, out, out_col, block, n_parts):
+    """Loop steps [step0, step1) for batch rows [rows_start, rows_stop), one parallel region per
+    step (or none with one part)."""
+    gates, h0, c0 = gates[:, rows_start:rows_stop], h0[rows_start:rows_stop], c0[rows_start:rows_stop]
+    c_seq, h_cell_seq = c_seq[:, rows_start:rows_stop], h_cell_seq[:, rows_start:rows_stop]
+    out = out[:, rows_start:rows_stop]
     seq_len, state, padded = out.shape[0], h0.shape[1], gates.shape[2] // NUM_GATES
     projecting = w_hr.shape[0] > 0
     for step in range(step0, step1):
@@ -199,6 +205,17 @@ def _run_steps(step0, step1, reverse, gates, bias, w_hh, packed_hh, w_hr, h0, c0
             cell_forward_part(gates_t, bias, h_prev, w_hh, packed_hh, c_prev, c_t, h_dst, h_dst_col, 0, padded)
         if projecting:
             matmul(h_dst, w_hr, out[t][:, out_col:out_col + state], False, True, 0.0, True, n_parts)
+
+
+@njit(**PARALLEL_JIT_OPTIONS)
+def _run_steps_by_batch(step0, step1, reverse, gates, bias, w_hh, packed_hh, w_hr, h0, c0, c_seq, h_cell_seq,
+                        out, out_col, n_parts):
+    """Loop steps [step0, step1) with the batch split between threads: rows of a batch never meet, so
+    each thread runs its rows (whole register tiles) through every step on its own."""
+    for part in prange(n_parts):
+        rows_start, rows_stop = part_range(part, n_parts, out.shape[1], TILE_ROWS)
+        _run_steps(step0, step1, reverse, rows_start, rows_stop, gates, bias, w_hh, packed_hh, w_hr, h0, c0, c_seq,
+                   h_cell_seq, out, out_col, 1, 1)
 
 
 @njit(**PARALLEL_JIT_OPTIONS)
@@ -241,8 +258,10 @@ def lstm_layer_forward(x, w_ih, w_hh, bias, w_hr, h0, c0, reverse, plan,
     w_hr:       (proj_size, hidden), or (0, 0) without projection
     h0:         (batch, state); c0: (batch, hidden)
     reverse:    walk the sequence from the last time step to the first
-    plan:       (n_parts, together): threads to split each step between (1 runs serially), and
-                whether they may run many steps in one parallel region, meeting at a barrier
+    plan:       (n_parts, together, by_batch): threads to split the work between (1 runs
+                serially); whether they split the batch (each thread runs its rows on its own)
+                or each step's hidden units, and then whether they may run many steps in one
+                parallel region, meeting at a barrier
     gates:      (gate_slots, batch, 4*padded) work space in the padded gate layout
                 (``packed.gate_columns``); time t uses slot t % gate_slots.  With
                 gate_slots == seq_len it keeps every step's activations for backward.
@@ -253,7 +272,7 @@ def lstm_layer_forward(x, w_ih, w_hh, bias, w_hr, h0, c0, reverse, plan,
     out:        (seq_len, batch, >= out_col + state) receives h_t in columns out_col:out_col + state
     h_n, c_n:   (batch, state), (batch, hidden) receive the final states
     """
-    n_parts, together = plan
+    n_parts, together, by_batch = plan
     seq_len, batch = x.shape[0], x.shape[1]
     state = h0.shape[1]
     gate_slots = gates.shape[0]
@@ -283,13 +302,17 @@ def lstm_layer_forward(x, w_ih, w_hh, bias, w_hr, h0, c0, reverse, plan,
         else:
             matmul(x_block, w_ih_rows, gates_block, False, True, 0.0, False, n_parts)
         step0, step1 = (seq_len - t1, seq_len - t0) if reverse else (t0, t1)
+        if n_parts > 1 and by_batch:
+            _run_steps_by_batch(step0, step1, reverse, gates, bias_rows, w_hh, packed_hh, w_hr, h0, c0, c_seq,
+                                h_cell_seq, out, out_col, n_parts)
+            continue
         if n_parts > 1 and together:
             together = _run_steps_together(step0, step1, reverse, gates, bias_rows, w_hh, packed_hh, w_hr, h0, c0,
                                            c_seq, h_cell_seq, out, out_col, block, n_parts)
             if together:
                 continue
-        _run_steps(step0, step1, reverse, gates, bias_rows, w_hh, packed_hh, w_hr, h0, c0, c_seq, h_cell_seq,
-                   out, out_col, block, n_parts)
+        _run_steps(step0, step1, reverse, 0, batch, gates, bias_rows, w_hh, packed_hh, w_hr, h0, c0, c_seq,
+                   h_cell_seq, out, out_col, block, n_parts)
     t_last = time_index(seq_len - 1, seq_len, reverse)
     h_n[:, :] = out[t_last][:, out_col:out_col + state]
     c_n[:, :] = c_seq[t_last % c_seq.shape[0]]

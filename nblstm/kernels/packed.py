@@ -25,6 +25,7 @@ from numba import njit
 
 from .._config import JIT_OPTIONS
 from ..params import NUM_GATES
+from .blas import row_of
 from .simd import VECTOR_BITS, lanes_of, vadd, vector_lanes, vfma, vload, vsplat, vstore
 
 PANEL_VECTORS = 4  # vectors of c per register tile row
@@ -157,10 +158,10 @@ def _tile_4_rows(a, panel, c, r0, col, accumulate, k_start, k_stop):
         c20, c21, c22, c23 = vfma(x, w0, c20), vfma(x, w1, c21), vfma(x, w2, c22), vfma(x, w3, c23)
         x = vsplat(a3[kk])
         c30, c31, c32, c33 = vfma(x, w0, c30), vfma(x, w1, c31), vfma(x, w2, c32), vfma(x, w3, c33)
-    _store_row(c[r0], col, lanes, accumulate, c00, c01, c02, c03)
-    _store_row(c[r0 + 1], col, lanes, accumulate, c10, c11, c12, c13)
-    _store_row(c[r0 + 2], col, lanes, accumulate, c20, c21, c22, c23)
-    _store_row(c[r0 + 3], col, lanes, accumulate, c30, c31, c32, c33)
+    _store_row(row_of(c, r0), col, lanes, accumulate, c00, c01, c02, c03)
+    _store_row(row_of(c, r0 + 1), col, lanes, accumulate, c10, c11, c12, c13)
+    _store_row(row_of(c, r0 + 2), col, lanes, accumulate, c20, c21, c22, c23)
+    _store_row(row_of(c, r0 + 3), col, lanes, accumulate, c30, c31, c32, c33)
 
 
 @njit(**JIT_OPTIONS)
@@ -204,9 +205,9 @@ def gemm_packed(a, packed, c, accumulate, panel_start, panel_stop, row_start, ro
     """c[rows, panel columns] (+)= a[rows] @ (weights of the panels), for panels [panel_start, panel_stop)
     and rows [row_start, row_stop).
 
-    a: (m, k) rows of C-contiguous floats; packed: (panels, k, width) from ``pack_gate_rows`` or
-    ``pack_columns``; c: (m, >= panels * width), C-contiguous.  ``accumulate`` adds to c
-    instead of overwriting it.
+    a: (m, k); packed: (panels, k, width) from ``pack_gate_rows`` or ``pack_columns``;
+    c: (m, >= panels * width) with contiguous rows.  ``accumulate`` adds to c instead of
+    overwriting it.
     """
     k, width = packed.shape[1], packed.shape[2]
     if k == 0 and accumulate:
@@ -224,4 +225,4 @@ def gemm_packed(a, packed, c, accumulate, panel_start, panel_stop, row_start, ro
                     _tile_4_rows(a, panel, c, r, col, add, k_start, k_stop)
                     r += TILE_ROWS
                 for row in range(r, block_stop):
-                    _tile_1_row(a[row], panel, c[row], col, add, k_start, k_stop)
+                    _tile_1_row(a[row], panel, row_of(c, row), col, add, k_start, k_stop)

@@ -100,9 +100,11 @@ class CPUBackend:
         same time, as Numba's OpenMP layer provides (the kernels check, and fall back, anyway).
         """
         n_parts = thread_parts(batch, hidden, state)
+        if n_parts == 1:
+            return 1, False, False
         weights_fit = NUM_GATES * hidden * state * 4 <= CACHE_BYTES_PER_THREAD
-        by_batch = n_parts > 1 and batch >= 4 * n_parts and weights_fit
-        together = n_parts > 1 and numba.threading_layer() == "omp" and numba.get_parallel_chunksize() == 0
+        by_batch = batch >= 4 * n_parts and weights_fit
+        together = numba.threading_layer() == "omp" and numba.get_parallel_chunksize() == 0
         return n_parts, together, by_batch
 
     @staticmethod

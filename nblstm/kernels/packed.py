@@ -53,7 +53,8 @@ def packs_weights(seq_len):
 
 def gate_columns(seq_len, hidden, dtype, parallel):
     """Width of a row of gates: 4 * padded hidden with packed weights, else 4 * hidden."""
-    return NUM_GATES * (padded_hidden(hidden, dtype, parallel) if packs_weights(seq_len) else hidden)
+    packing = packs_weights.py_func(seq_len)  # the same rule as the kernels, without a dispatch
+    return NUM_GATES * (padded_hidden(hidden, dtype, parallel) if packing else hidden)
 
 
 def panel_width(dtype):

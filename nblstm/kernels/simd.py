@@ -29,7 +29,7 @@ VECTOR_BITS = _vector_bits()
 
 def vector_lanes(dtype):
     """Elements of ``dtype`` in one vector."""
-    return VECTOR_BITS // (8 * np.dtype(dtype).itemsize)
+    return VECTOR_BITS // (8 * (dtype.itemsize if isinstance(dtype, np.dtype) else np.dtype(dtype).itemsize))
 
 
 class Vector(types.Type):

@@ -16,9 +16,9 @@ For each case and mode:
 5. ``repeats`` rounds; each round times one sample of every backend, in an
    order rotated by one each round, so slow drifts of the machine (turbo, other
    load) spread over all backends.  Between samples the runner sleeps
-   ``SETTLE_S``: OpenMP-style thread pools (Numba's, PyTorch's, ONNX Runtime's)
-   keep spinning for a while after their work, and would otherwise take cycles
-   from the next backend.  The garbage collector runs once before the rounds
+   ``SETTLE_S``: thread pools (Numba's and PyTorch's OpenMP, ONNX Runtime's,
+   OpenBLAS's) keep spinning for a while after their work, and would otherwise
+   take cycles from the next backend.  The garbage collector runs once before the rounds
    and is paused during them.
 
 Every backend runs on the same thread count (``threads.thread_limit``).
@@ -41,8 +41,9 @@ TOLERANCE = {"float32": 2e-3, "float64": 1e-8}
 MAX_CALLS_PER_SAMPLE = 10_000
 # A case is skipped when its estimated footprint exceeds this share of the available memory.
 MEMORY_SHARE = 0.8
-# Pause between two timed samples, longer than thread pools spin after their work.
-SETTLE_S = 0.02
+# Pause between two timed samples, longer than thread pools spin after their work
+# (OpenBLAS's threads, used by the NumPy backend, spin for about 0.1 s).
+SETTLE_S = 0.15
 
 
 @dataclass(frozen=True)

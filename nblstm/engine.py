@@ -1,4 +1,5 @@
-"""Runs a whole LSTM on the CPU kernels: layers and directions orchestrated once per call.
+"""Runs a whole LSTM on a backend (the Numba CPU kernels, or the CUDA ones): layers and directions
+orchestrated once per call.
 
 A stacked or bidirectional LSTM is a sequence of single-direction runs of one
 kernel (``lstm_layer_forward``), each writing its half of the layer's output
@@ -19,6 +20,7 @@ from .kernels.blas import single_threaded_blas
 from .kernels.cpu_backward import lstm_layer_backward
 from .kernels.cpu_forward import lstm_layer_forward
 from .kernels.packed import gate_columns
+from .kernels.parallel import CACHE_LINE
 from .params import NUM_GATES
 
 # A time step with fewer multiply-adds than this runs on one thread: opening a
@@ -46,7 +48,6 @@ def thread_parts(batch, hidden, state):
 # writing either side of a part boundary in a misaligned row would share a cache
 # line and slow each other down (measured: 12% of a step at batch 64, hidden 256).
 ALIGN_MIN_BYTES = 1 << 14
-CACHE_LINE = 64
 
 
 def empty_aligned(shape, dtype):
@@ -61,11 +62,8 @@ def empty_aligned(shape, dtype):
 
 def zeros_aligned(shape, dtype):
     """np.zeros, starting on a cache-line boundary when large."""
-    array = np.zeros(shape, dtype)
-    if array.nbytes < ALIGN_MIN_BYTES:
-        return array
     array = empty_aligned(shape, dtype)
-    array[...] = 0
+    array.fill(0)
     return array
 
 

@@ -117,13 +117,7 @@ class LSTM(Module):
     def forward(self, input, hx=None):
         """Run the LSTM; see the class docstring for shapes.  Returns ``output, (h_n, c_n)``."""
         c = self.config
-        x = self._as_array(input, "input")
-        if x.ndim not in (2, 3):
-            raise ValueError(f"LSTM: Expected input to be 2-D (L, H_in) or 3-D "
-                             f"({'N, L' if c.batch_first else 'L, N'}, H_in), got {x.ndim}-D of shape {shape_tuple(x)}")
-        if shape_tuple(x)[-1] != c.input_size:
-            raise ValueError(f"input.shape[-1] must be equal to input_size. Expected {c.input_size}, "
-                             f"got {shape_tuple(x)[-1]} (input shape {shape_tuple(x)})")
+        x = self._input_array(input, {2: "(L, H_in)", 3: f"({'N, L' if c.batch_first else 'L, N'}, H_in)"})
         batched = x.ndim == 3
         if not batched:
             x = _with_batch_axis(x, 1)
@@ -265,13 +259,7 @@ class LSTMCell(Module):
     def forward(self, input, hx=None):
         """One step; returns ``(h', c')`` shaped like h, c."""
         c = self.config
-        x = self._as_array(input, "input")
-        if x.ndim not in (1, 2):
-            raise ValueError(f"LSTMCell: Expected input to be 1-D (H_in,) or 2-D (N, H_in), got {x.ndim}-D "
-                             f"of shape {shape_tuple(x)}")
-        if shape_tuple(x)[-1] != c.input_size:
-            raise ValueError(f"input.shape[-1] must be equal to input_size. Expected {c.input_size}, "
-                             f"got {shape_tuple(x)[-1]} (input shape {shape_tuple(x)})")
+        x = self._input_array(input, {1: "(H_in,)", 2: "(N, H_in)"})
         batched = x.ndim == 2
         x = x if batched else _with_batch_axis(x, 0)
         batch = x.shape[0]

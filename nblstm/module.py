@@ -139,6 +139,19 @@ class Module:
         _check_floating(view.dtype, name)
         return self._backend.contiguous(view, self.dtype)
 
+    def _input_array(self, value, layouts):
+        """The input ``value`` as ``_as_array`` gives it, checked to have input_size features and
+        one of the ranks of ``layouts`` ({rank: shape as the message names it})."""
+        x = self._as_array(value, "input")
+        if x.ndim not in layouts:
+            expected = " or ".join(f"{rank}-D {layout}" for rank, layout in layouts.items())
+            raise ValueError(f"{type(self).__name__}: Expected input to be {expected}, "
+                             f"got {x.ndim}-D of shape {shape_tuple(x)}")
+        if shape_tuple(x)[-1] != self.config.input_size:
+            raise ValueError(f"input.shape[-1] must be equal to input_size. Expected {self.config.input_size}, "
+                             f"got {shape_tuple(x)[-1]} (input shape {shape_tuple(x)})")
+        return x
+
     def _for_caller(self, caller_value, *arrays):
         """``arrays`` as they go back to the caller: host copies when a 'cuda' model was given host data."""
         if self.device == "cpu" or self._backend.device_view(caller_value) is not None:

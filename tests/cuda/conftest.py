@@ -8,11 +8,13 @@ for in a subprocess, so that this process has not imported numba.cuda yet.
 The simulator runs a Python thread per CUDA thread.  The fixtures below shrink
 the thread blocks so that the tiny test inputs still span several blocks, and
 shorten the interpreter's thread switch interval, which is what the
-simulator's barriers wait on.
+simulator's barriers wait on.  It also makes the simulator's creation of
+shared arrays thread-safe (see ``_serialise_shared_array_creation``).
 """
 import os
 import subprocess
 import sys
+import threading
 
 import numba
 import pytest
@@ -30,6 +32,44 @@ if os.environ.get("NUMBA_ENABLE_CUDASIM") != "1" and "numba.cuda" not in sys.mod
     numba.config.ENABLE_CUDASIM = True
 
 from numba import cuda  # noqa: E402  (after the simulator switch)
+
+
+def _serialise_shared_array_creation():
+    """Make the simulator's ``cuda.shared.array`` safe for the threads of one block.
+
+    Numba's simulator (0.68) creates a block's static shared array when the first
+    thread reaches it: it looks the array up by source line and stores a new one
+    if none is there, without a lock.  When the interpreter switches threads
+    between the look-up and the store, two threads each create an array and one
+    of them goes on working on its own copy while the others read uninitialised
+    memory where its values should be: about one model call in a hundred gave
+    garbage or NaN in a few elements under these tests.  This replacement does
+    the same look-up and store under a lock (dynamic shared memory, ``shape 0``,
+    is one buffer for all threads and goes to the original).
+    """
+    import numpy as np
+    from numba.cuda.simulator.kernelapi import FakeCUDAShared
+    from numba.np import numpy_support
+
+    create = FakeCUDAShared.array
+    lock = threading.Lock()
+
+    def array(self, shape, dtype):
+        if shape == 0:
+            return create(self, shape, dtype)
+        caller = sys._getframe(1)
+        key = (caller.f_code.co_filename, caller.f_lineno)
+        with lock:
+            if key not in self._allocations:
+                dtype = numpy_support.as_dtype(dtype) if isinstance(dtype, numba.types.Type) else dtype
+                self._allocations[key] = np.empty(shape, dtype)
+            return self._allocations[key]
+
+    FakeCUDAShared.array = array
+
+
+if numba.config.ENABLE_CUDASIM:
+    _serialise_shared_array_creation()
 
 # Tile edge and threads per block in the tests: small enough that every kernel runs several blocks.
 TEST_TILE = 2

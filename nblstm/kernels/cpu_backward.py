@@ -22,7 +22,7 @@ from .._config import JIT_OPTIONS, PARALLEL_JIT_OPTIONS
 from ..params import NUM_GATES
 from .activations import tanh
 from .barrier import BARRIER_STATE_SIZE, arrive_together, wait_for_all
-from .blas import gemm, row_of
+from .blas import borrowed, gemm, row_of
 from .cpu_forward import gate_slices, in_gate_layout, time_index
 from .packed import (
     PANEL_VECTORS,
@@ -136,10 +136,14 @@ def _backward_steps(reverse, rows_start, rows_stop, gates, c_seq, c0, w_hh, pack
 
     d_out: (seq_len, batch, state) this direction's output gradients; the other arguments as
     in ``lstm_layer_backward`` (dh_next holds dh_n on entry and dh0 on return, dc likewise).
+    The loop works on ``borrowed`` views: no reference counting.
     """
     rows = slice(rows_start, rows_stop)
-    gates, c_seq, d_out, dh_seq = gates[:, rows], c_seq[:, rows], d_out[:, rows], dh_seq[:, rows]
-    c0, dh, dc, dh_cell, dh_next = c0[rows], dh[rows], dc[rows], dh_cell[rows], dh_next[rows]
+    gates, c_seq = borrowed(gates[:, rows]), borrowed(c_seq[:, rows])
+    d_out, dh_seq = borrowed(d_out[:, rows]), borrowed(dh_seq[:, rows])
+    c0, dh, dc = borrowed(c0[rows]), borrowed(dh[rows]), borrowed(dc[rows])
+    dh_cell, dh_next = borrowed(dh_cell[rows]), borrowed(dh_next[rows])
+    w_hh, packed_hh, w_hr = borrowed(w_hh), borrowed(packed_hh), borrowed(w_hr)
     seq_len, state = d_out.shape[0], d_out.shape[2]
     padded = gates.shape[2] // NUM_GATES
     projecting = w_hr.shape[0] > 0
@@ -176,7 +180,11 @@ def _backward_steps_together(reverse, gates, c_seq, c0, w_hh, packed_hh, w_hr, d
                              dh_next, block, n_parts):
     """``_backward_steps`` in one parallel region: each thread owns hidden units and state columns of
     every step, the threads meeting at a barrier whenever one needs what others wrote.  Returns
-    False, having done nothing, when the threads did not start together."""
+    False, having done nothing, when the threads did not start together.  Works on ``borrowed`` views."""
+    gates, c_seq, c0, w_hh, packed_hh = borrowed(gates), borrowed(c_seq), borrowed(c0), borrowed(w_hh), \
+        borrowed(packed_hh)
+    w_hr, d_out, dh, dc, dh_cell = borrowed(w_hr), borrowed(d_out), borrowed(dh), borrowed(dc), borrowed(dh_cell)
+    dh_seq, dh_next = borrowed(dh_seq), borrowed(dh_next)
     seq_len, state = d_out.shape[0], d_out.shape[2]
     padded, hidden = gates.shape[2] // NUM_GATES, c0.shape[1]
     projecting = w_hr.shape[0] > 0

@@ -31,7 +31,7 @@ from .._config import JIT_OPTIONS, PARALLEL_JIT_OPTIONS
 from ..params import NUM_GATES
 from .activations import sigmoid, tanh
 from .barrier import BARRIER_STATE_SIZE, arrive_together, wait_for_all
-from .blas import gemm, row_of
+from .blas import borrowed, gemm, row_of
 from .packed import (
     PANEL_VECTORS,
     TILE_ROWS,
@@ -188,10 +188,12 @@ def step_arrays(step, seq_len, reverse, h0, c0, c_seq, h_cell_seq, out, out_col,
 def _run_steps(step0, step1, reverse, rows_start, rows_stop, gates, bias, w_hh, packed_hh, w_hr, h0, c0, c_seq,
                h_cell_seq, out, out_col, block, n_parts):
     """Loop steps [step0, step1) for batch rows [rows_start, rows_stop), one parallel region per
-    step (or none with one part)."""
-    gates, h0, c0 = gates[:, rows_start:rows_stop], h0[rows_start:rows_stop], c0[rows_start:rows_stop]
-    c_seq, h_cell_seq = c_seq[:, rows_start:rows_stop], h_cell_seq[:, rows_start:rows_stop]
-    out = out[:, rows_start:rows_stop]
+    step (or none with one part).  The loop works on ``borrowed`` views: no reference counting."""
+    gates, h0, c0 = borrowed(gates[:, rows_start:rows_stop]), borrowed(h0[rows_start:rows_stop]), \
+        borrowed(c0[rows_start:rows_stop])
+    c_seq, h_cell_seq = borrowed(c_seq[:, rows_start:rows_stop]), borrowed(h_cell_seq[:, rows_start:rows_stop])
+    out = borrowed(out[:, rows_start:rows_stop])
+    bias, w_hh, packed_hh, w_hr = borrowed(bias), borrowed(w_hh), borrowed(packed_hh), borrowed(w_hr)
     seq_len, state, padded = out.shape[0], h0.shape[1], gates.shape[2] // NUM_GATES
     projecting = w_hr.shape[0] > 0
     for step in range(step0, step1):
@@ -223,7 +225,10 @@ def _run_steps_together(step0, step1, reverse, gates, bias, w_hh, packed_hh, w_h
                         out, out_col, block, n_parts):
     """Loop steps [step0, step1) in one parallel region: each thread computes its units of every
     step and the threads meet at a barrier after each (see ``barrier``).  Returns False, having
-    done nothing, when the threads did not start together."""
+    done nothing, when the threads did not start together.  Works on ``borrowed`` views."""
+    gates, bias, w_hh, packed_hh, w_hr = borrowed(gates), borrowed(bias), borrowed(w_hh), borrowed(packed_hh), \
+        borrowed(w_hr)
+    h0, c0, c_seq, h_cell_seq, out = borrowed(h0), borrowed(c0), borrowed(c_seq), borrowed(h_cell_seq), borrowed(out)
     seq_len, padded = out.shape[0], gates.shape[2] // NUM_GATES
     projecting = w_hr.shape[0] > 0
     barrier = np.zeros(BARRIER_STATE_SIZE, np.int64)

@@ -28,6 +28,10 @@ from .cuda import backend as cuda_backend
 from .module import Module, check_bool, check_device, check_int, shape_tuple
 from .params import LSTMConfig, parameter_shapes
 
+# The input ranks each layer accepts and how its messages name their shapes (by batch_first for LSTM).
+_LSTM_INPUT_LAYOUTS = {False: {2: "(L, H_in)", 3: "(L, N, H_in)"}, True: {2: "(L, H_in)", 3: "(N, L, H_in)"}}
+_CELL_INPUT_LAYOUTS = {1: "(H_in,)", 2: "(N, H_in)"}
+
 
 def _with_batch_axis(array, axis):
     """A view of C-contiguous ``array`` (host or GPU) with a batch axis of size 1 inserted at ``axis``."""
@@ -117,7 +121,7 @@ class LSTM(Module):
     def forward(self, input, hx=None):
         """Run the LSTM; see the class docstring for shapes.  Returns ``output, (h_n, c_n)``."""
         c = self.config
-        x = self._input_array(input, {2: "(L, H_in)", 3: f"({'N, L' if c.batch_first else 'L, N'}, H_in)"})
+        x = self._input_array(input, _LSTM_INPUT_LAYOUTS[c.batch_first])
         batched = x.ndim == 3
         if not batched:
             x = _with_batch_axis(x, 1)
@@ -259,7 +263,7 @@ class LSTMCell(Module):
     def forward(self, input, hx=None):
         """One step; returns ``(h', c')`` shaped like h, c."""
         c = self.config
-        x = self._input_array(input, {1: "(H_in,)", 2: "(N, H_in)"})
+        x = self._input_array(input, _CELL_INPUT_LAYOUTS)
         batched = x.ndim == 2
         x = x if batched else _with_batch_axis(x, 0)
         batch = x.shape[0]

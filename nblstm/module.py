@@ -147,7 +147,7 @@ class Module:
             expected = " or ".join(f"{rank}-D {layout}" for rank, layout in layouts.items())
             raise ValueError(f"{type(self).__name__}: Expected input to be {expected}, "
                              f"got {x.ndim}-D of shape {shape_tuple(x)}")
-        if shape_tuple(x)[-1] != self.config.input_size:
+        if x.shape[x.ndim - 1] != self.config.input_size:
             raise ValueError(f"input.shape[-1] must be equal to input_size. Expected {self.config.input_size}, "
                              f"got {shape_tuple(x)[-1]} (input shape {shape_tuple(x)})")
         return x

@@ -132,6 +132,24 @@ def test_packed_products_match_numpy(hidden, k, m, accumulate, parallel, dtype, 
     np.testing.assert_allclose(out[:, :k], d_gates @ rows, rtol=tolerance, atol=tolerance * 4 * padded)
 
 
+@pytest.mark.parametrize("panel_start, panel_stop", [(0, 8), (3, 7), (5, 6)])
+def test_packed_product_visits_panels_in_either_order(panel_start, panel_stop, rng):
+    """Descending panel order (the time loops alternate it) gives the same bits and touches only its panels."""
+    width = packed.panel_width(np.float32)
+    w = rng.standard_normal((8 * width, 150)).astype(np.float32)
+    a = rng.standard_normal((9, 150)).astype(np.float32)
+    panels = np.empty((8, 150, width), np.float32)
+    packed.pack_gate_rows(w, panels)
+    start = rng.standard_normal((9, 8 * width)).astype(np.float32)
+    ascending, descending = start.copy(), start.copy()
+    packed.gemm_packed(a, panels, ascending, True, panel_start, panel_stop, 0, 9)
+    packed.gemm_packed(a, panels, descending, True, panel_start, panel_stop, 0, 9, True)
+    np.testing.assert_array_equal(descending, ascending)
+    outside = np.r_[0:panel_start * width, panel_stop * width:8 * width]
+    np.testing.assert_array_equal(descending[:, outside], start[:, outside])
+    assert not np.array_equal(descending, start)
+
+
 def to_padded_layout(values, hidden, padded):
     """(m, 4*hidden) in PyTorch's gate layout -> (m, 4*padded) with zero padding."""
     result = np.zeros((values.shape[0], 4 * padded), values.dtype)

@@ -112,20 +112,21 @@ def state_columns(part, n_parts, state, packed_hh):
 
 
 @njit(**JIT_OPTIONS)
-def state_product_part(gates_t, w_hh, packed_hh, dh_next, part, n_parts):
-    """The part's columns of dh_next = gates_t @ w_hh (gates_t in the padded gate layout)."""
+def state_product_part(gates_t, w_hh, packed_hh, dh_next, part, n_parts, step):
+    """The part's columns of dh_next = gates_t @ w_hh (gates_t in the padded gate layout) at time
+    step ``step``; odd steps read the packed weights backwards (see ``packed.gemm_packed``)."""
     if packed_hh.shape[0] > 0:
         first, last = part_range(part, n_parts, packed_hh.shape[0], 1)
-        gemm_packed(gates_t, packed_hh, dh_next, False, first, last, 0, gates_t.shape[0])
+        gemm_packed(gates_t, packed_hh, dh_next, False, first, last, 0, gates_t.shape[0], step % 2 == 1)
     else:
         start, stop = state_columns(part, n_parts, w_hh.shape[1], packed_hh)
         gemm(gates_t, w_hh[:, start:stop], dh_next[:, start:stop], False, False, 0.0)
 
 
 @njit(**PARALLEL_JIT_OPTIONS)
-def _state_product_parallel(gates_t, w_hh, packed_hh, dh_next, n_parts):
+def _state_product_parallel(gates_t, w_hh, packed_hh, dh_next, n_parts, step):
     for part in prange(n_parts):
-        state_product_part(gates_t, w_hh, packed_hh, dh_next, part, n_parts)
+        state_product_part(gates_t, w_hh, packed_hh, dh_next, part, n_parts, step)
 
 
 @njit(**JIT_OPTIONS)
@@ -159,10 +160,10 @@ def _backward_steps(reverse, rows_start, rows_stop, gates, c_seq, c0, w_hh, pack
             dh_hidden = dh
         if n_parts > 1:
             cell_backward_parallel(gates[t], c_seq[t], c_prev, dh_hidden, dc, block, n_parts)
-            _state_product_parallel(gates[t], w_hh, packed_hh, dh_next, n_parts)
+            _state_product_parallel(gates[t], w_hh, packed_hh, dh_next, n_parts, step)
         else:
             cell_backward_part(gates[t], c_seq[t], c_prev, dh_hidden, dc, 0, padded)
-            state_product_part(gates[t], w_hh, packed_hh, dh_next, 0, 1)
+            state_product_part(gates[t], w_hh, packed_hh, dh_next, 0, 1, step)
 
 
 @njit(**PARALLEL_JIT_OPTIONS)
@@ -209,7 +210,7 @@ def _backward_steps_together(reverse, gates, c_seq, c0, w_hh, packed_hh, w_hr, d
                     dh_hidden = dh
                 cell_backward_part(gates[t], c_seq[t], c_prev, dh_hidden, dc, start, stop)
                 wait_for_all(barrier, n_parts)  # every gate gradient of the step written
-                state_product_part(gates[t], w_hh, packed_hh, dh_next, part, n_parts)
+                state_product_part(gates[t], w_hh, packed_hh, dh_next, part, n_parts, step)
     return started[0]
 
 

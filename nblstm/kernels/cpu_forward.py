@@ -92,7 +92,7 @@ def gate_math_part(gates_t, bias, c_prev, c_t, h_dst, h_dst_col, start, stop):
 
 
 @njit(**JIT_OPTIONS)
-def recurrent_product(h_prev, w_hh, packed_hh, gates_t, start, stop):
+def recurrent_product(h_prev, w_hh, packed_hh, gates_t, start, stop, descending):
     """gates_t[:, gate columns of units [start, stop)] += h_prev @ w_hh.T for those columns.
 
     With packed weights (packed_hh from ``pack_gate_rows``) one packed product over every
@@ -100,16 +100,18 @@ def recurrent_product(h_prev, w_hh, packed_hh, gates_t, start, stop):
     empty, gates_t in PyTorch's layout) plain products, one for all four gates when the part
     is every unit.
     h_prev: (batch, state); w_hh: (4*hidden, state); gates_t: (batch, 4*padded).
+    ``descending`` visits the packed weights backwards (see ``gemm_packed``).
     """
     hidden, padded = w_hh.shape[0] // NUM_GATES, gates_t.shape[1] // NUM_GATES
     if packed_hh.shape[0] > 0 and start == 0 and stop == padded:
-        gemm_packed(h_prev, packed_hh, gates_t, True, 0, packed_hh.shape[0], 0, gates_t.shape[0])
+        gemm_packed(h_prev, packed_hh, gates_t, True, 0, packed_hh.shape[0], 0, gates_t.shape[0], descending)
     elif packed_hh.shape[0] > 0:
         width = packed_hh.shape[2]
         blocks = packed_hh.shape[0] // NUM_GATES
-        for gate in range(NUM_GATES):
+        for visit in range(NUM_GATES):
+            gate = NUM_GATES - 1 - visit if descending else visit
             gemm_packed(h_prev, packed_hh, gates_t, True, gate * blocks + start // width,
-                        gate * blocks + stop // width, 0, gates_t.shape[0])
+                        gate * blocks + stop // width, 0, gates_t.shape[0], descending)
     elif start == 0 and stop >= hidden:
         gemm(h_prev, w_hh, gates_t, False, True, 1.0)
     else:
@@ -119,19 +121,20 @@ def recurrent_product(h_prev, w_hh, packed_hh, gates_t, start, stop):
 
 
 @njit(**JIT_OPTIONS)
-def cell_forward_part(gates_t, bias, h_prev, w_hh, packed_hh, c_prev, c_t, h_dst, h_dst_col, start, stop):
-    """One time step for hidden units [start, stop): add h_prev @ w_hh.T to their gates (see
-    ``recurrent_product``), then the gate math."""
-    recurrent_product(h_prev, w_hh, packed_hh, gates_t, start, stop)
+def cell_forward_part(gates_t, bias, h_prev, w_hh, packed_hh, c_prev, c_t, h_dst, h_dst_col, start, stop, step):
+    """Time step ``step`` for hidden units [start, stop): add h_prev @ w_hh.T to their gates (see
+    ``recurrent_product``; odd steps read the weights backwards), then the gate math."""
+    recurrent_product(h_prev, w_hh, packed_hh, gates_t, start, stop, step % 2 == 1)
     gate_math_part(gates_t, bias, c_prev, c_t, h_dst, h_dst_col, start, min(stop, c_t.shape[1]))
 
 
 @njit(**PARALLEL_JIT_OPTIONS)
-def cell_forward_parallel(gates_t, bias, h_prev, w_hh, packed_hh, c_prev, c_t, h_dst, h_dst_col, block, n_parts):
+def cell_forward_parallel(gates_t, bias, h_prev, w_hh, packed_hh, c_prev, c_t, h_dst, h_dst_col, block, n_parts,
+                          step):
     """cell_forward_part over every hidden unit, blocks of ``block`` units split between ``n_parts`` threads."""
     for part in prange(n_parts):
         start, stop = part_range(part, n_parts, gates_t.shape[1] // NUM_GATES, block)
-        cell_forward_part(gates_t, bias, h_prev, w_hh, packed_hh, c_prev, c_t, h_dst, h_dst_col, start, stop)
+        cell_forward_part(gates_t, bias, h_prev, w_hh, packed_hh, c_prev, c_t, h_dst, h_dst_col, start, stop, step)
 
 
 @njit(**PARALLEL_JIT_OPTIONS)
@@ -202,9 +205,10 @@ def _run_steps(step0, step1, reverse, rows_start, rows_stop, gates, bias, w_hh, 
         gates_t = gates[t % gates.shape[0]]
         if n_parts > 1:
             cell_forward_parallel(gates_t, bias, h_prev, w_hh, packed_hh, c_prev, c_t, h_dst, h_dst_col,
-                                  block, n_parts)
+                                  block, n_parts, step)
         else:
-            cell_forward_part(gates_t, bias, h_prev, w_hh, packed_hh, c_prev, c_t, h_dst, h_dst_col, 0, padded)
+            cell_forward_part(gates_t, bias, h_prev, w_hh, packed_hh, c_prev, c_t, h_dst, h_dst_col, 0, padded,
+                              step)
         if projecting:
             matmul(h_dst, w_hr, out[t][:, out_col:out_col + state], False, True, 0.0, True, n_parts)
 
@@ -242,7 +246,7 @@ def _run_steps_together(step0, step1, reverse, gates, bias, w_hh, packed_hh, w_h
                 t, h_prev, c_prev, c_t, h_dst, h_dst_col = step_arrays(step, seq_len, reverse, h0, c0, c_seq,
                                                                        h_cell_seq, out, out_col, projecting)
                 cell_forward_part(gates[t % gates.shape[0]], bias, h_prev, w_hh, packed_hh, c_prev, c_t, h_dst,
-                                  h_dst_col, start, stop)
+                                  h_dst_col, start, stop, step)
                 wait_for_all(barrier, n_parts)
                 if projecting:
                     gemm(h_dst, w_hr[proj_start:proj_stop],

@@ -202,20 +202,23 @@ def _store_row(c_row, col, lanes, accumulate, v0, v1, v2, v3):
 
 
 @njit(**JIT_OPTIONS)
-def gemm_packed(a, packed, c, accumulate, panel_start, panel_stop, row_start, row_stop):
+def gemm_packed(a, packed, c, accumulate, panel_start, panel_stop, row_start, row_stop, descending=False):
     """c[rows, panel columns] (+)= a[rows] @ (weights of the panels), for panels [panel_start, panel_stop)
     and rows [row_start, row_stop).
 
     a: (m, k); packed: (panels, k, width) from ``pack_gate_rows`` or ``pack_columns``;
     c: (m, >= panels * width) with contiguous rows.  ``accumulate`` adds to c instead of
-    overwriting it.
+    overwriting it.  ``descending`` visits the panels from the last to the first (the
+    results are the same): a time loop that alternates the direction at every step
+    starts each step on the weights the previous one read last, which are still in cache.
     """
     k, width = packed.shape[1], packed.shape[2]
     if k == 0 and accumulate:
         return
     for block_start in range(row_start, row_stop, ROW_BLOCK):
         block_stop = min(row_stop, block_start + ROW_BLOCK)
-        for p in range(panel_start, panel_stop):
+        for visit in range(panel_stop - panel_start):
+            p = panel_stop - 1 - visit if descending else panel_start + visit
             panel = packed[p].reshape(k * width)
             col = p * width
             for k_start in range(0, max(k, 1), K_BLOCK):

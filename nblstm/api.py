@@ -96,6 +96,7 @@ class LSTM(Module):
                                  check_bool("batch_first", batch_first), float(dropout),
                                  check_bool("bidirectional", bidirectional), proj_size)
         self._init_parameters(self.config.shapes(), hidden_size, dtype, seed, check_device(device))
+        self._workspace = engine.Workspace()  # inference work arrays, reused from call to call
 
     def __getattr__(self, name):
         config = self.__dict__.get("config")
@@ -133,7 +134,7 @@ class LSTM(Module):
                              f"{shape_tuple(input) if hasattr(input, 'shape') else shape_tuple(x)}")
         h0, c0 = self._initial_state(hx, batch, batched)
         output, h_n, c_n, tape = engine.forward(self._parameters, c, x, h0, c0, self.training, self._rng,
-                                                backend=self._backend)
+                                                backend=self._backend, workspace=self._workspace)
         if tape is not None:
             tape.layout = (batched, seq_len, batch)
             self._tapes.append(tape)

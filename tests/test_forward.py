@@ -170,3 +170,35 @@ def test_torch_float32_inputs_accepted():
     model = LSTM(3, 4, seed=0)
     x = np.random.default_rng(0).standard_normal((4, 2, 3)).astype(np.float32)
     np.testing.assert_array_equal(model(torch.from_numpy(x))[0], model(x)[0])
+
+
+def test_repeated_inference_calls_of_changing_shapes_match_torch(rng):
+    """Eval-mode calls reuse their work arrays (engine.Workspace) from call to call: results stay
+    right when the shapes change between calls, and every output is a new array."""
+    model = LSTM(6, 9, num_layers=2, bidirectional=True, proj_size=4, seed=1).eval()
+    twin = torch_twin(model)
+    inputs = [rng.standard_normal(shape).astype(np.float32) for shape in [(5, 3, 6), (8, 1, 6), (5, 3, 6), (2, 3, 6)]]
+    outputs = []
+    for x in inputs + inputs:
+        output, (h_n, c_n) = model(x)
+        expected, (e_h, e_c) = twin(tensor(x))
+        for a, b in ((output, expected), (h_n, e_h), (c_n, e_c)):
+            assert_close(a, numpy(b), np.float32)
+        outputs.append(output)
+    assert not any(np.shares_memory(a, b) for a, b in itertools.combinations(outputs, 2))
+
+
+def test_threads_share_one_model_in_inference(rng):
+    """Threads calling one eval-mode model at once (the kernels release the GIL) each get their own
+    work arrays, so each gets its own right answer."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    model = LSTM(6, 40, seed=2).eval()
+    inputs = [rng.standard_normal((30, 4, 6)).astype(np.float32) for _ in range(4)]
+    expected = [model(x)[0] for x in inputs]
+
+    def run(index):
+        return all(np.array_equal(model(inputs[index])[0], expected[index]) for _ in range(20))
+
+    with ThreadPoolExecutor(4) as pool:
+        assert all(pool.map(run, range(4)))

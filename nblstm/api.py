@@ -204,9 +204,12 @@ class LSTM(Module):
         tape = self._tapes[-1] if self._tapes else self._pop_tape()
         batched, seq_len, batch = tape.layout
         c = self.config
-        out_shape = (seq_len, batch, c.num_directions * c.state_size)
-        user_out_shape = shape_tuple(self._user_layout(np.empty(out_shape, np.int8), batched))
-        d_out = self._time_major(self._check_grad(grad_output, "grad_output", user_out_shape), batched)
+        features = c.num_directions * c.state_size
+        if not batched:
+            out_shape = (seq_len, features)
+        else:
+            out_shape = (batch, seq_len, features) if c.batch_first else (seq_len, batch, features)
+        d_out = self._time_major(self._check_grad(grad_output, "grad_output", out_shape), batched)
         h_shape, c_shape = self._state_shapes(batch)
         grad_h_n, grad_c_n = grad_state if grad_state is not None else (None, None)
         grad_h_n = self._state_grad(grad_h_n, "grad_h_n", h_shape, batched)

@@ -12,21 +12,24 @@ from nblstm.kernels.parallel import part_range
 
 
 @njit(cache=False)
-def _fill_row_of_borrowed(matrix, row, value):
+def _fill_rows_of_borrowed(matrix, vector, row, value):
     view = borrowed(matrix)
     view[row][:] = value
+    matrix_view, vector_view = borrowed((matrix, vector))  # a tuple: each array borrowed
+    vector_view[:] = matrix_view[row, matrix_view.shape[1] - 1]
     return view.shape, view[row, view.shape[1] - 1]
 
 
 @pytest.mark.parametrize("columns", [slice(None), slice(1, 4)], ids=["whole", "column slice"])
 def test_borrowed_view_is_the_same_array(columns):
     """A borrowed view has the shape, strides and memory of its array (only its reference count differs)."""
-    matrix = np.zeros((3, 5))
-    shape, last = _fill_row_of_borrowed(matrix[:, columns], 1, 2.5)
+    matrix, vector = np.zeros((3, 5)), np.zeros(2)
+    shape, last = _fill_rows_of_borrowed(matrix[:, columns], vector, 1, 2.5)
     expected = np.zeros((3, 5))
     expected[1, columns] = 2.5
     assert shape == matrix[:, columns].shape and last == 2.5
     np.testing.assert_array_equal(matrix, expected)
+    np.testing.assert_array_equal(vector, [2.5, 2.5])
 
 
 @njit(**dict(JIT_OPTIONS, cache=False))  # not cached: it would keep stale copies of the activations

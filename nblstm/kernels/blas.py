@@ -112,8 +112,9 @@ def _address_as_pointer(typingctx, address, dtype):
 
 
 @intrinsic
-def borrowed(typingctx, array):
-    """``array`` itself, as a view that Numba does not reference-count.
+def borrowed(typingctx, arrays):
+    """``arrays`` (an array, or a tuple of arrays) themselves, as views that Numba does not
+    reference-count.
 
     Numba counts the references to an array's buffer with an atomic add at every
     view it makes (a row, a slice, an argument passed on), about 20 cycles each,
@@ -123,13 +124,22 @@ def borrowed(typingctx, array):
     received them: a borrowed array must never be returned or stored.
     """
 
-    def codegen(context, builder, signature, args):
-        view = context.make_array(array)(context, builder, value=args[0])
+    def borrow(context, builder, array_type, value):
+        view = context.make_array(array_type)(context, builder, value=value)
         view.meminfo = cgutils.get_null_value(view.meminfo.type)
         view.parent = cgutils.get_null_value(view.parent.type)
         return view._getvalue()
 
-    return array(array), codegen
+    def codegen(context, builder, signature, args):
+        if isinstance(arrays, types.Array):
+            return borrow(context, builder, arrays, args[0])
+        result = args[0]
+        for index, array_type in enumerate(arrays.types):
+            value = borrow(context, builder, array_type, builder.extract_value(args[0], index))
+            result = builder.insert_value(result, value, index)
+        return result
+
+    return arrays(arrays), codegen
 
 
 @njit(**JIT_OPTIONS)

@@ -140,11 +140,9 @@ def _backward_steps(reverse, rows_start, rows_stop, gates, c_seq, c0, w_hh, pack
     The loop works on ``borrowed`` views: no reference counting.
     """
     rows = slice(rows_start, rows_stop)
-    gates, c_seq = borrowed(gates[:, rows]), borrowed(c_seq[:, rows])
-    d_out, dh_seq = borrowed(d_out[:, rows]), borrowed(dh_seq[:, rows])
-    c0, dh, dc = borrowed(c0[rows]), borrowed(dh[rows]), borrowed(dc[rows])
-    dh_cell, dh_next = borrowed(dh_cell[rows]), borrowed(dh_next[rows])
-    w_hh, packed_hh, w_hr = borrowed(w_hh), borrowed(packed_hh), borrowed(w_hr)
+    gates, c_seq, d_out, dh_seq = borrowed((gates[:, rows], c_seq[:, rows], d_out[:, rows], dh_seq[:, rows]))
+    c0, dh, dc, dh_cell, dh_next = borrowed((c0[rows], dh[rows], dc[rows], dh_cell[rows], dh_next[rows]))
+    w_hh, packed_hh, w_hr = borrowed((w_hh, packed_hh, w_hr))
     seq_len, state = d_out.shape[0], d_out.shape[2]
     padded = gates.shape[2] // NUM_GATES
     projecting = w_hr.shape[0] > 0
@@ -182,10 +180,8 @@ def _backward_steps_together(reverse, gates, c_seq, c0, w_hh, packed_hh, w_hr, d
     """``_backward_steps`` in one parallel region: each thread owns hidden units and state columns of
     every step, the threads meeting at a barrier whenever one needs what others wrote.  Returns
     False, having done nothing, when the threads did not start together.  Works on ``borrowed`` views."""
-    gates, c_seq, c0, w_hh, packed_hh = borrowed(gates), borrowed(c_seq), borrowed(c0), borrowed(w_hh), \
-        borrowed(packed_hh)
-    w_hr, d_out, dh, dc, dh_cell = borrowed(w_hr), borrowed(d_out), borrowed(dh), borrowed(dc), borrowed(dh_cell)
-    dh_seq, dh_next = borrowed(dh_seq), borrowed(dh_next)
+    gates, c_seq, c0, w_hh, packed_hh, w_hr = borrowed((gates, c_seq, c0, w_hh, packed_hh, w_hr))
+    d_out, dh, dc, dh_cell, dh_seq, dh_next = borrowed((d_out, dh, dc, dh_cell, dh_seq, dh_next))
     seq_len, state = d_out.shape[0], d_out.shape[2]
     padded, hidden = gates.shape[2] // NUM_GATES, c0.shape[1]
     projecting = w_hr.shape[0] > 0

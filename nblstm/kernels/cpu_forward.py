@@ -192,11 +192,10 @@ def _run_steps(step0, step1, reverse, rows_start, rows_stop, gates, bias, w_hh, 
                h_cell_seq, out, out_col, block, n_parts):
     """Loop steps [step0, step1) for batch rows [rows_start, rows_stop), one parallel region per
     step (or none with one part).  The loop works on ``borrowed`` views: no reference counting."""
-    gates, h0, c0 = borrowed(gates[:, rows_start:rows_stop]), borrowed(h0[rows_start:rows_stop]), \
-        borrowed(c0[rows_start:rows_stop])
-    c_seq, h_cell_seq = borrowed(c_seq[:, rows_start:rows_stop]), borrowed(h_cell_seq[:, rows_start:rows_stop])
-    out = borrowed(out[:, rows_start:rows_stop])
-    bias, w_hh, packed_hh, w_hr = borrowed(bias), borrowed(w_hh), borrowed(packed_hh), borrowed(w_hr)
+    rows = slice(rows_start, rows_stop)
+    gates, h0, c0, c_seq, h_cell_seq, out = borrowed((gates[:, rows], h0[rows], c0[rows], c_seq[:, rows],
+                                                      h_cell_seq[:, rows], out[:, rows]))
+    bias, w_hh, packed_hh, w_hr = borrowed((bias, w_hh, packed_hh, w_hr))
     seq_len, state, padded = out.shape[0], h0.shape[1], gates.shape[2] // NUM_GATES
     projecting = w_hr.shape[0] > 0
     for step in range(step0, step1):
@@ -230,9 +229,8 @@ def _run_steps_together(step0, step1, reverse, gates, bias, w_hh, packed_hh, w_h
     """Loop steps [step0, step1) in one parallel region: each thread computes its units of every
     step and the threads meet at a barrier after each (see ``barrier``).  Returns False, having
     done nothing, when the threads did not start together.  Works on ``borrowed`` views."""
-    gates, bias, w_hh, packed_hh, w_hr = borrowed(gates), borrowed(bias), borrowed(w_hh), borrowed(packed_hh), \
-        borrowed(w_hr)
-    h0, c0, c_seq, h_cell_seq, out = borrowed(h0), borrowed(c0), borrowed(c_seq), borrowed(h_cell_seq), borrowed(out)
+    gates, bias, w_hh, packed_hh, w_hr = borrowed((gates, bias, w_hh, packed_hh, w_hr))
+    h0, c0, c_seq, h_cell_seq, out = borrowed((h0, c0, c_seq, h_cell_seq, out))
     seq_len, padded = out.shape[0], gates.shape[2] // NUM_GATES
     projecting = w_hr.shape[0] > 0
     barrier = np.zeros(BARRIER_STATE_SIZE, np.int64)

@@ -230,7 +230,7 @@ def lstm_layer_backward(x, w_ih, w_hh, w_hr, h0, c0, out, out_col, gates, c_seq,
 
     Forward inputs and saved state, as given to ``lstm_layer_forward``:
       x (seq_len, batch, input_size); w_ih (4*hidden, input_size); w_hh (4*hidden, state);
-      w_hr (proj_size, hidden) or (0, hidden); h0 (batch, state); c0 (batch, hidden);
+      w_hr (proj_size, hidden) or (0, 0); h0 (batch, state); c0 (batch, hidden);
       out (seq_len, batch, >= out_col + state) forward outputs;
       gates (seq_len, batch, 4*padded) activations in the padded gate layout, overwritten
       with the gate gradients; c_seq, h_cell_seq (seq_len, batch, hidden) (h_cell_seq unused
@@ -242,7 +242,8 @@ def lstm_layer_backward(x, w_ih, w_hh, w_hr, h0, c0, out, out_col, gates, c_seq,
       with projection, else unused.
     Results: dx (seq_len, batch, input_size) = d_gates @ w_ih + dx_beta * dx;
       dh0 (batch, state); dc0 (batch, hidden); and accumulated (+=) into
-      dw_ih, dw_hh, d_bias (4*hidden,) (or (0,) without bias), dw_hr like their weights.
+      dw_ih, dw_hh, d_bias (4*hidden,) (or (0,) without bias), dw_hr like w_hr ((0, hidden)
+      without projection).
     """
     n_parts, together, by_batch = plan
     seq_len, batch = x.shape[0], x.shape[1]

@@ -190,21 +190,9 @@ def lstm_layer_backward(x, w_ih, w_hh, w_hr, h0, c0, out, out_col, gates, c_seq,
                         dx, dx_beta, dh0, dc0, dw_ih, dw_hh, d_bias, dw_hr):
     """Backward pass of ``lstm_layer_forward`` (training mode) for one layer and direction.
 
-    Forward inputs and saved state, as given to ``lstm_layer_forward``:
-      x (seq_len, batch, input_size); w_ih (4*hidden, input_size); w_hh (4*hidden, state);
-      w_hr (proj_size, hidden) or (0, hidden); h0 (batch, state); c0 (batch, hidden);
-      out (seq_len, batch, >= out_col + state) forward outputs;
-      gates (seq_len, batch, 4*hidden) activations, overwritten with the gate gradients;
-      c_seq, h_cell_seq (seq_len, batch, hidden) (h_cell_seq unused without projection).
-    plan: the backend's CUDAPlan.
-    Upstream gradients: d_out like out (columns out_col:out_col + state are read);
-      dh_n (batch, state); dc_n (batch, hidden).
-    Work space: dh (batch, state); dc, dh_cell (batch, hidden); dh_seq (seq_len, batch, state)
-      with projection, else unused.
-    Results: dx (seq_len, batch, input_size) = d_gates @ w_ih + dx_beta * dx;
-      dh0 (batch, state); dc0 (batch, hidden); and accumulated (+=) into
-      dw_ih, dw_hh, d_bias (4*hidden,), dw_hr like their weights.
-    All device arrays of one dtype.
+    The numba.cuda twin of ``cpu_backward.lstm_layer_backward``: the same arguments, shapes and
+    results (see there), as device arrays of one dtype, except that ``plan`` is the backend's
+    CUDAPlan and ``gates`` keeps PyTorch's layout, (seq_len, batch, 4*hidden).
     """
     seq_len, batch = x.shape[0], x.shape[1]
     hidden, state, proj = c0.shape[1], h0.shape[1], w_hr.shape[0]

@@ -201,22 +201,9 @@ def lstm_layer_forward(x, w_ih, w_hh, bias, w_hr, h0, c0, reverse, plan,
                        gates, c_seq, h_cell_seq, out, out_col, h_n, c_n):
     """Run one layer in one direction over the whole sequence (host function launching kernels).
 
-    x:          (seq_len, batch, input_size) layer input, C-contiguous
-    w_ih:       (4*hidden, input_size)
-    w_hh:       (4*hidden, state)           state = proj_size or hidden
-    bias:       (4*hidden,)                 b_ih + b_hh (zeros without bias)
-    w_hr:       (proj_size, hidden), or (0, hidden) without projection
-    h0:         (batch, state); c0: (batch, hidden)
-    reverse:    walk the sequence from the last time step to the first
-    plan:       the backend's CUDAPlan (thread-block sizes, persistent or not)
-    gates:      (gate_slots, batch, 4*hidden) work space; time t uses slot t % gate_slots.
-                With gate_slots == seq_len it keeps every step's activations for backward.
-    c_seq:      (c_slots, batch, hidden) cell states, slot t % c_slots (c_slots: seq_len or 1)
-    h_cell_seq: (c_slots, batch, hidden) o * tanh(c) before the projection; unused (may be
-                (0, 0, 0)) without projection
-    out:        (seq_len, batch, >= out_col + state) receives h_t in columns out_col:out_col + state
-    h_n, c_n:   (batch, state), (batch, hidden) receive the final states
-    All device arrays of one dtype.
+    The numba.cuda twin of ``cpu_forward.lstm_layer_forward``: the same arguments, shapes and
+    results (see there), as device arrays of one dtype, except that ``plan`` is the backend's
+    CUDAPlan and ``gates`` keeps PyTorch's layout, (gate_slots, batch, 4*hidden).
     """
     seq_len, batch = x.shape[0], x.shape[1]
     hidden, state, proj = c0.shape[1], h0.shape[1], w_hr.shape[0]

@@ -127,7 +127,7 @@ def test_packed_products_match_numpy(hidden, k, m, accumulate, parallel, dtype, 
 
     d_gates = to_padded_layout(rng.standard_normal((m, 4 * hidden)).astype(dtype), hidden, padded)
     columns = np.empty((-(-k // width), 4 * padded, width), dtype)
-    packed.pack_columns(w, columns, True)
+    packed.pack_columns(w, columns)
     out = np.full((m, columns.shape[0] * width), np.nan, dtype)
     packed.gemm_packed(d_gates, columns, out, False, 0, columns.shape[0], 0, m)
     rows = np.empty((4 * padded, k), dtype)

@@ -255,7 +255,7 @@ def lstm_layer_backward(x, w_ih, w_hh, w_hr, h0, c0, out, out_col, gates, c_seq,
     projecting = w_hr.shape[0] > 0
     packed_hh = np.empty(((state + width - 1) // width if packing else 0, gate_columns, width), gates.dtype)
     if packing:
-        pack_columns(w_hh, packed_hh, True)
+        pack_columns(w_hh, packed_hh)
     # d_gates @ w_hh, the gradient flowing into the previous step (padded to whole panels)
     dh_next = empty_aligned(batch, packed_hh.shape[0] * width if packing else state, gates)
     dh_next[:, :state] = dh_n

@@ -137,22 +137,6 @@ def cell_forward_parallel(gates_t, bias, h_prev, w_hh, packed_hh, c_prev, c_t, h
         cell_forward_part(gates_t, bias, h_prev, w_hh, packed_hh, c_prev, c_t, h_dst, h_dst_col, start, stop, step)
 
 
-@njit(**PARALLEL_JIT_OPTIONS)
-def _gemm_packed_parallel(a, packed, c, accumulate, n_parts):
-    for part in prange(n_parts):
-        start, stop = part_range(part, n_parts, packed.shape[0], 1)
-        gemm_packed(a, packed, c, accumulate, start, stop, 0, a.shape[0])
-
-
-@njit(**JIT_OPTIONS)
-def gemm_packed_all(a, packed, c, accumulate, n_parts):
-    """c (+)= a @ (packed weights) over every panel, the panels split between ``n_parts`` threads."""
-    if n_parts > 1:
-        _gemm_packed_parallel(a, packed, c, accumulate, n_parts)
-    else:
-        gemm_packed(a, packed, c, accumulate, 0, packed.shape[0], 0, a.shape[0])
-
-
 @njit(**JIT_OPTIONS)
 def in_gate_layout(w, padded):
     """w (4*hidden, k) with its gate rows in the padded gate layout (4*padded, k): w itself without

@@ -96,19 +96,19 @@ def pack_gate_rows(w, packed):
 
 
 @njit(**JIT_OPTIONS)
-def pack_columns(w, packed, gate_rows):
-    """Pack w (k_rows, n) for ``c = a @ w``: panels over the n columns of w.
+def pack_columns(w, packed):
+    """Pack w (4*hidden, n) for ``c = a @ w`` with a in the padded gate layout: panels over the n
+    columns of w.
 
-    packed: (ceil(n / width), k, width); packed[q, kk, c] = w[row(kk), q * width + c], zero past n,
-    where row(kk) = kk, or with ``gate_rows`` (w has 4*hidden gate rows and a has padded gate
-    columns, k = 4*padded) the weight_row of padded-gate column kk (zero for padding).
+    packed: (ceil(n / width), 4*padded, width); packed[q, kk, c] = w[weight_row(kk), q * width + c],
+    zero past n and for padding units.
     """
     hidden = w.shape[0] // NUM_GATES
     padded = packed.shape[1] // NUM_GATES
     width = packed.shape[2]
     n = w.shape[1]
     for kk in range(packed.shape[1]):
-        row = weight_row(kk, hidden, padded) if gate_rows else kk
+        row = weight_row(kk, hidden, padded)
         for q in range(packed.shape[0]):
             for c in range(width):
                 column = q * width + c

@@ -153,6 +153,13 @@ def row_of(matrix, i):
 
 
 @njit(**JIT_OPTIONS)
+def flat_block(array, i):
+    """array[i] of a C-contiguous 3-D array as a flat 1-D array (array[i].reshape(-1) without the
+    reshape's call into Numba's runtime, which costs more than a small product over the block)."""
+    return carray(_address_as_pointer(array[i:].ctypes.data, array.dtype), array.shape[1] * array.shape[2])
+
+
+@njit(**JIT_OPTIONS)
 def _store(c_row, j, n, beta, sums):
     """c_row[j + q] = sums[q] + beta * c_row[j + q] for the q < 4 with j + q < n (beta == 0 overwrites)."""
     for q in range(min(4, n - j)):

@@ -25,7 +25,7 @@ from numba import njit
 
 from .._config import JIT_OPTIONS
 from ..params import NUM_GATES
-from .blas import row_of
+from .blas import flat_block, row_of
 from .simd import VECTOR_BITS, lanes_of, vadd, vector_lanes, vfma, vload, vsplat, vstore
 
 PANEL_VECTORS = 4  # vectors of c per register tile row
@@ -219,7 +219,7 @@ def gemm_packed(a, packed, c, accumulate, panel_start, panel_stop, row_start, ro
         block_stop = min(row_stop, block_start + ROW_BLOCK)
         for visit in range(panel_stop - panel_start):
             p = panel_stop - 1 - visit if descending else panel_start + visit
-            panel = packed[p].reshape(k * width)
+            panel = flat_block(packed, p)
             col = p * width
             for k_start in range(0, max(k, 1), K_BLOCK):
                 k_stop = min(k, k_start + K_BLOCK)

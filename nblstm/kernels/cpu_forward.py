@@ -64,7 +64,7 @@ def gate_slices(row, padded, start, stop):
 
 @njit(**JIT_OPTIONS)
 def gate_math_part(gates_t, bias, c_prev, c_t, h_dst, h_dst_col, start, stop):
-    """The fused gate math of one step for hidden units [start, stop).
+    """The fused gate math of one step for the gate columns of units [start, stop).
 
     gates_t:  (batch, 4*padded) pre-activations less the bias, padded gate layout;
               on return the activations i, f, g, o of those units
@@ -73,22 +73,26 @@ def gate_math_part(gates_t, bias, c_prev, c_t, h_dst, h_dst_col, start, stop):
     c_prev:   (batch, hidden) previous cell state
     c_t:      (batch, hidden) receives the new cell state (not c_prev: vectorisation needs them apart)
     h_dst:    (batch, >= h_dst_col + hidden) receives o * tanh(c_t) in columns h_dst_col + j
+    stop may pass hidden (up to padded): the activations then run over the padding columns too,
+    so that with whole vectors of units LLVM leaves no scalar remainder of four transcendentals
+    per unit; the cell state and output cover the units below hidden.
     """
     padded = gates_t.shape[1] // NUM_GATES
+    units = min(stop, c_t.shape[1]) - start
     i_bias, f_bias, g_bias, o_bias = gate_slices(bias, padded, start, stop)
     for b in range(gates_t.shape[0]):
         i_row, f_row, g_row, o_row = gate_slices(row_of(gates_t, b), padded, start, stop)
-        c_prev_row, c_row = row_of(c_prev, b)[start:stop], row_of(c_t, b)[start:stop]
-        h_row = row_of(h_dst, b)[h_dst_col + start:h_dst_col + stop]
         for j in range(stop - start):
-            i_gate = sigmoid(i_row[j] + i_bias[j])
-            f_gate = sigmoid(f_row[j] + f_bias[j])
-            g_gate = tanh(g_row[j] + g_bias[j])
-            o_gate = sigmoid(o_row[j] + o_bias[j])
-            c = f_gate * c_prev_row[j] + i_gate * g_gate
+            i_row[j] = sigmoid(i_row[j] + i_bias[j])
+            f_row[j] = sigmoid(f_row[j] + f_bias[j])
+            g_row[j] = tanh(g_row[j] + g_bias[j])
+            o_row[j] = sigmoid(o_row[j] + o_bias[j])
+        c_prev_row, c_row = row_of(c_prev, b)[start:start + units], row_of(c_t, b)[start:start + units]
+        h_row = row_of(h_dst, b)[h_dst_col + start:h_dst_col + start + units]
+        for j in range(units):
+            c = f_row[j] * c_prev_row[j] + i_row[j] * g_row[j]
             c_row[j] = c
-            h_row[j] = o_gate * tanh(c)
-            i_row[j], f_row[j], g_row[j], o_row[j] = i_gate, f_gate, g_gate, o_gate
+            h_row[j] = o_row[j] * tanh(c)
 
 
 @njit(**JIT_OPTIONS)
@@ -125,7 +129,7 @@ def cell_forward_part(gates_t, bias, h_prev, w_hh, packed_hh, c_prev, c_t, h_dst
     """Time step ``step`` for hidden units [start, stop): add h_prev @ w_hh.T to their gates (see
     ``recurrent_product``; odd steps read the weights backwards), then the gate math."""
     recurrent_product(h_prev, w_hh, packed_hh, gates_t, start, stop, step % 2 == 1)
-    gate_math_part(gates_t, bias, c_prev, c_t, h_dst, h_dst_col, start, min(stop, c_t.shape[1]))
+    gate_math_part(gates_t, bias, c_prev, c_t, h_dst, h_dst_col, start, stop)
 
 
 @njit(**PARALLEL_JIT_OPTIONS)

@@ -96,7 +96,6 @@ class LSTM(Module):
                                  check_bool("batch_first", batch_first), float(dropout),
                                  check_bool("bidirectional", bidirectional), proj_size)
         self._init_parameters(self.config.shapes(), hidden_size, dtype, seed, check_device(device))
-        self._workspace = engine.Workspace()  # inference work arrays, reused from call to call
 
     def __getattr__(self, name):
         config = self.__dict__.get("config")
@@ -147,7 +146,8 @@ class LSTM(Module):
     def _initial_state(self, hx, batch, batched):
         h_shape, c_shape = self._state_shapes(batch)
         if hx is None:
-            return self._backend.zeros(h_shape, self.dtype), self._backend.zeros(c_shape, self.dtype)
+            zeros = self._workspace.zeros
+            return zeros(self._backend, h_shape, self.dtype), zeros(self._backend, c_shape, self.dtype)
         if not isinstance(hx, (tuple, list)) or len(hx) != 2 or hx[0] is None or hx[1] is None:
             raise TypeError("hx must be a tuple (h_0, c_0) of two arrays, or None for zeros; "
                             f"got {type(hx).__name__}" + (f" of length {len(hx)}" if isinstance(hx, (tuple, list)) else ""))
@@ -276,7 +276,7 @@ class LSTMCell(Module):
         h, cell = self._initial_state(hx, batch, batched)
         _, h_n, c_n, tape = engine.forward(self._layer_view(self._parameters), c, _with_batch_axis(x, 0),
                                            _with_batch_axis(h, 0), _with_batch_axis(cell, 0), self.training,
-                                           backend=self._backend)
+                                           backend=self._backend, workspace=self._workspace)
         if tape is not None:
             tape.layout = (batched, batch)
             self._tapes.append(tape)
@@ -291,7 +291,8 @@ class LSTMCell(Module):
     def _initial_state(self, hx, batch, batched):
         shape = (batch, self.config.hidden_size)
         if hx is None:
-            return self._backend.zeros(shape, self.dtype), self._backend.zeros(shape, self.dtype)
+            zeros = self._workspace.zeros(self._backend, shape, self.dtype)
+            return zeros, zeros
         if not isinstance(hx, (tuple, list)) or len(hx) != 2 or hx[0] is None or hx[1] is None:
             raise TypeError(f"hx must be a tuple (h, c) of two arrays, or None for zeros; got {type(hx).__name__}")
         states = []

@@ -162,8 +162,34 @@ class Tape:
     dropout_masks: list = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class Layout:
+    """The shapes of a forward's work arrays and output, fixed by the model, the input's shape and
+    the plan (``layout`` computes it, a ``Workspace`` keeps it)."""
+
+    gates: tuple  # (gate_slots, batch, gate columns): time t in slot t % gate_slots
+    c_seq: tuple  # (c_slots, batch, hidden)
+    h_cell_seq: tuple  # (c_slots with a projection, else 0, batch, hidden)
+    out: tuple  # (seq_len, batch, D*state), each layer's output
+
+
+def layout(backend, config, seq_len, batch, dtype, plan, training):
+    """The ``Layout`` of a forward over (seq_len, batch, features) input: training keeps every step's
+    gates and cell states for backward, inference a block of steps' gates and two cell states."""
+    hidden = config.hidden_size
+    gate_slots = seq_len if training else min(seq_len, max(1, INFERENCE_BLOCK_ROWS // batch))
+    # Inference keeps two cell states, c_{t-1} and c_t, in alternating slots: never
+    # one slot read and written in place, which would stop LLVM vectorising the step.
+    c_slots = seq_len if training else min(seq_len, 2)
+    return Layout(gates=(gate_slots, batch, backend.gate_columns(seq_len, hidden, dtype, plan)),
+                  c_seq=(c_slots, batch, hidden),
+                  h_cell_seq=(c_slots if config.proj_size > 0 else 0, batch, hidden),
+                  out=(seq_len, batch, config.num_directions * config.state_size))
+
+
 class Workspace:
-    """Inference work arrays (gates, cell states, projection inputs) kept between the calls of one model.
+    """What one model keeps between its calls: the layouts of recent input shapes, the inference
+    work arrays (gates, cell states, projection inputs) and zero initial states.
 
     Fresh arrays of a MiB or more are new memory that the OS maps in page by page at
     first touch: at L100 N8 H128 that was 30% of a call (1.3 ms against 0.9 ms with
@@ -171,63 +197,94 @@ class Workspace:
     repeated calls of the same shape allocate nothing; a call of another shape (or on
     another backend) allocates its own, which then replace them.  A call made while
     another thread holds them finds none and allocates too, so one model may serve
-    several threads.
+    several threads.  Small models are called often: the rest saves them microseconds.
     """
+
+    KEPT = 8  # layouts and zero states of the latest few shapes
 
     def __init__(self):
         self._free = []
+        self._layouts = {}
+        self._zeros = {}
+
+    @staticmethod
+    def _kept(cache, key, make):
+        value = cache.get(key)
+        if value is None:
+            if len(cache) >= Workspace.KEPT:
+                cache.clear()
+            value = cache[key] = make()
+        return value
+
+    def layout(self, backend, config, seq_len, batch, dtype, plan, training):
+        """``layout(...)`` of this workspace's model, computed once per shape."""
+        return self._kept(self._layouts, (backend.name, seq_len, batch, dtype, plan, training),
+                          lambda: layout(backend, config, seq_len, batch, dtype, plan, training))
 
     def take(self, backend, shapes, dtype):
-        """Arrays of ``shapes`` and ``dtype`` on ``backend``: the kept ones if they match, else new ones."""
+        """The inference work arrays of ``shapes`` (a ``Layout`` from ``layout``): the kept ones if
+        they match, else new ones; give them back with ``give_back(shapes, arrays)``."""
         try:
-            key, arrays = self._free.pop()  # list.pop is atomic: two threads never get the same arrays
+            kept, arrays = self._free.pop()  # list.pop is atomic: two threads never get the same arrays
         except IndexError:
-            key = None
-        if key != (backend.name, shapes, dtype):
-            arrays = tuple(backend.empty(shape, dtype) for shape in shapes)
+            kept = None
+        if kept is not shapes:  # the same Layout object: the same shapes, dtype and backend
+            arrays = tuple(backend.empty(shape, dtype) for shape in (shapes.gates, shapes.c_seq, shapes.h_cell_seq))
         return arrays
 
-    def give_back(self, backend, arrays):
+    def give_back(self, shapes, arrays):
         """Keep ``arrays`` (from ``take``) for the next call."""
         if not self._free:
-            self._free.append(((backend.name, tuple(array.shape for array in arrays), arrays[0].dtype), arrays))
+            self._free.append((shapes, arrays))
+
+    def zeros(self, backend, shape, dtype):
+        """Zeros of ``shape`` on ``backend``, the same array at every call: the caller must only read it
+        (the kernels only read initial states)."""
+        return self._kept(self._zeros, (backend.name, shape, dtype), lambda: backend.zeros(shape, dtype))
+
+
+# Arrays of no elements stand in for absent weights (no bias, no projection); having none
+# to change, one of each shape serves every call.
+_EMPTY = {}
+
+
+def _empty_placeholder(backend, shape, dtype):
+    key = (backend.name, shape, dtype)
+    array = _EMPTY.get(key)
+    if array is None:
+        array = _EMPTY[key] = backend.empty(shape, dtype)
+    return array
 
 
 def _layer_weights(backend, params, config, layer, direction):
-    """(w_ih, w_hh, bias, w_hr) of one layer and direction as the kernels take them."""
+    """(w_ih, w_hh, b_ih, b_hh, w_hr) of one layer and direction as the kernels take them: (0,) biases
+    without bias, a (0, 0) w_hr without projection."""
     names = config.names(layer, direction)
     w_ih = params[names.weight_ih]
     if config.bias:
-        bias = backend.add(params[names.bias_ih], params[names.bias_hh])
+        b_ih, b_hh = params[names.bias_ih], params[names.bias_hh]
     else:
-        bias = backend.zeros(w_ih.shape[0], w_ih.dtype)
-    w_hr = params[names.weight_hr] if names.weight_hr else backend.empty((0, 0), w_ih.dtype)
-    return w_ih, params[names.weight_hh], bias, w_hr
+        b_ih = b_hh = _empty_placeholder(backend, (0,), w_ih.dtype)
+    w_hr = params[names.weight_hr] if names.weight_hr else _empty_placeholder(backend, (0, 0), w_ih.dtype)
+    return w_ih, params[names.weight_hh], b_ih, b_hh, w_hr
 
 
 def forward(params, config, x, h0, c0, training=False, dropout_rng=None, backend=CPU, workspace=None):
     """Forward pass of the whole LSTM.
 
     x: (seq_len, batch, input_size); h0: (L*D, batch, state); c0: (L*D, batch, hidden).
-    workspace: a ``Workspace`` that keeps the inference work arrays between calls (optional).
+    workspace: the model's ``Workspace`` (layouts and work arrays kept between calls; optional).
     Returns output (seq_len, batch, D*state), h_n, c_n and, in training mode, a Tape.
     """
     seq_len, batch, _ = x.shape
     dtype = x.dtype
-    hidden, state, num_dirs = config.hidden_size, config.state_size, config.num_directions
-    plan = backend.plan(batch, hidden, state)
+    plan = backend.plan(batch, config.hidden_size, config.state_size)
+    workspace = workspace or Workspace()
+    shapes = workspace.layout(backend, config, seq_len, batch, dtype, plan, training)
     h_n, c_n = backend.empty(h0.shape, dtype), backend.empty(c0.shape, dtype)
     tape = Tape(h0, c0, plan, backend) if training else None
-    gate_slots = seq_len if training else min(seq_len, max(1, INFERENCE_BLOCK_ROWS // batch))
-    # Inference keeps two cell states, c_{t-1} and c_t, in alternating slots: never
-    # one slot read and written in place, which would stop LLVM vectorising the step.
-    c_slots = seq_len if training else min(seq_len, 2)
-    cell_slots = c_slots if config.proj_size > 0 else 0
-    gates_shape = (gate_slots, batch, backend.gate_columns(seq_len, hidden, dtype, plan))
     if not training:  # one work space serves every layer and direction
-        work_shapes = (gates_shape, (c_slots, batch, hidden), (cell_slots, batch, hidden))
-        work = (workspace or Workspace()).take(backend, work_shapes, dtype)
-        gates, c_seq, h_cell_seq = work
+        gates, c_seq, h_cell_seq = work = workspace.take(backend, shapes, dtype)
     layer_input = x
     with backend.guard(plan):
         for layer in range(config.num_layers):
@@ -235,23 +292,22 @@ def forward(params, config, x, h0, c0, training=False, dropout_rng=None, backend
                 mask = backend.dropout_mask(layer_input.shape, config.dropout, dtype, dropout_rng)
                 tape.dropout_masks.append(mask)
                 layer_input = backend.multiply(layer_input, mask)
-            out = backend.empty((seq_len, batch, num_dirs * state), dtype)
-            for direction in range(num_dirs):
-                k = layer * num_dirs + direction
+            out = backend.empty(shapes.out, dtype)
+            for direction in range(config.num_directions):
+                k = layer * config.num_directions + direction
                 if training:
-                    gates = backend.empty(gates_shape, dtype)
-                    c_seq = backend.empty((c_slots, batch, hidden), dtype)
-                    h_cell_seq = backend.empty((cell_slots, batch, hidden), dtype)
-                    tape.saved[(layer, direction)] = (gates, c_seq, h_cell_seq)
-                w_ih, w_hh, bias, w_hr = _layer_weights(backend, params, config, layer, direction)
-                backend.layer_forward(layer_input, w_ih, w_hh, bias, w_hr, h0[k], c0[k], direction == 1, plan,
-                                   gates, c_seq, h_cell_seq, out, direction * state, h_n[k], c_n[k])
+                    gates, c_seq, h_cell_seq = tape.saved[(layer, direction)] = (
+                        backend.empty(shapes.gates, dtype), backend.empty(shapes.c_seq, dtype),
+                        backend.empty(shapes.h_cell_seq, dtype))
+                backend.layer_forward(layer_input, *_layer_weights(backend, params, config, layer, direction),
+                                      h0[k], c0[k], direction == 1, plan, gates, c_seq, h_cell_seq, out,
+                                      direction * config.state_size, h_n[k], c_n[k])
             if training:
                 tape.layer_inputs.append(layer_input)
                 tape.layer_outputs.append(out)
             layer_input = out
-    if workspace is not None and not training:
-        workspace.give_back(backend, work)
+    if not training:
+        workspace.give_back(shapes, work)
     return layer_input, h_n, c_n, tape
 
 
@@ -280,7 +336,7 @@ def backward(params, config, tape, grad_output, grad_h_n, grad_c_n, grads):
             for direction in range(num_dirs):
                 k = layer * num_dirs + direction
                 names = config.names(layer, direction)
-                w_ih, w_hh, _, w_hr = _layer_weights(backend, params, config, layer, direction)
+                w_ih, w_hh, _, _, w_hr = _layer_weights(backend, params, config, layer, direction)
                 gates, c_seq, h_cell_seq = tape.saved.pop((layer, direction))
                 d_bias = backend.zeros(d_bias_size, dtype)
                 backend.layer_backward(

@@ -104,6 +104,7 @@ class Module:
         self.training = True
         self._tapes = []
         self.device, self._backend = "cpu", engine.CPU
+        self._workspace = engine.Workspace()  # work arrays and zero states, reused from call to call
         self.to(device)
 
     # -- devices ----------------------------------------------------------------------------
@@ -123,6 +124,7 @@ class Module:
         self._parameters = {name: place(_host_copy(value)) for name, value in self._parameters.items()}
         self.grads = {name: place(_host_copy(value)) for name, value in self.grads.items()}
         self._tapes = []
+        self._workspace = engine.Workspace()
         self.device, self._backend = device, backend
         return self
 

@@ -202,3 +202,23 @@ def test_threads_share_one_model_in_inference(rng):
 
     with ThreadPoolExecutor(4) as pool:
         assert all(pool.map(run, range(4)))
+
+
+def test_default_zero_states_are_shared_and_stay_zero(rng):
+    """Calls without hx share one kept array of zeros per shape (engine.Workspace.zeros): after
+    training steps and calls of other batch sizes, a call without hx still matches one given
+    explicit zeros and PyTorch."""
+    model = LSTM(5, 7, num_layers=2, bidirectional=True, proj_size=3, seed=4)
+    twin = torch_twin(model)
+    x = rng.standard_normal((6, 2, 5)).astype(np.float32)
+    for batch in (2, 3, 2, 1, 2):
+        output, _ = model(rng.standard_normal((6, batch, 5)).astype(np.float32))
+        model.backward(np.ones_like(output))
+    zeros = (np.zeros((4, 2, 3), np.float32), np.zeros((4, 2, 7), np.float32))
+    given, (given_h, given_c) = model(x, zeros)
+    default, (default_h, default_c) = model(x)
+    expected, _ = twin(tensor(x))
+    np.testing.assert_array_equal(default, given)
+    np.testing.assert_array_equal(default_h, given_h)
+    np.testing.assert_array_equal(default_c, given_c)
+    assert_close(default, numpy(expected), np.float32)

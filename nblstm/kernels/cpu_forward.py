@@ -39,6 +39,7 @@ from .packed import (
     pack_gate_rows,
     packs_weights,
     to_padded_rows,
+    weight_row,
 )
 from .parallel import PART_BLOCK, matmul, part_range
 from .simd import lanes_of
@@ -153,6 +154,19 @@ def in_gate_layout(w, padded):
 
 
 @njit(**JIT_OPTIONS)
+def gate_bias(b_ih, b_hh, hidden, padded):
+    """b_ih + b_hh in the padded gate layout, (4*padded,); b_ih, b_hh (4*hidden,), or (0,) without
+    bias: zeros."""
+    bias = np.zeros(NUM_GATES * padded, b_ih.dtype)
+    if b_ih.shape[0] > 0:
+        for column in range(bias.shape[0]):
+            row = weight_row(column, hidden, padded)
+            if row >= 0:
+                bias[column] = b_ih[row] + b_hh[row]
+    return bias
+
+
+@njit(**JIT_OPTIONS)
 def step_arrays(step, seq_len, reverse, h0, c0, c_seq, h_cell_seq, out, out_col, projecting):
     """What loop step ``step`` reads and writes: (t, h_prev, c_prev, c_t, h_dst, h_dst_col).
 
@@ -242,14 +256,14 @@ def _run_steps_together(step0, step1, reverse, gates, bias, w_hh, packed_hh, w_h
 
 
 @njit(**JIT_OPTIONS)
-def lstm_layer_forward(x, w_ih, w_hh, bias, w_hr, h0, c0, reverse, plan,
+def lstm_layer_forward(x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, reverse, plan,
                        gates, c_seq, h_cell_seq, out, out_col, h_n, c_n):
     """Run one layer in one direction over the whole sequence.
 
     x:          (seq_len, batch, input_size) layer input, C-contiguous
     w_ih:       (4*hidden, input_size)
     w_hh:       (4*hidden, state)           state = proj_size or hidden
-    bias:       (4*hidden,)                 b_ih + b_hh (zeros without bias)
+    b_ih, b_hh: (4*hidden,), or (0,) without bias
     w_hr:       (proj_size, hidden), or (0, 0) without projection
     h0:         (batch, state); c0: (batch, hidden)
     reverse:    walk the sequence from the last time step to the first
@@ -272,7 +286,7 @@ def lstm_layer_forward(x, w_ih, w_hh, bias, w_hr, h0, c0, reverse, plan,
     state = h0.shape[1]
     gate_slots = gates.shape[0]
     padded = gates.shape[2] // NUM_GATES
-    width = PANEL_VECTORS * lanes_of(bias)  # columns per panel
+    width = PANEL_VECTORS * lanes_of(gates)  # columns per panel
     packing = packs_weights(seq_len) and gates.shape[2] % width == 0
     packed_hh = np.empty((gates.shape[2] // width if packing else 0, state, width), gates.dtype)
     # One thread projects the inputs with the packed product too: no BLAS call, whose own
@@ -284,7 +298,7 @@ def lstm_layer_forward(x, w_ih, w_hh, bias, w_hr, h0, c0, reverse, plan,
     if packed_ih.shape[0] > 0:
         pack_gate_rows(w_ih, packed_ih)
     w_ih_rows = in_gate_layout(w_ih, padded) if packed_ih.shape[0] == 0 else w_ih
-    bias_rows = np.ascontiguousarray(in_gate_layout(bias.reshape((bias.shape[0], 1)), padded)[:, 0])
+    bias_rows = gate_bias(b_ih, b_hh, w_hh.shape[0] // NUM_GATES, padded)
     block = width if packing else PART_BLOCK
     n_blocks = (seq_len + gate_slots - 1) // gate_slots
     for visit in range(n_blocks):

@@ -29,6 +29,7 @@ from numba import cuda
 from ..params import NUM_GATES
 from .cuda_activations import sigmoid, tanh
 from .cuda_common import (
+    ADD,
     COPY,
     CUDA_JIT_OPTIONS,
     MAX_TILE,
@@ -37,6 +38,8 @@ from .cuda_common import (
     blocks_for,
     element_or_zero,
     elementwise,
+    fill_kernel,
+    flat_launch,
     matmul,
     persistent_grid,
     slice_length,
@@ -197,7 +200,17 @@ def _steps_per_launch(x, w_hh, bias, w_hr, h0, c0, reverse, plan, gates, c_seq, 
             matmul(h_dst, w_hr, out[t, :, out_col:out_col + state], False, True, 0.0, plan)
 
 
-def lstm_layer_forward(x, w_ih, w_hh, bias, w_hr, h0, c0, reverse, plan,
+def gate_bias(b_ih, b_hh, size, dtype, plan):
+    """b_ih + b_hh as a new (size,) device array; zeros when the layer has no bias (b_ih, b_hh (0,))."""
+    bias = cuda.device_array((1, size), dtype)
+    if b_ih.size:
+        elementwise(ADD, b_ih.reshape((1, size)), b_hh.reshape((1, size)), bias, plan)
+    else:
+        fill_kernel[flat_launch(size, plan)](bias, bias.dtype.type(0))
+    return bias[0]
+
+
+def lstm_layer_forward(x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, reverse, plan,
                        gates, c_seq, h_cell_seq, out, out_col, h_n, c_n):
     """Run one layer in one direction over the whole sequence (host function launching kernels).
 
@@ -208,6 +221,7 @@ def lstm_layer_forward(x, w_ih, w_hh, bias, w_hr, h0, c0, reverse, plan,
     seq_len, batch = x.shape[0], x.shape[1]
     hidden, state, proj = c0.shape[1], h0.shape[1], w_hr.shape[0]
     gate_slots = gates.shape[0]
+    bias = gate_bias(b_ih, b_hh, NUM_GATES * hidden, gates.dtype, plan)
     persistent_args = [gates, bias, w_hh, w_hr, h0, c0, reverse, 0, 0, c_seq, h_cell_seq, out, out_col, 1, 1]
     blocks, shared_bytes = (_persistent_shape(plan, persistent_args, hidden, state, proj, gates.dtype.itemsize)
                             if plan.persistent else (0, 0))

@@ -21,6 +21,8 @@ tile of c (rows x 4 vectors) in registers for the whole reduction, streaming
 one row of the panel per step; on this machine's AVX-512 it runs at 120-170
 GFLOP/s per core on LSTM shapes, where OpenBLAS manages 45 (8 rows) to 120 (64 rows).
 """
+import functools
+
 from numba import njit
 
 from .._config import JIT_OPTIONS
@@ -62,6 +64,7 @@ def panel_width(dtype):
     return PANEL_VECTORS * vector_lanes(dtype)
 
 
+@functools.lru_cache(maxsize=64)  # asked at every call: a few small models are called many times
 def padded_hidden(hidden, dtype, parallel):
     """hidden rounded up to whole vectors, or, when threads split the hidden units (``parallel``),
     to whole panels, so that every thread's gate columns are whole panels."""

@@ -75,11 +75,11 @@ class CUDABackend:
         return array
 
     @staticmethod
-    def plan(batch, hidden, state):
+    def plan(seq_len, batch, hidden, state, training):
         return _plan(persistent=batch <= PERSISTENT_MAX_BATCH)
 
     @staticmethod
-    def gate_columns(seq_len, hidden, dtype, plan):
+    def gate_columns(hidden, dtype, plan):
         """Width of a row of gates: the CUDA kernels keep PyTorch's layout (i, f, g, o blocks)."""
         return NUM_GATES * hidden
 

@@ -19,7 +19,7 @@ import numpy as np
 from .kernels.blas import single_threaded_blas
 from .kernels.cpu_backward import lstm_layer_backward
 from .kernels.cpu_forward import lstm_layer_forward
-from .kernels.packed import gate_columns
+from .kernels.packed import gate_columns, packs_weights
 from .kernels.parallel import CACHE_LINE
 from .params import NUM_GATES
 
@@ -86,8 +86,9 @@ class CPUBackend:
     layer_backward = staticmethod(lstm_layer_backward)
 
     @staticmethod
-    def plan(batch, hidden, state):
-        """(threads, together, by_batch): how the kernels split the work (see ``lstm_layer_forward``).
+    def plan(seq_len, batch, hidden, state, training):
+        """(threads, together, by_batch, pack_weights): how the kernels split and lay out the work (see
+        ``lstm_layer_forward``).
 
         Threads split the batch when each gets whole register tiles of rows and the recurrent
         weights fit in its cache: they then never wait for each other (measured on 2 cores:
@@ -96,19 +97,21 @@ class CPUBackend:
         Otherwise they split every step's hidden units, and may run many steps in one parallel
         region ("together"), which needs every part of a parallel loop on its own thread at the
         same time, as Numba's OpenMP layer provides (the kernels check, and fall back, anyway).
+        ``pack_weights``: whether the kernels repack the weights (``packed.packs_weights``).
         """
+        pack_weights = packs_weights(seq_len, batch, NUM_GATES * hidden * state, training)
         n_parts = thread_parts(batch, hidden, state)
         if n_parts == 1:
-            return 1, False, False
+            return 1, False, False, pack_weights
         weights_fit = NUM_GATES * hidden * state * 4 <= CACHE_BYTES_PER_THREAD
         by_batch = batch >= 4 * n_parts and weights_fit
         together = numba.threading_layer() == "omp" and numba.get_parallel_chunksize() == 0
-        return n_parts, together, by_batch
+        return n_parts, together, by_batch, pack_weights
 
     @staticmethod
-    def gate_columns(seq_len, hidden, dtype, plan):
+    def gate_columns(hidden, dtype, plan):
         """Width of a row of gates: the kernels pad them (``kernels.packed``)."""
-        return gate_columns(seq_len, hidden, dtype, plan[0] > 1)
+        return gate_columns(hidden, dtype, plan[0] > 1, plan[3])
 
     @staticmethod
     def guard(plan):
@@ -181,7 +184,7 @@ def layout(backend, config, seq_len, batch, dtype, plan, training):
     # Inference keeps two cell states, c_{t-1} and c_t, in alternating slots: never
     # one slot read and written in place, which would stop LLVM vectorising the step.
     c_slots = seq_len if training else min(seq_len, 2)
-    return Layout(gates=(gate_slots, batch, backend.gate_columns(seq_len, hidden, dtype, plan)),
+    return Layout(gates=(gate_slots, batch, backend.gate_columns(hidden, dtype, plan)),
                   c_seq=(c_slots, batch, hidden),
                   h_cell_seq=(c_slots if config.proj_size > 0 else 0, batch, hidden),
                   out=(seq_len, batch, config.num_directions * config.state_size))
@@ -278,7 +281,7 @@ def forward(params, config, x, h0, c0, training=False, dropout_rng=None, backend
     """
     seq_len, batch, _ = x.shape
     dtype = x.dtype
-    plan = backend.plan(batch, config.hidden_size, config.state_size)
+    plan = backend.plan(seq_len, batch, config.hidden_size, config.state_size, training)
     workspace = workspace or Workspace()
     shapes = workspace.layout(backend, config, seq_len, batch, dtype, plan, training)
     h_n, c_n = backend.empty(h0.shape, dtype), backend.empty(c0.shape, dtype)

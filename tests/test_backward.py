@@ -252,7 +252,7 @@ def test_eval_forward_keeps_nothing_for_backward(rng):
     assert model._tapes == []
 
 
-@pytest.mark.parametrize("plan", [(2, False, True), (2, True, False), (2, False, False)],
+@pytest.mark.parametrize("plan", [(2, False, True, True), (2, True, False, True), (2, False, False, True)],
                          ids=["batch-split", "units-one-region", "units-region-per-step"])
 @pytest.mark.parametrize("extra", [dict(bidirectional=True), dict(proj_size=40, num_layers=2)], ids=["bi", "proj"])
 def test_thread_splits_match_torch(plan, extra, monkeypatch, rng):
@@ -261,7 +261,7 @@ def test_thread_splits_match_torch(plan, extra, monkeypatch, rng):
     numbers, forward and backward, with batch rows and hidden units not divisible evenly."""
     from nblstm import engine
 
-    monkeypatch.setattr(engine.CPUBackend, "plan", staticmethod(lambda batch, hidden, state: plan))
+    monkeypatch.setattr(engine.CPUBackend, "plan", staticmethod(lambda seq_len, batch, hidden, state, training: plan))
     model = LSTM(24, 96, dtype="float64", seed=8, **extra)
     x = rng.standard_normal((7, 30, 24))
     check_against_torch(model, x, _random_state(model, 30, rng), rng)

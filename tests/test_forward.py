@@ -72,6 +72,7 @@ ODD_SIZES = [
     (2, 1, 1, 1, dict(bidirectional=True)),
     (1, 7, 13, 37, dict(num_layers=2)),
     (13, 1, 37, 7, dict(bidirectional=True, proj_size=3)),
+    (17, 1, 5, 9, dict(bidirectional=True, proj_size=4)),  # batch 1 on packed weights (from 16 steps)
     (7, 37, 13, 1, {}),
     (2000, 2, 3, 5, {}),
     (9, 16, 37, 37, dict(bidirectional=True)),          # parallel split, BLAS products

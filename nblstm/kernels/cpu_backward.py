@@ -30,7 +30,6 @@ from .packed import (
     add_from_padded_rows,
     gemm_packed,
     pack_columns,
-    packs_weights,
 )
 from .parallel import PART_BLOCK, empty_aligned, matmul, part_range
 from .simd import lanes_of
@@ -245,13 +244,13 @@ def lstm_layer_backward(x, w_ih, w_hh, w_hr, h0, c0, out, out_col, gates, c_seq,
       dw_ih, dw_hh, d_bias (4*hidden,) (or (0,) without bias), dw_hr like w_hr ((0, hidden)
       without projection).
     """
-    n_parts, together, by_batch = plan
+    n_parts, together, by_batch, pack_weights = plan
     seq_len, batch = x.shape[0], x.shape[1]
     state = h0.shape[1]
     gate_columns = gates.shape[2]
     padded = gate_columns // NUM_GATES
     width = PANEL_VECTORS * lanes_of(gates[0, 0])  # columns per panel
-    packing = packs_weights(seq_len) and gate_columns % width == 0  # as the forward pass decided
+    packing = pack_weights and gate_columns % width == 0  # as the forward did
     projecting = w_hr.shape[0] > 0
     packed_hh = np.empty(((state + width - 1) // width if packing else 0, gate_columns, width), gates.dtype)
     if packing:

@@ -16,8 +16,8 @@ o blocks, each padded to whole panels).  Per layer and direction:
    (with a projection, ``h_t = w_hr @ (o * tanh(c_t))`` in a second parallel
    region).  Threads never write the same element, so there are no races.
 
-Small problems (``packed.packs_weights``: few time steps, as LSTMCell's single
-steps, or little work per step) skip the repacking and the padding, which
+Short problems (the plan's ``pack_weights``, ``packed.packs_weights``: few
+time steps for their batch and weights, as LSTMCell's single steps) skip the repacking and the padding, which
 would cost more than they save: their gates are in PyTorch's layout and every
 product is a plain one (``blas.gemm``).
 
@@ -37,7 +37,6 @@ from .packed import (
     TILE_ROWS,
     gemm_packed,
     pack_gate_rows,
-    packs_weights,
     to_padded_rows,
     weight_row,
 )
@@ -267,12 +266,13 @@ def lstm_layer_forward(x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, reverse, plan,
     w_hr:       (proj_size, hidden), or (0, 0) without projection
     h0:         (batch, state); c0: (batch, hidden)
     reverse:    walk the sequence from the last time step to the first
-    plan:       (n_parts, together, by_batch): threads to split the work between (1 runs
-                serially); whether they split the batch (each thread runs its rows on its own)
-                or each step's hidden units, and then whether they may run many steps in one
-                parallel region, meeting at a barrier
+    plan:       (n_parts, together, by_batch, pack_weights): threads to split the work between
+                (1 runs serially); whether they split the batch (each thread runs its rows on its
+                own) or each step's hidden units, and then whether they may run many steps in one
+                parallel region, meeting at a barrier; whether to repack the weights (and pad
+                the gates; ``packed.packs_weights``)
     gates:      (gate_slots, batch, 4*padded) work space in the padded gate layout
-                (``packed.gate_columns``); time t uses slot t % gate_slots.  With
+                (``packed.gate_columns``, the plan's); time t uses slot t % gate_slots.  With
                 gate_slots == seq_len it keeps every step's activations for backward.
     c_seq:      (c_slots, batch, hidden) cell states, slot t % c_slots (c_slots: seq_len, or 2
                 to keep only c_{t-1} and c_t)
@@ -281,13 +281,13 @@ def lstm_layer_forward(x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, reverse, plan,
     out:        (seq_len, batch, >= out_col + state) receives h_t in columns out_col:out_col + state
     h_n, c_n:   (batch, state), (batch, hidden) receive the final states
     """
-    n_parts, together, by_batch = plan
+    n_parts, together, by_batch, pack_weights = plan
     seq_len, batch = x.shape[0], x.shape[1]
     state = h0.shape[1]
     gate_slots = gates.shape[0]
     padded = gates.shape[2] // NUM_GATES
     width = PANEL_VECTORS * lanes_of(gates)  # columns per panel
-    packing = packs_weights(seq_len) and gates.shape[2] % width == 0
+    packing = pack_weights and gates.shape[2] % width == 0
     packed_hh = np.empty((gates.shape[2] // width if packing else 0, state, width), gates.dtype)
     # One thread projects the inputs with the packed product too: no BLAS call, whose own
     # threads would wake up and spin beside the serial loop.

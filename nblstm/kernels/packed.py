@@ -23,11 +23,12 @@ GFLOP/s per core on LSTM shapes, where OpenBLAS manages 45 (8 rows) to 120 (64 r
 """
 import functools
 
+import numpy as np
 from numba import njit
 
 from .._config import JIT_OPTIONS
 from ..params import NUM_GATES
-from .blas import flat_block, row_of
+from .blas import borrowed, flat_block, row_of
 from .simd import VECTOR_BITS, lanes_of, vadd, vector_lanes, vfma, vload, vsplat, vstore
 
 PANEL_VECTORS = 4  # vectors of c per register tile row
@@ -42,21 +43,41 @@ ROW_BLOCK = 128
 TILE_ROWS = 4 if VECTOR_BITS == 512 else 1
 
 
-# Repacking the weights pays for itself from this many time steps on; shorter
-# sequences (LSTMCell's single steps) keep PyTorch's layout and run plain products.
+# Reduction steps per tile when packing: 16 cache lines of a panel, written while the
+# matching width rows of the weights are read.
+PACK_BLOCK = 16
+
+# Repacking the weights (a pass over them at 0.4-1 ns an element) pays for itself when the
+# steps that follow run faster by more.  Measured on 2 cores, packed against plain products:
+# training packs from 4 steps (its backward runs 2-3x slower on plain products); inference
+# from batch 4 packs from 4 steps too (the packed product is about 3x faster than BLAS), or
+# from 8 with a MiB of weights or more; at batch 1-3 every inference step is a
+# matrix-vector-like product that streams the weights either way, and packing pays from
+# about weights / PACK_WEIGHTS_PER_STEP steps (120-150 at hidden 512, batch 1 and 2; about
+# 500 at hidden 1024); with few weights from 16 steps at batch 1 (13-19 up to hidden 128),
+# from 4 at batch 2-3.
+# LSTMCell's single steps never pack.
 PACK_MIN_STEPS = 4
+PACK_MIN_BATCH = 4
+PACK_MIN_STEPS_LARGE = 8  # inference from batch 4, with PACK_LARGE_WEIGHTS weights or more
+PACK_LARGE_WEIGHTS = 1 << 20
+PACK_MIN_STEPS_BATCH_1 = 16
+PACK_WEIGHTS_PER_STEP = 1 << 13
 
 
-@njit(**JIT_OPTIONS)
-def packs_weights(seq_len):
-    """Whether a layer over ``seq_len`` steps runs on packed weights and padded gates."""
-    return seq_len >= PACK_MIN_STEPS
+def packs_weights(seq_len, batch, weights, training):
+    """Whether a layer over ``seq_len`` steps of ``batch`` rows, with ``weights`` recurrent weights
+    (4*hidden*state), should run on packed weights and padded gates (the plan's ``pack_weights``)."""
+    if training or batch >= PACK_MIN_BATCH:
+        large = weights >= PACK_LARGE_WEIGHTS and not training
+        return seq_len >= (PACK_MIN_STEPS_LARGE if large else PACK_MIN_STEPS)
+    fewest = PACK_MIN_STEPS_BATCH_1 if batch == 1 else PACK_MIN_STEPS
+    return seq_len >= max(fewest, weights // PACK_WEIGHTS_PER_STEP)
 
 
-def gate_columns(seq_len, hidden, dtype, parallel):
+def gate_columns(hidden, dtype, parallel, packed):
     """Width of a row of gates: 4 * padded hidden with packed weights, else 4 * hidden."""
-    packing = packs_weights.py_func(seq_len)  # the same rule as the kernels, without a dispatch
-    return NUM_GATES * (padded_hidden(hidden, dtype, parallel) if packing else hidden)
+    return NUM_GATES * (padded_hidden(hidden, dtype, parallel) if packed else hidden)
 
 
 def panel_width(dtype):
@@ -84,18 +105,25 @@ def pack_gate_rows(w, packed):
     """Pack w (4*hidden, k) for ``gates = a @ w.T`` in the padded gate layout.
 
     packed: (4*padded / width, k, width); packed[p, kk, c] = w[weight_row(p * width + c), kk],
-    zero for padding units.
+    zero for padding units.  A transpose, written a panel row at a time from tiles of
+    PACK_BLOCK reduction steps of the panel's weight rows, which stay in the L1 cache (writing
+    whole panel columns at once touched a new cache line per element: 2.2 ms for hidden 512,
+    now 0.8 ms).
     """
     hidden = w.shape[0] // NUM_GATES
-    width = packed.shape[2]
-    padded = packed.shape[0] * width // NUM_GATES
-    packed[:, :, :] = 0.0
-    for gate in range(NUM_GATES):
-        for unit in range(hidden):
-            column = gate * padded + unit
-            source, target = w[gate * hidden + unit], packed[column // width, :, column % width]
-            for kk in range(source.shape[0]):
-                target[kk] = source[kk]
+    panels, k, width = packed.shape
+    padded = panels * width // NUM_GATES
+    rows = np.empty(width, np.intp)  # the row of w behind each column of a panel
+    w, packed, rows_view = borrowed((w, packed, rows))
+    for p in range(panels):
+        for c in range(width):
+            rows_view[c] = weight_row(p * width + c, hidden, padded)
+        for k_start in range(0, k, PACK_BLOCK):
+            for kk in range(k_start, min(k, k_start + PACK_BLOCK)):
+                target = packed[p, kk]
+                for c in range(width):
+                    row = rows_view[c]
+                    target[c] = w[row, kk] if row >= 0 else 0.0
 
 
 @njit(**JIT_OPTIONS)

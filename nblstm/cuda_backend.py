@@ -22,10 +22,10 @@ from .kernels.cuda_common import (
     MULTIPLY,
     as_rows,
     elementwise,
-    fill_kernel,
     flat_launch,
     swap_leading_axes_kernel,
 )
+from .kernels.cuda_common import zeros as device_zeros  # the backend's own zeros() takes no plan
 from .kernels.cuda_forward import lstm_layer_forward
 from .params import NUM_GATES
 
@@ -69,10 +69,7 @@ class CUDABackend:
 
     @staticmethod
     def zeros(shape, dtype):
-        array = cuda.device_array(shape, dtype)
-        if array.size:
-            fill_kernel[flat_launch(array.size, _plan())](as_rows(array), array.dtype.type(0))
-        return array
+        return device_zeros(shape, dtype, _plan())
 
     @staticmethod
     def plan(seq_len, batch, hidden, state, training):

@@ -10,6 +10,7 @@ Arrays here are time-major and C-contiguous in the model's dtype: the API
 (``nblstm.api``) validates and converts user input before calling in.
 """
 import contextlib
+import functools
 import math
 from dataclasses import dataclass, field
 
@@ -99,11 +100,12 @@ class CPUBackend:
         same time, as Numba's OpenMP layer provides (the kernels check, and fall back, anyway).
         ``pack_weights``: whether the kernels repack the weights (``packed.packs_weights``).
         """
-        pack_weights = packs_weights(seq_len, batch, NUM_GATES * hidden * state, training)
+        weights = NUM_GATES * hidden * state
+        pack_weights = packs_weights(seq_len, batch, weights, training)
         n_parts = thread_parts(batch, hidden, state)
         if n_parts == 1:
             return 1, False, False, pack_weights
-        weights_fit = NUM_GATES * hidden * state * 4 <= CACHE_BYTES_PER_THREAD
+        weights_fit = weights * 4 <= CACHE_BYTES_PER_THREAD
         by_batch = batch >= 4 * n_parts and weights_fit
         together = numba.threading_layer() == "omp" and numba.get_parallel_chunksize() == 0
         return n_parts, together, by_batch, pack_weights
@@ -246,17 +248,11 @@ class Workspace:
         return self._kept(self._zeros, (backend.name, shape, dtype), lambda: backend.zeros(shape, dtype))
 
 
-# Arrays of no elements stand in for absent weights (no bias, no projection); having none
-# to change, one of each shape serves every call.
-_EMPTY = {}
-
-
+@functools.cache
 def _empty_placeholder(backend, shape, dtype):
-    key = (backend.name, shape, dtype)
-    array = _EMPTY.get(key)
-    if array is None:
-        array = _EMPTY[key] = backend.empty(shape, dtype)
-    return array
+    """An array of no elements standing in for absent weights (no bias, no projection): having
+    none to change, one of each shape serves every call."""
+    return backend.empty(shape, dtype)
 
 
 def _layer_weights(backend, params, config, layer, direction):

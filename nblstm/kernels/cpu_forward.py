@@ -16,10 +16,10 @@ o blocks, each padded to whole panels).  Per layer and direction:
    (with a projection, ``h_t = w_hr @ (o * tanh(c_t))`` in a second parallel
    region).  Threads never write the same element, so there are no races.
 
-Short problems (the plan's ``pack_weights``, ``packed.packs_weights``: few
-time steps for their batch and weights, as LSTMCell's single steps) skip the repacking and the padding, which
-would cost more than they save: their gates are in PyTorch's layout and every
-product is a plain one (``blas.gemm``).
+Short problems (the plan's ``pack_weights``, from ``packed.packs_weights``:
+few time steps for their batch and weights, as LSTMCell's single steps) skip
+the repacking and the padding, which would cost more than they save: their
+gates are in PyTorch's layout and every product is a plain one (``blas.gemm``).
 
 All arrays are preallocated by the caller and indexed by time step, so the
 reverse direction runs the same loop backwards in time.

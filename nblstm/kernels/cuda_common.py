@@ -154,6 +154,14 @@ def as_rows(array):
     return array.reshape((array.size // cols if cols else 0, cols))
 
 
+def zeros(shape, dtype, plan):
+    """A new device array of zeros."""
+    array = cuda.device_array(shape, dtype)
+    if array.size:
+        fill_kernel[flat_launch(array.size, plan)](as_rows(array), array.dtype.type(0))
+    return array
+
+
 def elementwise(op, a, b, out, plan):
     """``elementwise_kernel`` over 2-D device arrays of one shape (b may be None for COPY)."""
     if out.size:

@@ -37,12 +37,12 @@ from .cuda_common import (
     ZERO,
     blocks_for,
     element_or_zero,
+    as_rows,
     elementwise,
-    fill_kernel,
-    flat_launch,
     matmul,
     persistent_grid,
     slice_length,
+    zeros,
 )
 
 
@@ -202,12 +202,11 @@ def _steps_per_launch(x, w_hh, bias, w_hr, h0, c0, reverse, plan, gates, c_seq, 
 
 def gate_bias(b_ih, b_hh, size, dtype, plan):
     """b_ih + b_hh as a new (size,) device array; zeros when the layer has no bias (b_ih, b_hh (0,))."""
-    bias = cuda.device_array((1, size), dtype)
-    if b_ih.size:
-        elementwise(ADD, b_ih.reshape((1, size)), b_hh.reshape((1, size)), bias, plan)
-    else:
-        fill_kernel[flat_launch(size, plan)](bias, bias.dtype.type(0))
-    return bias[0]
+    if not b_ih.size:
+        return zeros(size, dtype, plan)
+    bias = cuda.device_array(size, dtype)
+    elementwise(ADD, as_rows(b_ih), as_rows(b_hh), as_rows(bias), plan)
+    return bias
 
 
 def lstm_layer_forward(x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, reverse, plan,

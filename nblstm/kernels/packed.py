@@ -6,10 +6,12 @@ number of panels (``padded_hidden``):
 
     column of (gate, unit j) = gate * padded + j.
 
-Padding columns hold zeros (their weights are zero).  When threads split the
-hidden units, each gate block is padded to whole panels, so that every thread
-owns whole panels; a single thread pads to whole vectors only.  Short
-sequences (``packs_weights``) use no padding: the layout is then exactly
+The products leave zeros in the padding columns (their weights are zero); the
+forward's gate math activates them along with the rest, unused, and the
+backward zeroes their gradients.  When threads split the hidden units, each
+gate block is padded to whole panels, so that every thread owns whole panels;
+a single thread pads to whole vectors only.  Calls that do not repack the
+weights (``packs_weights``) use no padding: the layout is then exactly
 PyTorch's.
 
 Packed weights.  ``c = a @ w.T`` (gates from inputs or states) and

@@ -1,6 +1,8 @@
 """The nblstm-bench command and the harness under it: options, outputs, checks, bad input. Tiny sizes only."""
 import csv
 import json
+import time
+from types import SimpleNamespace
 
 import numba
 import numpy as np
@@ -10,6 +12,7 @@ from click.testing import CliRunner
 from nblstm.bench import cases as bench_cases
 from nblstm.bench.backends import BACKENDS, Backend, Prepared, Problem, make_problem
 from nblstm.bench.cli import main
+from nblstm.bench import runner
 from nblstm.bench.runner import Settings, measure_case, run_sweep
 from nblstm.bench.threads import thread_limit
 
@@ -48,11 +51,12 @@ def test_tiny_run_writes_json_csv_and_png(tmp_path):
         assert row["status"] == "ok", row
         assert row["bidirectional"] and row["dtype"] == "float64"
         assert row["q1_s"] <= row["median_s"] <= row["q3_s"] and row["gflops"] > 0 and row["seq_per_s"] > 0
+        assert row["idle_call_s"] > 0
         assert row["baseline"] == "numpy"  # no torch in this run
     with open(paths["csv"], newline="") as handle:
         assert len(list(csv.DictReader(handle))) == len(rows)
     assert paths["png"].read_bytes().startswith(PNG_MAGIC)
-    assert "median ms" in result.output
+    assert "median ms" in result.output and "idle ms" in result.output
 
 
 def test_run_without_paths_fills_the_results_folder(tmp_path):
@@ -167,6 +171,40 @@ def test_a_backend_that_raises_is_reported_and_the_sweep_goes_on():
     by_backend = {row["backend"]: row for row in rows}
     assert by_backend["failing"]["status"] == "error" and "ZeroDivisionError" in by_backend["failing"]["reason"]
     assert by_backend["numpy"]["status"] == "ok"
+
+
+class SlowAfterIdle(Backend):
+    """NumPy, except that the first call after each of the runner's pauses takes 20 ms more."""
+
+    name = "numpy"
+
+    def __init__(self, monkeypatch):
+        self.idle = False
+
+        def sleep(seconds):
+            self.idle = True
+
+        monkeypatch.setattr(runner, "time", SimpleNamespace(sleep=sleep, perf_counter=time.perf_counter))
+
+    def prepare(self, problem, mode, threads):
+        numpy = BACKENDS["numpy"].prepare(problem, mode, threads)
+
+        def run():
+            if self.idle:
+                self.idle = False
+                time.sleep(0.02)
+            return numpy.run()
+
+        return Prepared(run, numpy.collect)
+
+
+def test_the_call_after_an_idle_pause_is_reported_apart_from_the_samples(monkeypatch):
+    backend = SlowAfterIdle(monkeypatch)
+    settings = Settings(threads=1, repeats=3, warmup=0, min_sample_s=0.0)
+    [row] = measure_case(bench_cases.NAMED["tiny"], ["fwd"], [backend], settings)
+    assert row["status"] == "ok" and row["samples"] == 3
+    assert row["idle_call_s"] >= 0.02
+    assert row["max_s"] < 0.01
 
 
 @pytest.mark.parametrize("name", ["tiny", "stacked-bi"])

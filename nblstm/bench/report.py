@@ -6,7 +6,8 @@ A results document (JSON) holds ``format``, ``created``, ``command``,
 ({name: availability and reason}) and ``rows``: one per (case, mode, backend)
 with the configuration, ``status`` (ok, mismatch, unsupported, error, skipped)
 and ``reason``, and for timed rows the seconds per call (``median_s``,
-quartiles ``q1_s``/``q3_s``, ``min_s``, ``max_s``), ``first_call_s``,
+quartiles ``q1_s``/``q3_s``, ``min_s``, ``max_s``), ``idle_call_s`` (one
+call after the process sat idle, median; see ``runner``), ``first_call_s``,
 ``compile_s``, ``max_error`` against the float64 reference, and the derived
 ``seq_per_s`` (sequences per second = batch / median_s), ``gflops``
 (``flops`` / median_s, see ``nblstm.bench.cases``), ``pct_peak`` (of the
@@ -27,8 +28,8 @@ LIBRARIES = ("nblstm", "numpy", "numba", "llvmlite", "scipy", "torch", "onnx", "
 CSV_COLUMNS = (
     "case", "mode", "backend", "device", "dtype", "seq_len", "batch", "input_size", "hidden_size", "num_layers",
     "bidirectional", "proj_size", "threads", "status", "reason", "median_s", "q1_s", "q3_s", "min_s", "max_s",
-    "samples", "calls_per_sample", "setup_s", "first_call_s", "compile_s", "max_error", "flops", "seq_per_s",
-    "gflops", "pct_peak", "baseline", "speedup",
+    "samples", "calls_per_sample", "idle_call_s", "setup_s", "first_call_s", "compile_s", "max_error", "flops",
+    "seq_per_s", "gflops", "pct_peak", "baseline", "speedup",
 )
 
 
@@ -165,15 +166,15 @@ def _number(value, digits=3):
 
 def _table_cells(row):
     if row["status"] != "ok":
-        return [row["case"], row["dtype"], row["mode"], row["backend"], "", "", "", "", "", "", row["status"]]
+        return [row["case"], row["dtype"], row["mode"], row["backend"], "", "", "", "", "", "", "", row["status"]]
     ms = 1e3
     speedup = f"{row['speedup']:.2f}x" if row.get("speedup") else "-"
     return [row["case"], row["dtype"], row["mode"], row["backend"], _number(row["median_s"] * ms),
-            f"{_number(row['q1_s'] * ms)}-{_number(row['q3_s'] * ms)}", _number(row["seq_per_s"]),
-            _number(row["gflops"]), _number(row["pct_peak"], 2), speedup, "ok"]
+            f"{_number(row['q1_s'] * ms)}-{_number(row['q3_s'] * ms)}", _number(row["idle_call_s"] * ms),
+            _number(row["seq_per_s"]), _number(row["gflops"]), _number(row["pct_peak"], 2), speedup, "ok"]
 
 
-TABLE_HEADER = ["case", "dtype", "mode", "backend", "median ms", "IQR ms", "seq/s", "GFLOP/s", "% peak",
+TABLE_HEADER = ["case", "dtype", "mode", "backend", "median ms", "IQR ms", "idle ms", "seq/s", "GFLOP/s", "% peak",
                 "speed-up", "status"]
 
 
@@ -186,6 +187,8 @@ def format_table(rows):
     baselines = sorted({row["baseline"] for row in rows if row.get("baseline")})
     if baselines:
         text.append(f"speed-up = {' or '.join(baselines)} median time / backend median time (> 1: faster)")
+    if any(row["status"] == "ok" for row in rows):
+        text.append("idle ms = one call after the process sat idle for a moment (threads asleep), not in the median")
     reasons = dict.fromkeys(f"{r['backend']} {r['mode']}: {r['status']}: {r['reason']}"
                             for r in rows if r["status"] != "ok")
     return "\n".join(text + list(reasons))

@@ -19,7 +19,14 @@ For each case and mode:
    ``SETTLE_S``: thread pools (Numba's and PyTorch's OpenMP, ONNX Runtime's,
    OpenBLAS's) keep spinning for a while after their work, and would otherwise
    take cycles from the next backend.  The garbage collector runs once before the rounds
-   and is paused during them.
+   and is paused during them;
+6. after that pause, each sample starts with one call timed on its own, the
+   *idle call*: what a call costs when the process has been idle (threads
+   asleep, caches cold), as when a server answers an occasional request.  It
+   is reported apart (``idle_call_s``, the median over the rounds) and is not
+   part of the sample: waking a sleeping thread pool can cost milliseconds on a
+   virtual machine, which in a throughput sample of 100 short calls would
+   count as a slower kernel.
 
 Every backend runs on the same thread count (``threads.thread_limit``).
 Per backend the row holds the median and the quartiles, minimum and maximum
@@ -142,9 +149,10 @@ def _warm_up_and_check(backend, problem, mode, expected, settings, row):
 
 
 def _time_interleaved(ready, repeats):
-    """{name: per-call seconds of each sample}; ``ready`` is {name: (run, calls per sample)}."""
+    """{name: (per-call seconds of each sample, seconds of each sample's idle call)};
+    ``ready`` is {name: (run, calls per sample)}."""
     names = list(ready)
-    samples = {name: [] for name in names}
+    samples = {name: ([], []) for name in names}
     if not names:
         return samples
     gc.collect()
@@ -153,17 +161,20 @@ def _time_interleaved(ready, repeats):
             shift = round_index % len(names)
             for name in names[shift:] + names[:shift]:
                 run, calls = ready[name]
+                per_call, idle_calls = samples[name]
                 time.sleep(SETTLE_S)
-                samples[name].append(_timed(run, calls))
+                idle_calls.append(_timed(run))
+                per_call.append(_timed(run, calls))
     return samples
 
 
-def _summary(samples, calls, first_call_s):
+def _summary(samples, idle_calls, calls, first_call_s):
     times = np.asarray(samples)
     median = float(np.median(times))
     q1, q3 = (float(q) for q in np.percentile(times, [25, 75]))
     return dict(median_s=median, q1_s=q1, q3_s=q3, min_s=float(times.min()), max_s=float(times.max()),
-                samples=len(samples), calls_per_sample=calls, compile_s=max(0.0, first_call_s - median))
+                samples=len(samples), calls_per_sample=calls, idle_call_s=float(np.median(idle_calls)),
+                compile_s=max(0.0, first_call_s - median))
 
 
 def _memory_reason(case, modes, n_backends):
@@ -193,9 +204,9 @@ def _measure_mode(problem, mode, expected, backends, settings, rows):
             continue
         if prepared:
             ready[backend.name] = prepared
-    for name, samples in _time_interleaved(ready, settings.repeats).items():
+    for name, (samples, idle_calls) in _time_interleaved(ready, settings.repeats).items():
         row = rows[(mode, name)]
-        row.update(_summary(samples, ready[name][1], row["first_call_s"]))
+        row.update(_summary(samples, idle_calls, ready[name][1], row["first_call_s"]))
 
 
 def measure_case(case, modes, backends, settings):

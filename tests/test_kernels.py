@@ -135,6 +135,28 @@ def test_packed_products_match_numpy(hidden, k, m, accumulate, parallel, dtype, 
     np.testing.assert_allclose(out[:, :k], d_gates @ rows, rtol=tolerance, atol=tolerance * 4 * padded)
 
 
+@pytest.mark.parametrize("hidden", [1, 40, 100])
+@pytest.mark.parametrize("n_parts", [2, 3])
+def test_threads_packing_their_own_units_fill_exactly_their_panels(hidden, n_parts, rng):
+    """Each part of a "together" region packs the panels of its units of every gate: alone it
+    writes those and no other; all parts together give the whole packing."""
+    width = packed.panel_width(np.float32)
+    padded = packed.padded_hidden(hidden, np.float32, True)
+    w = rng.standard_normal((4 * hidden, 7)).astype(np.float32)
+    whole = np.empty((4 * padded // width, 7, width), np.float32)
+    packed.pack_gate_rows(w, whole)
+    in_parts = np.full_like(whole, np.nan)
+    for part in range(n_parts):
+        start, stop = part_range(part, n_parts, padded, width)
+        alone = np.full_like(whole, np.nan)
+        packed.pack_gate_rows(w, alone, start, stop)
+        packed.pack_gate_rows(w, in_parts, start, stop)
+        mine = [gate * (padded // width) + p for gate in range(4) for p in range(start // width, stop // width)]
+        np.testing.assert_array_equal(alone[mine], whole[mine])
+        assert np.isnan(np.delete(alone, mine, axis=0)).all()
+    np.testing.assert_array_equal(in_parts, whole)
+
+
 @pytest.mark.parametrize("panel_start, panel_stop", [(0, 8), (3, 7), (5, 6)])
 def test_packed_product_visits_panels_in_either_order(panel_start, panel_stop, rng):
     """Descending panel order (the time loops alternate it) gives the same bits and touches only its panels."""

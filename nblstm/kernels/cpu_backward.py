@@ -175,10 +175,12 @@ def _backward_steps_by_batch(reverse, gates, c_seq, c0, w_hh, packed_hh, w_hr, d
 
 @njit(**PARALLEL_JIT_OPTIONS)
 def _backward_steps_together(reverse, gates, c_seq, c0, w_hh, packed_hh, w_hr, d_out, dh, dc, dh_cell, dh_seq,
-                             dh_next, block, n_parts):
+                             dh_next, block, n_parts, packs):
     """``_backward_steps`` in one parallel region: each thread owns hidden units and state columns of
-    every step, the threads meeting at a barrier whenever one needs what others wrote.  Returns
-    False, having done nothing, when the threads did not start together.  Works on ``borrowed`` views."""
+    every step, the threads meeting at a barrier whenever one needs what others wrote.  With
+    ``packs``, each thread first packs the panels of w_hh it reads (its state columns) into
+    packed_hh.  Returns False, having done nothing, when the threads did not start together.  Works
+    on ``borrowed`` views."""
     gates, c_seq, c0, w_hh, packed_hh, w_hr = borrowed((gates, c_seq, c0, w_hh, packed_hh, w_hr))
     d_out, dh, dc, dh_cell, dh_seq, dh_next = borrowed((d_out, dh, dc, dh_cell, dh_seq, dh_next))
     seq_len, state = d_out.shape[0], d_out.shape[2]
@@ -192,6 +194,8 @@ def _backward_steps_together(reverse, gates, c_seq, c0, w_hh, packed_hh, w_hr, d
             start, stop = part_range(part, n_parts, padded, block)
             units_stop = min(stop, hidden)
             col_start, col_stop = state_columns(part, n_parts, state, packed_hh)
+            if packs:
+                pack_columns(w_hh, packed_hh, *part_range(part, n_parts, packed_hh.shape[0], 1))
             for step in range(seq_len - 1, -1, -1):
                 t = time_index(step, seq_len, reverse)
                 _sum_into(dh[:, col_start:col_stop], dh_next[:, col_start:col_stop], d_out[t][:, col_start:col_stop])
@@ -253,7 +257,9 @@ def lstm_layer_backward(x, w_ih, w_hh, w_hr, h0, c0, out, out_col, gates, c_seq,
     packing = pack_weights and gate_columns % width == 0  # as the forward did
     projecting = w_hr.shape[0] > 0
     packed_hh = np.empty(((state + width - 1) // width if packing else 0, gate_columns, width), gates.dtype)
-    if packing:
+    # The threads of a "together" region pack their own panels (below); otherwise pack here.
+    in_region = packing and n_parts > 1 and together and not by_batch
+    if packing and not in_region:
         pack_columns(w_hh, packed_hh)
     # d_gates @ w_hh, the gradient flowing into the previous step (padded to whole panels)
     dh_next = empty_aligned(batch, packed_hh.shape[0] * width if packing else state, gates)
@@ -266,7 +272,9 @@ def lstm_layer_backward(x, w_ih, w_hh, w_hr, h0, c0, out, out_col, gates, c_seq,
                                  dh_seq, dh_next, n_parts)
     elif not (n_parts > 1 and together and _backward_steps_together(
             reverse, gates, c_seq, c0, w_hh, packed_hh, w_hr, d_out_cols, dh, dc, dh_cell, dh_seq, dh_next,
-            block, n_parts)):
+            block, n_parts, in_region)):
+        if in_region:
+            pack_columns(w_hh, packed_hh)
         _backward_steps(reverse, 0, batch, gates, c_seq, c0, w_hh, packed_hh, w_hr, d_out_cols, dh, dc, dh_cell,
                         dh_seq, dh_next, block, n_parts)
     dh0[:, :] = dh_next[:, :state]

@@ -226,10 +226,12 @@ def _run_steps_by_batch(step0, step1, reverse, gates, bias, w_hh, packed_hh, w_h
 
 @njit(**PARALLEL_JIT_OPTIONS)
 def _run_steps_together(step0, step1, reverse, gates, bias, w_hh, packed_hh, w_hr, h0, c0, c_seq, h_cell_seq,
-                        out, out_col, block, n_parts):
+                        out, out_col, block, n_parts, packs):
     """Loop steps [step0, step1) in one parallel region: each thread computes its units of every
-    step and the threads meet at a barrier after each (see ``barrier``).  Returns False, having
-    done nothing, when the threads did not start together.  Works on ``borrowed`` views."""
+    step and the threads meet at a barrier after each (see ``barrier``).  With ``packs``, each
+    thread first packs the panels of w_hh it will read (its units of every gate) into packed_hh:
+    in parallel, and into the cache of the core that reads them.  Returns False, having done
+    nothing, when the threads did not start together.  Works on ``borrowed`` views."""
     gates, bias, w_hh, packed_hh, w_hr = borrowed((gates, bias, w_hh, packed_hh, w_hr))
     h0, c0, c_seq, h_cell_seq, out = borrowed((h0, c0, c_seq, h_cell_seq, out))
     seq_len, padded = out.shape[0], gates.shape[2] // NUM_GATES
@@ -241,6 +243,8 @@ def _run_steps_together(step0, step1, reverse, gates, bias, w_hh, packed_hh, w_h
         if started[part]:
             start, stop = part_range(part, n_parts, padded, block)
             proj_start, proj_stop = part_range(part, n_parts, w_hr.shape[0])
+            if packs:
+                pack_gate_rows(w_hh, packed_hh, start, stop)
             for step in range(step0, step1):
                 t, h_prev, c_prev, c_t, h_dst, h_dst_col = step_arrays(step, seq_len, reverse, h0, c0, c_seq,
                                                                        h_cell_seq, out, out_col, projecting)
@@ -293,7 +297,9 @@ def lstm_layer_forward(x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, reverse, plan,
     # threads would wake up and spin beside the serial loop.
     packed_ih = np.empty((gates.shape[2] // width if packing and n_parts == 1 else 0, x.shape[2], width),
                          gates.dtype)
-    if packing:
+    # The threads of a "together" region pack their own panels (below); otherwise pack here.
+    in_region = packing and n_parts > 1 and together and not by_batch
+    if packing and not in_region:
         pack_gate_rows(w_hh, packed_hh)
     if packed_ih.shape[0] > 0:
         pack_gate_rows(w_ih, packed_ih)
@@ -317,9 +323,13 @@ def lstm_layer_forward(x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, reverse, plan,
             continue
         if n_parts > 1 and together:
             together = _run_steps_together(step0, step1, reverse, gates, bias_rows, w_hh, packed_hh, w_hr, h0, c0,
-                                           c_seq, h_cell_seq, out, out_col, block, n_parts)
+                                           c_seq, h_cell_seq, out, out_col, block, n_parts, in_region)
             if together:
+                in_region = False
                 continue
+        if in_region:
+            pack_gate_rows(w_hh, packed_hh)
+            in_region = False
         _run_steps(step0, step1, reverse, 0, batch, gates, bias_rows, w_hh, packed_hh, w_hr, h0, c0, c_seq,
                    h_cell_seq, out, out_col, block, n_parts)
     t_last = time_index(seq_len - 1, seq_len, reverse)

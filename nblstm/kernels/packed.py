@@ -103,21 +103,28 @@ def weight_row(column, hidden, padded):
 
 
 @njit(**JIT_OPTIONS)
-def pack_gate_rows(w, packed):
+def pack_gate_rows(w, packed, unit_start=0, unit_stop=-1):
     """Pack w (4*hidden, k) for ``gates = a @ w.T`` in the padded gate layout.
 
     packed: (4*padded / width, k, width); packed[p, kk, c] = w[weight_row(p * width + c), kk],
-    zero for padding units.  A transpose, written a panel row at a time from tiles of
-    PACK_BLOCK reduction steps of the panel's weight rows, which stay in the L1 cache (writing
-    whole panel columns at once touched a new cache line per element: 2.2 ms for hidden 512,
-    now 0.8 ms).
+    zero for padding units.  Only the panels of hidden units [unit_start, unit_stop) (whole
+    panels; all by default) in each of the four gates are written: those a thread that owns
+    these units reads (``recurrent_product``).  A transpose, written a panel row at a time from
+    tiles of PACK_BLOCK reduction steps of the panel's weight rows, which stay in the L1 cache
+    (writing whole panel columns at once touched a new cache line per element: 2.2 ms for
+    hidden 512, now 0.8 ms).
     """
     hidden = w.shape[0] // NUM_GATES
     panels, k, width = packed.shape
     padded = panels * width // NUM_GATES
+    # Panels visited: every one, or per_gate panels from ``first`` in each gate's block.
+    every = unit_stop < 0
+    per_gate = panels if every else (unit_stop - unit_start) // width
+    first = 0 if every else unit_start // width
     rows = np.empty(width, np.intp)  # the row of w behind each column of a panel
     w, packed, rows_view = borrowed((w, packed, rows))
-    for p in range(panels):
+    for visit in range(per_gate * (1 if every else NUM_GATES)):
+        p = (visit // per_gate) * (panels // NUM_GATES) + first + visit % per_gate
         for c in range(width):
             rows_view[c] = weight_row(p * width + c, hidden, padded)
         for k_start in range(0, k, PACK_BLOCK):
@@ -129,20 +136,22 @@ def pack_gate_rows(w, packed):
 
 
 @njit(**JIT_OPTIONS)
-def pack_columns(w, packed):
+def pack_columns(w, packed, panel_start=0, panel_stop=-1):
     """Pack w (4*hidden, n) for ``c = a @ w`` with a in the padded gate layout: panels over the n
     columns of w.
 
     packed: (ceil(n / width), 4*padded, width); packed[q, kk, c] = w[weight_row(kk), q * width + c],
-    zero past n and for padding units.
+    zero past n and for padding units.  Only panels [panel_start, panel_stop) are written (all by
+    default).
     """
     hidden = w.shape[0] // NUM_GATES
     padded = packed.shape[1] // NUM_GATES
     width = packed.shape[2]
     n = w.shape[1]
+    panel_stop = packed.shape[0] if panel_stop < 0 else panel_stop
     for kk in range(packed.shape[1]):
         row = weight_row(kk, hidden, padded)
-        for q in range(packed.shape[0]):
+        for q in range(panel_start, panel_stop):
             for c in range(width):
                 column = q * width + c
                 packed[q, kk, c] = w[row, column] if row >= 0 and column < n else 0.0

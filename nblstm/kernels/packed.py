@@ -24,6 +24,7 @@ one row of the panel per step; on this machine's AVX-512 it runs at 120-170
 GFLOP/s per core on LSTM shapes, where OpenBLAS manages 45 (8 rows) to 120 (64 rows).
 """
 import functools
+import math
 
 import numpy as np
 from numba import njit
@@ -49,32 +50,28 @@ TILE_ROWS = 4 if VECTOR_BITS == 512 else 1
 # matching width rows of the weights are read.
 PACK_BLOCK = 16
 
-# Repacking the weights (a pass over them at 0.4-1 ns an element) pays for itself when the
-# steps that follow run faster by more.  Measured on 2 cores, packed against plain products:
-# training packs from 4 steps (its backward runs 2-3x slower on plain products); inference
-# from batch 4 packs from 4 steps too (the packed product is about 3x faster than BLAS), or
-# from 8 with a MiB of weights or more; at batch 1-3 every inference step is a
-# matrix-vector-like product that streams the weights either way, and packing pays from
-# about weights / PACK_WEIGHTS_PER_STEP steps (120-150 at hidden 512, batch 1 and 2; about
-# 500 at hidden 1024); with few weights from 16 steps at batch 1 (13-19 up to hidden 128),
-# from 4 at batch 2-3.
-# LSTMCell's single steps never pack.
+# Repacking the weights (a pass over them at 0.4-1 ns an element, split between the threads that
+# read them) pays for itself when the steps that follow run faster by more.  Measured on 2 cores,
+# packed against plain products: training packs from 4 steps (its backward runs 2-3x slower on
+# plain products); inference from batch 4 packs from 4 steps too (1.13x at hidden 1024, 1.27x at
+# 512, 4 steps of batch 8; the packed product is up to 3x faster than BLAS); at batch 1-3 every
+# inference step is a matrix-vector-like product that streams the weights either way, and
+# packing pays from about sqrt(weights) / 16 steps (break-evens at batch 1: hidden 256 about
+# 32 steps, 512 about 64, 1024 about 100; 13-19 up to hidden 128), at least 16 at batch 1 and 4
+# at batch 2-3.  LSTMCell's single steps never pack.
 PACK_MIN_STEPS = 4
 PACK_MIN_BATCH = 4
-PACK_MIN_STEPS_LARGE = 8  # inference from batch 4, with PACK_LARGE_WEIGHTS weights or more
-PACK_LARGE_WEIGHTS = 1 << 20
 PACK_MIN_STEPS_BATCH_1 = 16
-PACK_WEIGHTS_PER_STEP = 1 << 13
+PACK_STEPS_PER_SQRT_WEIGHT = 1 / 16
 
 
 def packs_weights(seq_len, batch, weights, training):
     """Whether a layer over ``seq_len`` steps of ``batch`` rows, with ``weights`` recurrent weights
     (4*hidden*state), should run on packed weights and padded gates (the plan's ``pack_weights``)."""
     if training or batch >= PACK_MIN_BATCH:
-        large = weights >= PACK_LARGE_WEIGHTS and not training
-        return seq_len >= (PACK_MIN_STEPS_LARGE if large else PACK_MIN_STEPS)
+        return seq_len >= PACK_MIN_STEPS
     fewest = PACK_MIN_STEPS_BATCH_1 if batch == 1 else PACK_MIN_STEPS
-    return seq_len >= max(fewest, weights // PACK_WEIGHTS_PER_STEP)
+    return seq_len >= max(fewest, math.isqrt(weights) * PACK_STEPS_PER_SQRT_WEIGHT)
 
 
 def gate_columns(hidden, dtype, parallel, packed):

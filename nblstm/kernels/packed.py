@@ -205,6 +205,25 @@ def _tile_4_rows(a, panel, c, r0, col, accumulate, k_start, k_stop):
 
 
 @njit(**JIT_OPTIONS)
+def _tile_2_rows(a, panel, c, r0, col, accumulate, k_start, k_stop):
+    """``_tile_4_rows`` for rows r0 and r0 + 1: a batch of 2 or 3 rows reads each panel once."""
+    lanes = lanes_of(panel)
+    zero = vsplat(panel.dtype.type(0.0))
+    c00 = c01 = c02 = c03 = c10 = c11 = c12 = c13 = zero
+    a0, a1 = a[r0], a[r0 + 1]
+    for kk in range(k_start, k_stop):
+        base = kk * PANEL_VECTORS * lanes
+        w0, w1 = vload(panel, base), vload(panel, base + lanes)
+        w2, w3 = vload(panel, base + 2 * lanes), vload(panel, base + 3 * lanes)
+        x = vsplat(a0[kk])
+        c00, c01, c02, c03 = vfma(x, w0, c00), vfma(x, w1, c01), vfma(x, w2, c02), vfma(x, w3, c03)
+        x = vsplat(a1[kk])
+        c10, c11, c12, c13 = vfma(x, w0, c10), vfma(x, w1, c11), vfma(x, w2, c12), vfma(x, w3, c13)
+    _store_row(row_of(c, r0), col, lanes, accumulate, c00, c01, c02, c03)
+    _store_row(row_of(c, r0 + 1), col, lanes, accumulate, c10, c11, c12, c13)
+
+
+@njit(**JIT_OPTIONS)
 def _tile_1_row(a_row, panel, c_row, col, accumulate, k_start, k_stop):
     """c_row[col:col+width] (+)= a_row[k_start:k_stop] @ panel[k_start:k_stop]; two accumulators per
     vector (even and odd k) keep eight fused multiply-adds in flight."""
@@ -267,5 +286,8 @@ def gemm_packed(a, packed, c, accumulate, panel_start, panel_stop, row_start, ro
                 while r + TILE_ROWS <= block_stop and TILE_ROWS > 1:
                     _tile_4_rows(a, panel, c, r, col, add, k_start, k_stop)
                     r += TILE_ROWS
+                if r + 2 <= block_stop and TILE_ROWS > 1:
+                    _tile_2_rows(a, panel, c, r, col, add, k_start, k_stop)
+                    r += 2
                 for row in range(r, block_stop):
                     _tile_1_row(a[row], panel, row_of(c, row), col, add, k_start, k_stop)

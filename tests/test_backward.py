@@ -252,29 +252,31 @@ def test_eval_forward_keeps_nothing_for_backward(rng):
     assert model._tapes == []
 
 
-def test_a_region_whose_threads_cannot_meet_falls_back_with_packed_weights(monkeypatch, rng):
-    """The threads of a "together" region pack their own weights, forward and backward; when they
-    cannot start together (here one thread runs both parts), the fallback packs them first."""
+@pytest.mark.parametrize("plan", [(2, True, False, True), (2, True, True, True)], ids=["units", "batch-split"])
+def test_a_region_whose_threads_cannot_meet_falls_back_with_packed_weights(plan, monkeypatch, rng):
+    """Threads that can meet at a barrier pack the weights in their region, forward and backward;
+    when they cannot start together (here one thread runs both parts), the fallback packs them."""
     import numba
 
     from nblstm import engine
 
-    plan = (2, True, False, True)
     monkeypatch.setattr(engine.CPUBackend, "plan", staticmethod(lambda seq_len, batch, hidden, state, training: plan))
     model = LSTM(5, 40, dtype="float64", seed=3)
-    x = rng.standard_normal((6, 3, 5))
+    x = rng.standard_normal((6, 9, 5))
     previous = numba.get_num_threads()
     numba.set_num_threads(1)
     try:
-        check_against_torch(model, x, _random_state(model, 3, rng), rng)
+        check_against_torch(model, x, _random_state(model, 9, rng), rng)
         model.eval()
         assert_close(model(x)[0], numpy(torch_twin(model)(tensor(x))[0]), np.float64)
     finally:
         numba.set_num_threads(previous)
 
 
-@pytest.mark.parametrize("plan", [(2, False, True, True), (2, True, False, True), (2, False, False, True)],
-                         ids=["batch-split", "units-one-region", "units-region-per-step"])
+@pytest.mark.parametrize("plan", [(2, False, True, True), (2, True, True, True), (2, True, False, True),
+                                  (2, False, False, True)],
+                         ids=["batch-split", "batch-split-packing-together", "units-one-region",
+                              "units-region-per-step"])
 @pytest.mark.parametrize("extra", [dict(bidirectional=True), dict(proj_size=40, num_layers=2)], ids=["bi", "proj"])
 def test_thread_splits_match_torch(plan, extra, monkeypatch, rng):
     """Every way of splitting the work between two threads (the batch; or each step's hidden units,

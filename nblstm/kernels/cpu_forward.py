@@ -4,7 +4,9 @@ Gates are kept in the padded gate layout of ``packed.py`` (PyTorch's i, f, g,
 o blocks, each padded to whole panels).  Per layer and direction:
 
 1. the weights are rearranged once: w_hh repacked (``pack_gate_rows``) so that
-   every step's small product streams it contiguously from cache, w_ih's rows
+   every step's small product streams it contiguously from cache (by the
+   threads of the time loop's parallel region where they can meet at a
+   barrier, each packing the panels it reads or a share of them), w_ih's rows
    put in the padded gate layout (or repacked too when one thread runs);
 2. the input projection ``x_t @ w_ih.T`` of a block of time steps is one
    large matrix product (BLAS with threads; the whole sequence in training, a
@@ -215,13 +217,27 @@ def _run_steps(step0, step1, reverse, rows_start, rows_stop, gates, bias, w_hh, 
 
 @njit(**PARALLEL_JIT_OPTIONS)
 def _run_steps_by_batch(step0, step1, reverse, gates, bias, w_hh, packed_hh, w_hr, h0, c0, c_seq, h_cell_seq,
-                        out, out_col, n_parts):
+                        out, out_col, n_parts, packs):
     """Loop steps [step0, step1) with the batch split between threads: rows of a batch never meet, so
-    each thread runs its rows (whole register tiles) through every step on its own."""
+    each thread runs its rows (whole register tiles) through every step on its own.  With
+    ``packs``, the threads first pack w_hh into packed_hh, each a share of the panels, and meet at
+    a barrier (see ``barrier``); they then return False, having done nothing, when they could not
+    start together.  Returns True otherwise."""
+    barrier = np.zeros(BARRIER_STATE_SIZE, np.int64)
+    started = np.ones(n_parts, np.bool_)
     for part in prange(n_parts):
-        rows_start, rows_stop = part_range(part, n_parts, out.shape[1], TILE_ROWS)
-        _run_steps(step0, step1, reverse, rows_start, rows_stop, gates, bias, w_hh, packed_hh, w_hr, h0, c0, c_seq,
-                   h_cell_seq, out, out_col, 1, 1)
+        if packs:
+            started[part] = arrive_together(barrier, n_parts)
+            if started[part]:
+                width = packed_hh.shape[2]
+                units_start, units_stop = part_range(part, n_parts, packed_hh.shape[0] * width // NUM_GATES, width)
+                pack_gate_rows(w_hh, packed_hh, units_start, units_stop)
+                wait_for_all(barrier, n_parts)
+        if started[part]:
+            rows_start, rows_stop = part_range(part, n_parts, out.shape[1], TILE_ROWS)
+            _run_steps(step0, step1, reverse, rows_start, rows_stop, gates, bias, w_hh, packed_hh, w_hr, h0, c0,
+                       c_seq, h_cell_seq, out, out_col, 1, 1)
+    return started[0]
 
 
 @njit(**PARALLEL_JIT_OPTIONS)
@@ -297,8 +313,9 @@ def lstm_layer_forward(x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, reverse, plan,
     # threads would wake up and spin beside the serial loop.
     packed_ih = np.empty((gates.shape[2] // width if packing and n_parts == 1 else 0, x.shape[2], width),
                          gates.dtype)
-    # The threads of a "together" region pack their own panels (below); otherwise pack here.
-    in_region = packing and n_parts > 1 and together and not by_batch
+    # Threads that can meet at a barrier pack their own panels, or shares of them (below);
+    # otherwise pack here.
+    in_region = packing and n_parts > 1 and together
     if packing and not in_region:
         pack_gate_rows(w_hh, packed_hh)
     if packed_ih.shape[0] > 0:
@@ -318,8 +335,12 @@ def lstm_layer_forward(x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, reverse, plan,
             matmul(x_block, w_ih_rows, gates_block, False, True, 0.0, False, n_parts)
         step0, step1 = (seq_len - t1, seq_len - t0) if reverse else (t0, t1)
         if n_parts > 1 and by_batch:
-            _run_steps_by_batch(step0, step1, reverse, gates, bias_rows, w_hh, packed_hh, w_hr, h0, c0, c_seq,
-                                h_cell_seq, out, out_col, n_parts)
+            if not _run_steps_by_batch(step0, step1, reverse, gates, bias_rows, w_hh, packed_hh, w_hr, h0, c0,
+                                       c_seq, h_cell_seq, out, out_col, n_parts, in_region):
+                pack_gate_rows(w_hh, packed_hh)
+                _run_steps_by_batch(step0, step1, reverse, gates, bias_rows, w_hh, packed_hh, w_hr, h0, c0, c_seq,
+                                    h_cell_seq, out, out_col, n_parts, False)
+            in_region = False
             continue
         if n_parts > 1 and together:
             together = _run_steps_together(step0, step1, reverse, gates, bias_rows, w_hh, packed_hh, w_hr, h0, c0,

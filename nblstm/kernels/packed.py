@@ -178,6 +178,21 @@ def add_from_padded_rows(rows, w):
 
 
 @njit(**JIT_OPTIONS)
+def _panel_row(panel, kk, lanes):
+    """Row kk of a panel: the PANEL_VECTORS vectors of weights that multiply a[:, kk]."""
+    base = kk * PANEL_VECTORS * lanes
+    return vload(panel, base), vload(panel, base + lanes), vload(panel, base + 2 * lanes), \
+        vload(panel, base + 3 * lanes)
+
+
+@njit(**JIT_OPTIONS)
+def _row_fma(a_value, weights, c0, c1, c2, c3):
+    """(c0..c3) + a_value * weights: one row of a register tile, one reduction step."""
+    x = vsplat(a_value)
+    return vfma(x, weights[0], c0), vfma(x, weights[1], c1), vfma(x, weights[2], c2), vfma(x, weights[3], c3)
+
+
+@njit(**JIT_OPTIONS)
 def _tile_4_rows(a, panel, c, r0, col, accumulate, k_start, k_stop):
     """c[r0:r0+4, col:col+width] (+)= a[r0:r0+4, k_start:k_stop] @ panel[k_start:k_stop], the panel
     (k * width,) packed rows of the weights."""
@@ -187,17 +202,11 @@ def _tile_4_rows(a, panel, c, r0, col, accumulate, k_start, k_stop):
     c20 = c21 = c22 = c23 = c30 = c31 = c32 = c33 = zero
     a0, a1, a2, a3 = a[r0], a[r0 + 1], a[r0 + 2], a[r0 + 3]
     for kk in range(k_start, k_stop):
-        base = kk * PANEL_VECTORS * lanes
-        w0, w1 = vload(panel, base), vload(panel, base + lanes)
-        w2, w3 = vload(panel, base + 2 * lanes), vload(panel, base + 3 * lanes)
-        x = vsplat(a0[kk])
-        c00, c01, c02, c03 = vfma(x, w0, c00), vfma(x, w1, c01), vfma(x, w2, c02), vfma(x, w3, c03)
-        x = vsplat(a1[kk])
-        c10, c11, c12, c13 = vfma(x, w0, c10), vfma(x, w1, c11), vfma(x, w2, c12), vfma(x, w3, c13)
-        x = vsplat(a2[kk])
-        c20, c21, c22, c23 = vfma(x, w0, c20), vfma(x, w1, c21), vfma(x, w2, c22), vfma(x, w3, c23)
-        x = vsplat(a3[kk])
-        c30, c31, c32, c33 = vfma(x, w0, c30), vfma(x, w1, c31), vfma(x, w2, c32), vfma(x, w3, c33)
+        weights = _panel_row(panel, kk, lanes)
+        c00, c01, c02, c03 = _row_fma(a0[kk], weights, c00, c01, c02, c03)
+        c10, c11, c12, c13 = _row_fma(a1[kk], weights, c10, c11, c12, c13)
+        c20, c21, c22, c23 = _row_fma(a2[kk], weights, c20, c21, c22, c23)
+        c30, c31, c32, c33 = _row_fma(a3[kk], weights, c30, c31, c32, c33)
     _store_row(row_of(c, r0), col, lanes, accumulate, c00, c01, c02, c03)
     _store_row(row_of(c, r0 + 1), col, lanes, accumulate, c10, c11, c12, c13)
     _store_row(row_of(c, r0 + 2), col, lanes, accumulate, c20, c21, c22, c23)
@@ -212,13 +221,9 @@ def _tile_2_rows(a, panel, c, r0, col, accumulate, k_start, k_stop):
     c00 = c01 = c02 = c03 = c10 = c11 = c12 = c13 = zero
     a0, a1 = a[r0], a[r0 + 1]
     for kk in range(k_start, k_stop):
-        base = kk * PANEL_VECTORS * lanes
-        w0, w1 = vload(panel, base), vload(panel, base + lanes)
-        w2, w3 = vload(panel, base + 2 * lanes), vload(panel, base + 3 * lanes)
-        x = vsplat(a0[kk])
-        c00, c01, c02, c03 = vfma(x, w0, c00), vfma(x, w1, c01), vfma(x, w2, c02), vfma(x, w3, c03)
-        x = vsplat(a1[kk])
-        c10, c11, c12, c13 = vfma(x, w0, c10), vfma(x, w1, c11), vfma(x, w2, c12), vfma(x, w3, c13)
+        weights = _panel_row(panel, kk, lanes)
+        c00, c01, c02, c03 = _row_fma(a0[kk], weights, c00, c01, c02, c03)
+        c10, c11, c12, c13 = _row_fma(a1[kk], weights, c10, c11, c12, c13)
     _store_row(row_of(c, r0), col, lanes, accumulate, c00, c01, c02, c03)
     _store_row(row_of(c, r0 + 1), col, lanes, accumulate, c10, c11, c12, c13)
 

@@ -62,7 +62,7 @@ PACK_BLOCK = 16
 PACK_MIN_STEPS = 4
 PACK_MIN_BATCH = 4
 PACK_MIN_STEPS_BATCH_1 = 16
-PACK_STEPS_PER_SQRT_WEIGHT = 1 / 16
+PACK_SQRT_WEIGHTS_PER_STEP = 16
 
 
 def packs_weights(seq_len, batch, weights, training):
@@ -71,7 +71,7 @@ def packs_weights(seq_len, batch, weights, training):
     if training or batch >= PACK_MIN_BATCH:
         return seq_len >= PACK_MIN_STEPS
     fewest = PACK_MIN_STEPS_BATCH_1 if batch == 1 else PACK_MIN_STEPS
-    return seq_len >= max(fewest, math.isqrt(weights) * PACK_STEPS_PER_SQRT_WEIGHT)
+    return seq_len >= max(fewest, math.isqrt(weights) // PACK_SQRT_WEIGHTS_PER_STEP)
 
 
 def gate_columns(hidden, dtype, parallel, packed):

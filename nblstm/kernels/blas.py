@@ -153,6 +153,15 @@ def row_of(matrix, i):
 
 
 @njit(**JIT_OPTIONS)
+def flat_rows(matrix):
+    """(flat, stride): a 2-D array with a contiguous last axis as one C-contiguous 1-D array over
+    its memory, row i starting at i * stride."""
+    stride = matrix.strides[0] // matrix.itemsize
+    size = (matrix.shape[0] - 1) * stride + matrix.shape[1] if matrix.shape[0] > 0 else 0
+    return carray(_address_as_pointer(matrix.ctypes.data, matrix.dtype), size), stride
+
+
+@njit(**JIT_OPTIONS)
 def flat_block(array, i):
     """array[i] of a C-contiguous 3-D array as a flat 1-D array (array[i].reshape(-1) without the
     reshape's call into Numba's runtime, which costs more than a small product over the block)."""

@@ -31,8 +31,8 @@ from numba import njit
 
 from .._config import JIT_OPTIONS
 from ..params import NUM_GATES
-from .blas import borrowed, flat_block, row_of
-from .simd import VECTOR_BITS, lanes_of, vadd, vector_lanes, vfma, vload, vsplat, vstore
+from .blas import borrowed, flat_block, flat_rows, row_of
+from .simd import VECTOR_BITS, lanes_of, transpose_block, vadd, vector_lanes, vfma, vload, vsplat, vstore
 
 PANEL_VECTORS = 4  # vectors of c per register tile row
 # Reduction steps per pass over a panel: 128 rows of 4 vectors (32 KiB) stay in the
@@ -46,23 +46,21 @@ ROW_BLOCK = 128
 TILE_ROWS = 4 if VECTOR_BITS == 512 else 1
 
 
-# Reduction steps per tile when packing: 16 cache lines of a panel, written while the
-# matching width rows of the weights are read.
-PACK_BLOCK = 16
 
-# Repacking the weights (a pass over them at 0.4-1 ns an element, split between the threads that
+# Repacking the weights (a transpose at 0.15-0.35 ns an element, split between the threads that
 # read them) pays for itself when the steps that follow run faster by more.  Measured on 2 cores,
 # packed against plain products: training packs from 4 steps (its backward runs 2-3x slower on
 # plain products); inference from batch 4 packs from 4 steps too (1.13x at hidden 1024, 1.27x at
 # 512, 4 steps of batch 8; the packed product is up to 3x faster than BLAS); at batch 1-3 every
 # inference step is a matrix-vector-like product that streams the weights either way, and
-# packing pays from about sqrt(weights) / 16 steps (break-evens at batch 1: hidden 256 about
-# 32 steps, 512 about 64, 1024 about 100; 13-19 up to hidden 128), at least 16 at batch 1 and 4
-# at batch 2-3.  LSTMCell's single steps never pack.
+# packing pays from about sqrt(weights) / 64 steps (at batch 1: 1.03-1.07x at 4 steps up to
+# hidden 128, 1.10x at 8 steps at hidden 256, 1.06x at 16 at hidden 512), at least 4 at batch 1
+# and 8 at batch 2-3 (hidden 128, batch 2: 0.92x at 4 steps, 1.01x at 8).  LSTMCell's single
+# steps never pack.
 PACK_MIN_STEPS = 4
 PACK_MIN_BATCH = 4
-PACK_MIN_STEPS_BATCH_1 = 16
-PACK_SQRT_WEIGHTS_PER_STEP = 16
+PACK_MIN_STEPS_BATCH_2 = 8
+PACK_SQRT_WEIGHTS_PER_STEP = 64
 
 
 def packs_weights(seq_len, batch, weights, training):
@@ -70,7 +68,7 @@ def packs_weights(seq_len, batch, weights, training):
     (4*hidden*state), should run on packed weights and padded gates (the plan's ``pack_weights``)."""
     if training or batch >= PACK_MIN_BATCH:
         return seq_len >= PACK_MIN_STEPS
-    fewest = PACK_MIN_STEPS_BATCH_1 if batch == 1 else PACK_MIN_STEPS
+    fewest = PACK_MIN_STEPS if batch == 1 else PACK_MIN_STEPS_BATCH_2
     return seq_len >= max(fewest, math.isqrt(weights) // PACK_SQRT_WEIGHTS_PER_STEP)
 
 
@@ -106,10 +104,9 @@ def pack_gate_rows(w, packed, unit_start=0, unit_stop=-1):
     packed: (4*padded / width, k, width); packed[p, kk, c] = w[weight_row(p * width + c), kk],
     zero for padding units.  Only the panels of hidden units [unit_start, unit_stop) (whole
     panels; all by default) in each of the four gates are written: those a thread that owns
-    these units reads (``recurrent_product``).  A transpose, written a panel row at a time from
-    tiles of PACK_BLOCK reduction steps of the panel's weight rows, which stay in the L1 cache
-    (writing whole panel columns at once touched a new cache line per element: 2.2 ms for
-    hidden 512, now 0.8 ms).
+    these units reads (``recurrent_product``).  A transpose: a vector of panel columns whose
+    weight rows follow each other goes in square blocks of a vector by a vector
+    (``simd.transpose_block``), the rest element by element.
     """
     hidden = w.shape[0] // NUM_GATES
     panels, k, width = packed.shape
@@ -120,16 +117,28 @@ def pack_gate_rows(w, packed, unit_start=0, unit_stop=-1):
     first = 0 if every else unit_start // width
     rows = np.empty(width, np.intp)  # the row of w behind each column of a panel
     w, packed, rows_view = borrowed((w, packed, rows))
+    w_flat, w_stride = flat_rows(w)
+    lanes = lanes_of(w_flat)
+    whole_k = k - k % lanes
     for visit in range(per_gate * (1 if every else NUM_GATES)):
         p = (visit // per_gate) * (panels // NUM_GATES) + first + visit % per_gate
+        panel = flat_block(packed, p)
         for c in range(width):
             rows_view[c] = weight_row(p * width + c, hidden, padded)
-        for k_start in range(0, k, PACK_BLOCK):
-            for kk in range(k_start, min(k, k_start + PACK_BLOCK)):
-                target = packed[p, kk]
-                for c in range(width):
+        for block in range(0, width, lanes):
+            first_row = rows_view[block]
+            consecutive = first_row >= 0
+            for c in range(1, lanes):
+                consecutive = consecutive and rows_view[block + c] == first_row + c
+            k_done = 0
+            if consecutive:
+                for kk in range(0, whole_k, lanes):
+                    transpose_block(w_flat, first_row * w_stride + kk, w_stride, panel, kk * width + block, width)
+                k_done = whole_k
+            for kk in range(k_done, k):
+                for c in range(block, block + lanes):
                     row = rows_view[c]
-                    target[c] = w[row, kk] if row >= 0 else 0.0
+                    panel[kk * width + c] = w[row, kk] if row >= 0 else 0.0
 
 
 @njit(**JIT_OPTIONS)

@@ -142,3 +142,54 @@ def vfma(typingctx, a, b, c):
         return builder.call(function, args)
 
     return a(a, b, c), codegen
+
+
+def _shuffle(builder, a, b, indices):
+    return builder.shuffle_vector(a, b, ir.Constant(ir.VectorType(ir.IntType(32), len(indices)), list(indices)))
+
+
+def _check_flat(array):
+    return isinstance(array, types.Array) and array.ndim == 1 and array.layout == "C" and \
+        array.dtype in (types.float32, types.float64)
+
+
+@intrinsic
+def transpose_block(typingctx, src, src_offset, src_stride, dst, dst_offset, dst_stride):
+    """Transpose a lanes x lanes block between two flat arrays of one dtype (no bounds check):
+    dst[dst_offset + j * dst_stride + i] = src[src_offset + i * src_stride + j] for i, j < lanes.
+
+    lanes vector loads, a network of log2(lanes) stages of two-vector shuffles (each stage
+    swaps the off-diagonal sub-blocks of every 2d x 2d block: d = lanes/2, ..., 1), lanes
+    vector stores: a few instructions per vector where element by element takes lanes**2.
+    """
+    if not (_check_flat(src) and _check_flat(dst)) or src.dtype != dst.dtype:
+        return None
+    lanes = VECTOR_BITS // src.dtype.bitwidth
+
+    def codegen(context, builder, signature, args):
+        src_array, src_start, src_step, dst_array, dst_start, dst_step = args
+        vector_type = ir.VectorType(context.get_value_type(src.dtype), lanes)
+        align = src.dtype.bitwidth // 8
+        src_data = context.make_array(signature.args[0])(context, builder, src_array).data
+        dst_data = context.make_array(signature.args[3])(context, builder, dst_array).data
+
+        def address(data, start, step, i):
+            index = builder.add(start, builder.mul(step, ir.Constant(step.type, i)))
+            return builder.bitcast(builder.gep(data, [index]), vector_type.as_pointer())
+
+        rows = [builder.load(address(src_data, src_start, src_step, i), align=align) for i in range(lanes)]
+        d = lanes // 2
+        while d >= 1:
+            low = [j if (j & d) == 0 else lanes + j - d for j in range(lanes)]
+            high = [j + d if (j & d) == 0 else lanes + j for j in range(lanes)]
+            for i in range(lanes):
+                if (i & d) == 0:
+                    top, bottom = rows[i], rows[i + d]
+                    rows[i] = _shuffle(builder, top, bottom, low)
+                    rows[i + d] = _shuffle(builder, top, bottom, high)
+            d //= 2
+        for j in range(lanes):
+            builder.store(rows[j], address(dst_data, dst_start, dst_step, j), align=align)
+        return context.get_dummy_value()
+
+    return types.none(src, src_offset, src_stride, dst, dst_offset, dst_stride), codegen

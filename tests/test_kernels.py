@@ -5,7 +5,7 @@ import numba
 from numba import njit, prange
 
 from nblstm._config import JIT_OPTIONS
-from nblstm.kernels import barrier, packed
+from nblstm.kernels import barrier, packed, simd
 from nblstm.kernels.activations import sigmoid, tanh
 from nblstm.kernels.blas import borrowed, gemm
 from nblstm.kernels.parallel import part_range
@@ -133,6 +133,24 @@ def test_packed_products_match_numpy(hidden, k, m, accumulate, parallel, dtype, 
     rows = np.empty((4 * padded, k), dtype)
     packed.to_padded_rows(w, rows)
     np.testing.assert_allclose(out[:, :k], d_gates @ rows, rtol=tolerance, atol=tolerance * 4 * padded)
+
+
+@njit
+def _transpose_block(src, src_offset, src_stride, dst, dst_offset, dst_stride):
+    simd.transpose_block(src, src_offset, src_stride, dst, dst_offset, dst_stride)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_transpose_block_moves_one_square_and_nothing_else(dtype):
+    """The packing's SIMD transpose: a lanes x lanes block of one strided array lands transposed in
+    another, every other element untouched."""
+    lanes = simd.vector_lanes(dtype)
+    src = np.arange(40 * 50, dtype=dtype)
+    dst = np.full(60 * 70, -1, dtype)
+    _transpose_block(src, 3 * 50 + 5, 50, dst, 2 * 70 + 7, 70)
+    written = dst.reshape(60, 70)[2:2 + lanes, 7:7 + lanes]
+    np.testing.assert_array_equal(written, src.reshape(40, 50)[3:3 + lanes, 5:5 + lanes].T)
+    assert (dst == -1).sum() == dst.size - lanes * lanes
 
 
 @pytest.mark.parametrize("hidden", [1, 40, 100])

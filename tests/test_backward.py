@@ -291,3 +291,8 @@ def test_thread_splits_match_torch(plan, extra, monkeypatch, rng):
     model.eval()
     twin = torch_twin(model)
     assert_close(model(x)[0], numpy(twin(tensor(x))[0]), np.float64)
+    # Inference in blocks of 3, 3 and 1 steps: the weights are packed in the first block's region only.
+    monkeypatch.setattr(engine, "INFERENCE_BLOCK_ROWS", 3 * 30)
+    in_blocks = LSTM(24, 96, dtype="float64", **extra).eval()
+    in_blocks.load_state_dict(model.state_dict())
+    assert_close(in_blocks(x)[0], numpy(twin(tensor(x))[0]), np.float64)

@@ -148,11 +148,6 @@ def _shuffle(builder, a, b, indices):
     return builder.shuffle_vector(a, b, ir.Constant(ir.VectorType(ir.IntType(32), len(indices)), list(indices)))
 
 
-def _check_flat(array):
-    return isinstance(array, types.Array) and array.ndim == 1 and array.layout == "C" and \
-        array.dtype in (types.float32, types.float64)
-
-
 @intrinsic
 def transpose_block(typingctx, src, src_offset, src_stride, dst, dst_offset, dst_stride):
     """Transpose a lanes x lanes block between two flat arrays of one dtype (no bounds check):
@@ -162,7 +157,7 @@ def transpose_block(typingctx, src, src_offset, src_stride, dst, dst_offset, dst
     swaps the off-diagonal sub-blocks of every 2d x 2d block: d = lanes/2, ..., 1), lanes
     vector stores: a few instructions per vector where element by element takes lanes**2.
     """
-    if not (_check_flat(src) and _check_flat(dst)) or src.dtype != dst.dtype:
+    if not (_check_row(src) and _check_row(dst)) or src.dtype != dst.dtype:
         return None
     lanes = VECTOR_BITS // src.dtype.bitwidth
 
@@ -170,14 +165,13 @@ def transpose_block(typingctx, src, src_offset, src_stride, dst, dst_offset, dst
         src_array, src_start, src_step, dst_array, dst_start, dst_step = args
         vector_type = ir.VectorType(context.get_value_type(src.dtype), lanes)
         align = src.dtype.bitwidth // 8
-        src_data = context.make_array(signature.args[0])(context, builder, src_array).data
-        dst_data = context.make_array(signature.args[3])(context, builder, dst_array).data
 
-        def address(data, start, step, i):
+        def address(array_type, array, start, step, i):
             index = builder.add(start, builder.mul(step, ir.Constant(step.type, i)))
-            return builder.bitcast(builder.gep(data, [index]), vector_type.as_pointer())
+            return builder.bitcast(_element_pointer(context, builder, array_type, array, index),
+                                   vector_type.as_pointer())
 
-        rows = [builder.load(address(src_data, src_start, src_step, i), align=align) for i in range(lanes)]
+        rows = [builder.load(address(src, src_array, src_start, src_step, i), align=align) for i in range(lanes)]
         d = lanes // 2
         while d >= 1:
             low = [j if (j & d) == 0 else lanes + j - d for j in range(lanes)]
@@ -189,7 +183,7 @@ def transpose_block(typingctx, src, src_offset, src_stride, dst, dst_offset, dst
                     rows[i + d] = _shuffle(builder, top, bottom, high)
             d //= 2
         for j in range(lanes):
-            builder.store(rows[j], address(dst_data, dst_start, dst_step, j), align=align)
+            builder.store(rows[j], address(dst, dst_array, dst_start, dst_step, j), align=align)
         return context.get_dummy_value()
 
     return types.none(src, src_offset, src_stride, dst, dst_offset, dst_stride), codegen

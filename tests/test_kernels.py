@@ -68,6 +68,14 @@ def test_activation_error_bound_over_the_whole_range(dtype):
     assert np.all((s >= 0) & (s <= 1)) and np.all(np.abs(t) <= 1)
 
 
+def test_float32_sigmoid_is_tanh_of_half_bit_for_bit():
+    """The halvings folded into the float32 sigmoid's coefficients are exact: it equals 1/2 + tanh(x/2)/2."""
+    x = np.concatenate([np.linspace(-30, 30, 200_001), np.geomspace(1e-30, 30, 2001)]).astype(np.float32)
+    _, tanh_of_half = _activations(x / 2)
+    sigmoid_of_x, _ = _activations(x)
+    np.testing.assert_array_equal(sigmoid_of_x, np.float32(0.5) + tanh_of_half / 2)
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_activation_special_values(dtype):
     x = np.array([np.nan, np.inf, -np.inf, 0.0, 1e30, -1e30], dtype)

@@ -5,11 +5,14 @@ are scalar library calls that stop LLVM from vectorising the gate math.  These
 versions use only multiplies, adds, one division, selects and (float64) a bit
 cast, so a loop over hidden units compiles to packed (AVX2/AVX-512) instructions.
 
-float32: tanh(x) = x P(x^2) / Q(x^2) on |x| < 9 (P, Q of degree 4, fitted for
-this module by iteratively reweighted least squares towards the minimax
-relative error, 2e-8 in exact arithmetic), clamped to [-1, 1], and +-1 from
-|x| = 9 on (where tanh rounds to 1 in float32); sigmoid(x) =
-(1 + tanh(x / 2)) / 2.  About 2.5 times cheaper than going through exp.
+float32: tanh(x) = sign(x) min(a P(a^2) / Q(a^2), 1) with a = min(|x|, 10)
+(P, Q of degree 4, fitted on |x| < 9 for this module by iteratively reweighted
+least squares towards the minimax relative error, 2e-8 in exact arithmetic;
+beyond 9 the form stays within 2e-8 below 1 and at 10 exceeds 1 by 2e-6, far
+more than rounding, so +-inf give exactly +-1 with no select); sigmoid(x) =
+1/2 + tanh(x / 2) / 2, the halvings folded into the coefficients (powers of two,
+so the results are those of tanh bit for bit).  About 2.5 times cheaper than
+going through exp.
 
 float64 (Cephes): exp(x) = 2**n * exp(r) with n = round(x / ln 2) and
 r = x - n ln 2 (two-part Cody-Waite constant), exp(r) by the (3, 3) Pade form,
@@ -34,10 +37,13 @@ _helper = njit(**_JIT_OPTIONS)
 
 _F32, _F64 = np.float32, np.float64
 
-# float32 tanh: numerator and denominator coefficients in x^2, lowest degree first.
+# float32 tanh: numerator and denominator coefficients in x^2, lowest degree first ...
 _TANH32_P = tuple(_F32(c) for c in (1.0, 0.13381296, 0.0034959088, 2.0614254e-05, 1.3361537e-08))
 _TANH32_Q = tuple(_F32(c) for c in (1.0, 0.46714613, 0.025878208, 0.0003286155, 7.779439e-07))
-_TANH32_LIMIT = _F32(9.0)  # tanh(9) rounds to 1 in float32
+_TANH32_LIMIT = _F32(10.0)
+# ... and for sigmoid, tanh(x / 2) / 2 = x P'(x^2) / Q'(x^2) with P'(z) = P(z / 4) / 4, Q'(z) = Q(z / 4).
+_SIGMOID32_P = tuple(_F32(c / 4 ** (degree + 1)) for degree, c in enumerate(_TANH32_P))
+_SIGMOID32_Q = tuple(_F32(c / 4 ** degree) for degree, c in enumerate(_TANH32_Q))
 
 # float64 (Cephes): exp(r) = 1 + 2 r P(r^2) / (Q(r^2) - r P(r^2)), |r| <= ln(2)/2 ...
 _EXP64_P = tuple(_F64(c) for c in (1.26177193074810590878e-4, 3.02994407707441961300e-2,
@@ -73,15 +79,14 @@ def _clamp(x, low, high):
 
 
 @_helper
-def _tanh32(x):
-    a = _clamp(x, -_TANH32_LIMIT, _TANH32_LIMIT)
+def _odd_rational32(x, p, q, limit, ceiling):
+    """sign(x) min(a p(a^2) / q(a^2), ceiling) with a = min(|x|, limit); NaN stays NaN."""
+    a = _clamp(abs(x), _F32(0.0), limit)
     z = a * a
-    p0, p1, p2, p3, p4 = _TANH32_P
-    q0, q1, q2, q3, q4 = _TANH32_Q
+    p0, p1, p2, p3, p4 = p
+    q0, q1, q2, q3, q4 = q
     ratio = a * ((((p4 * z + p3) * z + p2) * z + p1) * z + p0) / ((((q4 * z + q3) * z + q2) * z + q1) * z + q0)
-    one = _F32(1.0)
-    ratio = _clamp(ratio, -one, one)  # rounding can overshoot +-1 by an ulp
-    return -one if x <= -_TANH32_LIMIT else one if x >= _TANH32_LIMIT else ratio
+    return np.copysign(ceiling if ratio > ceiling else ratio, x)  # rounding can overshoot by an ulp
 
 
 @_helper
@@ -131,8 +136,8 @@ def tanh(x):
 @overload(sigmoid, jit_options=_JIT_OPTIONS)
 def _sigmoid_impl(x):
     if x == types.float32:
-        half = _F32(0.5)
-        return lambda x: half * _tanh32(half * x) + half
+        half, limit = _F32(0.5), _F32(2) * _TANH32_LIMIT
+        return lambda x: half + _odd_rational32(x, _SIGMOID32_P, _SIGMOID32_Q, limit, half)
     if x == types.float64:
         return lambda x: _sigmoid64(x)
     return None
@@ -141,7 +146,8 @@ def _sigmoid_impl(x):
 @overload(tanh, jit_options=_JIT_OPTIONS)
 def _tanh_impl(x):
     if x == types.float32:
-        return lambda x: _tanh32(x)
+        one = _F32(1.0)
+        return lambda x: _odd_rational32(x, _TANH32_P, _TANH32_Q, _TANH32_LIMIT, one)
     if x == types.float64:
         return lambda x: _tanh64(x)
     return None

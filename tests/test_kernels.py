@@ -143,6 +143,27 @@ def test_packed_products_match_numpy(hidden, k, m, accumulate, parallel, dtype, 
     np.testing.assert_allclose(out[:, :k], d_gates @ rows, rtol=tolerance, atol=tolerance * 4 * padded)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("hidden,k", [(1, 1), (20, 20), (20, 32), (37, 13), (64, 40), (100, 33)])
+@pytest.mark.parametrize("parallel", [False, True], ids=["vector-padding", "panel-padding"])
+def test_packed_gate_rows_are_the_weights_transposed_with_zero_padding(hidden, k, parallel, dtype, rng):
+    """packed[p, kk, c] = w[weight_row(p * width + c), kk], exactly, zero for padding units: blocks of
+    consecutive rows (transposed by SIMD, their last k % lanes values one by one), blocks with padding,
+    panels that span two gates (vector padding)."""
+    padded = packed.padded_hidden(hidden, dtype, parallel)
+    width = packed.panel_width(dtype)
+    w = rng.standard_normal((4 * hidden, k)).astype(dtype)
+    panels = np.full((4 * padded // width, k, width), np.nan, dtype)
+    packed.pack_gate_rows(w, panels)
+    rows = np.array([packed.weight_row(column, hidden, padded) for column in range(4 * padded)])
+    expected = np.where(rows[:, None] >= 0, w[rows], 0).reshape(-1, width, k).transpose(0, 2, 1)
+    np.testing.assert_array_equal(panels, expected)
+    for first_column in (0, 5, padded - 1, 2 * padded + 3):
+        found = np.empty(4 * padded - first_column, np.intp)
+        packed.weight_rows(first_column, hidden, padded, found)
+        np.testing.assert_array_equal(found, rows[first_column:])
+
+
 @njit
 def _transpose_block(src, src_offset, src_stride, dst, dst_offset, dst_stride):
     simd.transpose_block(src, src_offset, src_stride, dst, dst_offset, dst_stride)

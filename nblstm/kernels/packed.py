@@ -98,6 +98,18 @@ def weight_row(column, hidden, padded):
 
 
 @njit(**JIT_OPTIONS)
+def weight_rows(first_column, hidden, padded, rows):
+    """rows[c] = weight_row(first_column + c, hidden, padded) for every c, with one division (an
+    integer division costs as much as packing a few dozen weights)."""
+    gate, unit = first_column // padded, first_column % padded
+    for c in range(rows.shape[0]):
+        rows[c] = gate * hidden + unit if unit < hidden else -1
+        unit += 1
+        if unit == padded:
+            gate, unit = gate + 1, 0
+
+
+@njit(**JIT_OPTIONS)
 def pack_gate_rows(w, packed, unit_start=0, unit_stop=-1):
     """Pack w (4*hidden, k) for ``gates = a @ w.T`` in the padded gate layout.
 
@@ -106,7 +118,8 @@ def pack_gate_rows(w, packed, unit_start=0, unit_stop=-1):
     panels; all by default) in each of the four gates are written: those a thread that owns
     these units reads (``recurrent_product``).  A transpose: a vector of panel columns whose
     weight rows follow each other goes in square blocks of a vector by a vector
-    (``simd.transpose_block``), the rest element by element.
+    (``simd.transpose_block``, the last k % lanes values element by element), any other
+    (padding units) as zeros and then its weight rows one by one.
     """
     hidden = w.shape[0] // NUM_GATES
     panels, k, width = packed.shape
@@ -123,22 +136,27 @@ def pack_gate_rows(w, packed, unit_start=0, unit_stop=-1):
     for visit in range(per_gate * (1 if every else NUM_GATES)):
         p = (visit // per_gate) * (panels // NUM_GATES) + first + visit % per_gate
         panel = flat_block(packed, p)
-        for c in range(width):
-            rows_view[c] = weight_row(p * width + c, hidden, padded)
+        weight_rows(p * width, hidden, padded, rows_view)
         for block in range(0, width, lanes):
             first_row = rows_view[block]
             consecutive = first_row >= 0
             for c in range(1, lanes):
                 consecutive = consecutive and rows_view[block + c] == first_row + c
-            k_done = 0
             if consecutive:
                 for kk in range(0, whole_k, lanes):
                     transpose_block(w_flat, first_row * w_stride + kk, w_stride, panel, kk * width + block, width)
-                k_done = whole_k
-            for kk in range(k_done, k):
-                for c in range(block, block + lanes):
-                    row = rows_view[c]
-                    panel[kk * width + c] = w[row, kk] if row >= 0 else 0.0
+                for kk in range(whole_k, k):
+                    for c in range(lanes):
+                        panel[kk * width + block + c] = w[first_row + c, kk]
+            else:  # zeros, then the rows that are not padding, one by one
+                zero = vsplat(panel.dtype.type(0.0))
+                for kk in range(k):
+                    vstore(panel, kk * width + block, zero)
+                for c in range(lanes):
+                    row = rows_view[block + c]
+                    if row >= 0:
+                        for kk in range(k):
+                            panel[kk * width + block + c] = w[row, kk]
 
 
 @njit(**JIT_OPTIONS)

@@ -4,6 +4,7 @@ import pytest
 from oracle import assert_close, numpy, tensor, torch, torch_twin
 
 from nblstm import LSTM
+from nblstm.engine import matmul
 from nblstm.train import (
     SGD,
     Adam,
@@ -28,17 +29,20 @@ def torch_linear(linear):
 # -- Linear ------------------------------------------------------------------------------
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("bias", [True, False])
-@pytest.mark.parametrize("shape", [(3,), (5, 3), (2, 4, 3)], ids=str)
-def test_linear_matches_torch(shape, bias, dtype, rng):
-    linear = Linear(3, 6, bias=bias, dtype=dtype, seed=0)
+@pytest.mark.parametrize("leading", [(), (5,), (2, 4), (40, 3)], ids=str)
+@pytest.mark.parametrize("features", [(3, 6), (70, 90)], ids=["loops", "BLAS on threads"])
+def test_linear_matches_torch(leading, features, bias, dtype, rng):
+    """Small products run as compiled loops; (40, 3, 70) -> 90 splits between threads, BLAS in each."""
+    in_features, out_features = features
+    linear = Linear(in_features, out_features, bias=bias, dtype=dtype, seed=0)
     twin = torch_linear(linear)
-    x = rng.standard_normal(shape).astype(dtype)
-    grad_y = rng.standard_normal(shape[:-1] + (6,)).astype(dtype)
+    x = rng.standard_normal(leading + (in_features,)).astype(dtype)
+    grad_y = rng.standard_normal(leading + (out_features,)).astype(dtype)
     y = linear(x)
     t_x = tensor(x, requires_grad=True)
     t_y = twin(t_x)
     t_y.backward(tensor(grad_y))
-    assert y.dtype == dtype and y.shape == shape[:-1] + (6,)
+    assert y.dtype == dtype and y.shape == leading + (out_features,)
     assert_close(y, numpy(t_y), dtype)
     assert_close(linear.backward(grad_y), numpy(t_x.grad), dtype, grad=True)
     for name, param in twin.named_parameters():
@@ -76,6 +80,35 @@ def test_linear_save_load_round_trip(tmp_path, rng):
     assert list(loaded.state_dict()) == ["weight"] and loaded.dtype == np.float64
     x = rng.standard_normal((4, 3))
     np.testing.assert_array_equal(loaded(x), linear(x))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("m,n,k", [(3, 5, 4), (1, 300, 2), (120, 90, 70), (64, 500, 100), (700, 3, 200)], ids=str)
+@pytest.mark.parametrize("trans_a,trans_b", [(False, False), (True, False), (False, True)])
+def test_engine_matmul_matches_numpy(m, n, k, trans_a, trans_b, dtype, rng):
+    """The layers' product: loops, BLAS, and splits by rows or columns between threads; beta accumulates."""
+    a = rng.standard_normal((k, m) if trans_a else (m, k)).astype(dtype)
+    b = rng.standard_normal((n, k) if trans_b else (k, n)).astype(dtype)
+    c = rng.standard_normal((m, n)).astype(dtype)
+    expected = (a.T if trans_a else a) @ (b.T if trans_b else b) + 0.5 * c
+    matmul(a, b, c, trans_a, trans_b, beta=0.5)
+    assert_close(c, expected, dtype, grad=True)
+
+
+def test_engine_matmul_refuses_what_its_kernels_cannot_take():
+    a, b, c = np.ones((3, 4), np.float32), np.ones((4, 5), np.float32), np.empty((3, 5), np.float32)
+    read_only = c.copy()
+    read_only.flags.writeable = False
+    cases = [((a, b, np.empty((3, 4), np.float32)), {}, ValueError, r"\(3, 4\) @ op\(b\) \(4, 5\) does not fit c \(3, 4\)"),
+             ((a, b, c), {"trans_a": True}, ValueError, "does not fit"),
+             ((a, b.astype(np.float64), c), {}, TypeError, "one dtype"),
+             ((a.astype(np.int32), b, c), {}, TypeError, "int32"),
+             ((a[:, ::2], b[:2], c), {}, ValueError, "a must have a contiguous last axis"),
+             ((a.ravel(), b, c), {}, ValueError, "a must be a 2-D NumPy array, got 1-D"),
+             ((a, b, read_only), {}, ValueError, "read-only")]
+    for args, kwargs, error, message in cases:
+        with pytest.raises(error, match=message):
+            matmul(*args, **kwargs)
 
 
 # -- losses --------------------------------------------------------------------------------

@@ -269,6 +269,13 @@ def _gemm_nn_loops(a, b, c, trans_a, beta):
 
 
 @njit(**JIT_OPTIONS)
+def uses_blas(m, n, k, trans_a, trans_b):
+    """Whether ``gemm`` hands an (m, k) by (k, n) product to BLAS rather than to compiled loops."""
+    small = m * n * k < BLAS_MIN_WORK or (m <= LOOPS_MAX_ROWS and not trans_a)
+    return not small or (trans_a and trans_b)
+
+
+@njit(**JIT_OPTIONS)
 def gemm(a, b, c, trans_a=False, trans_b=False, beta=0.0):
     """c = op(a) @ op(b) + beta * c, op(x) = x.T if trans_x else x.
 
@@ -280,8 +287,7 @@ def gemm(a, b, c, trans_a=False, trans_b=False, beta=0.0):
     k = a.shape[0] if trans_a else a.shape[1]
     if m == 0 or n == 0:
         return
-    small = m * n * k < BLAS_MIN_WORK or (m <= LOOPS_MAX_ROWS and not trans_a)
-    if not small or (trans_a and trans_b):
+    if uses_blas(m, n, k, trans_a, trans_b):
         _gemm_blas(a, b, c, trans_a, trans_b, beta, m, n, k)
     elif trans_b:
         _gemm_nt_loops(a, b, c, beta)

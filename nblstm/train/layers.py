@@ -8,6 +8,7 @@ and returns the gradient w.r.t. that forward's input.
 """
 import numpy as np
 
+from ..engine import matmul
 from ..module import Module, as_float_array, check_int
 
 
@@ -41,7 +42,10 @@ class Linear(Module):
         x = as_float_array(input, "input", self.dtype)
         if x.ndim == 0 or x.shape[-1] != self.in_features:
             raise ValueError(f"Linear: Expected input of shape (..., {self.in_features}), got {x.shape}")
-        y = x @ self._parameters["weight"].T
+        rows = x.reshape(-1, self.in_features)
+        y = np.empty((rows.shape[0], self.out_features), self.dtype)
+        matmul(rows, self._parameters["weight"], y, trans_b=True)  # not NumPy's @: see engine.matmul
+        y = y.reshape(x.shape[:-1] + (self.out_features,))
         if self.bias_enabled:
             y += self._parameters["bias"]
         if self.training:
@@ -56,10 +60,12 @@ class Linear(Module):
         grad = self._check_grad(grad_output, "grad_output", x.shape[:-1] + (self.out_features,))
         self._pop_tape()
         rows = grad.reshape(-1, self.out_features)
-        self.grads["weight"] += rows.T @ x.reshape(-1, self.in_features)
+        matmul(rows, x.reshape(-1, self.in_features), self.grads["weight"], trans_a=True, beta=1.0)
         if self.bias_enabled:
             self.grads["bias"] += rows.sum(axis=0)
-        return grad @ self._parameters["weight"]
+        grad_input = np.empty((rows.shape[0], self.in_features), self.dtype)
+        matmul(rows, self._parameters["weight"], grad_input)
+        return grad_input.reshape(x.shape)
 
 
 class LastStep:

@@ -7,7 +7,7 @@ from numba import njit, prange
 from nblstm._config import JIT_OPTIONS
 from nblstm.kernels import barrier, packed, simd
 from nblstm.kernels.activations import sigmoid, tanh
-from nblstm.kernels.blas import borrowed, gemm
+from nblstm.kernels.blas import borrowed, gemm, single_threaded_blas
 from nblstm.kernels.parallel import part_range
 
 
@@ -103,6 +103,27 @@ def test_gemm_matches_numpy(m, n, k, trans_a, trans_b, beta, dtype, rng):
     tolerance = 1e-4 if dtype == np.float32 else 1e-12
     np.testing.assert_allclose(c, expected, rtol=tolerance, atol=tolerance * max(k, 1))
     assert np.isfinite(wide[:, :3]).all() and np.isfinite(wide[:, 3 + n:]).all()  # outside c untouched
+
+
+def test_single_threaded_blas_limits_every_blas_and_restores_it():
+    """The guard around parallel kernels: every loaded BLAS (NumPy's and SciPy's) on one thread inside,
+    the caller's counts back after, also when nested and when the body raises."""
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    def blas_threads():
+        return [info["num_threads"] for info in threadpool_info() if info["user_api"] == "blas"]
+
+    with threadpool_limits(2, user_api="blas"):
+        assert blas_threads() and set(blas_threads()) == {2}
+        with single_threaded_blas():
+            assert set(blas_threads()) == {1}
+            with single_threaded_blas():
+                assert set(blas_threads()) == {1}
+            assert set(blas_threads()) == {1}
+        assert set(blas_threads()) == {2}
+        with pytest.raises(KeyError), single_threaded_blas():
+            raise KeyError
+        assert set(blas_threads()) == {2}
 
 
 @pytest.mark.parametrize("size", [0, 1, 15, 16, 17, 100, 1024])

@@ -64,20 +64,16 @@ def matmul(a, b, c, trans_a=False, trans_b=False, beta=0.0):
     m, n = c.shape
     k = a.shape[0] if trans_a else a.shape[1]
     n_parts = 1 if m * n * k < PARALLEL_MIN_WORK else numba.get_num_threads()
-    if not uses_blas(m, n, k, trans_a, trans_b):
-        parallel_matmul(a, b, c, trans_a, trans_b, beta, n >= m, n_parts)
-        return
-    with single_threaded_blas():
+    with single_threaded_blas() if uses_blas(m, n, k, trans_a, trans_b) else _NO_GUARD:
         parallel_matmul(a, b, c, trans_a, trans_b, beta, n >= m, n_parts)
 
 
 def _check_product(a, b, c, trans_a, trans_b):
     """ValueError/TypeError unless ``matmul`` can run on these arrays (its kernels check nothing)."""
-    arrays = {"a": a, "b": b, "c": c}
-    for name, array in arrays.items():
+    for name, array in {"a": a, "b": b, "c": c}.items():
         if not isinstance(array, np.ndarray) or array.ndim != 2:
-            raise ValueError(f"matmul: {name} must be a 2-D NumPy array, got "
-                             f"{getattr(array, 'ndim', type(array).__name__)}{'-D' if hasattr(array, 'ndim') else ''}")
+            given = f"{array.ndim}-D" if isinstance(array, np.ndarray) else type(array).__name__
+            raise ValueError(f"matmul: {name} must be a 2-D NumPy array, got {given}")
         if array.dtype not in (np.float32, np.float64) or array.dtype != c.dtype:
             raise TypeError(f"matmul: a, b and c must share one dtype, float32 or float64; got "
                             f"{a.dtype}, {b.dtype}, {c.dtype}")

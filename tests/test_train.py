@@ -135,6 +135,7 @@ CROSS_ENTROPY_CASES = [
     dict(shape=(3, 5, 4), target=(3, 4)),
     dict(shape=(6, 5), target=(6,), weight=True),
     dict(shape=(6, 5), target=(6,), weight=True, ignore=True),
+    dict(shape=(6, 5), target=(6,), ignore="all"),  # 'mean' over nothing: NaN loss and gradient, as torch
 ]
 
 
@@ -148,7 +149,7 @@ def test_cross_entropy_matches_torch(case, reduction, dtype, rng):
     if case.get("weight"):
         kwargs["weight"] = rng.uniform(0.5, 2.0, 5).astype(dtype)
     if case.get("ignore"):
-        target[[1, 4]] = 7
+        target[slice(None) if case["ignore"] == "all" else [1, 4]] = 7
         kwargs["ignore_index"] = 7
     loss_fn = CrossEntropyLoss(reduction=reduction, **kwargs)
     loss = loss_fn(logits, target)

@@ -26,7 +26,8 @@ class _Loss:
 
     A subclass's ``_elementwise(input, target)`` returns the unreduced loss and the
     'mean' denominator; its ``_input_grad(grad_losses)`` maps the gradient w.r.t.
-    the unreduced loss to the gradient w.r.t. the input of the latest call.
+    the unreduced loss (an array of its shape, or one Python float for all of it)
+    to the gradient w.r.t. the input of the latest call.
     """
 
     def __init__(self, reduction="mean"):
@@ -57,11 +58,11 @@ class _Loss:
             upstream = np.ones(self._loss_shape) if grad is None else np.asarray(grad)
             if upstream.shape != self._loss_shape:
                 raise ValueError(f"grad must have the shape of the loss {self._loss_shape}, got {upstream.shape}")
-        else:
-            scale = 1.0 if grad is None else float(np.asarray(grad))
+        else:  # one scalar for every element: in the input's dtype (NumPy keeps float32 * Python float in float32)
+            upstream = 1.0 if grad is None else float(np.asarray(grad))
             if self.reduction == "mean":
-                scale /= self._denominator
-            upstream = np.full(self._loss_shape, scale)
+                with np.errstate(invalid="ignore", divide="ignore"):  # nothing counted: inf or NaN, as torch
+                    upstream = float(np.float64(upstream) / self._denominator)
         return self._input_grad(upstream)
 
 
@@ -118,13 +119,15 @@ class CrossEntropyLoss(_Loss):
         shifted = logits - logits.max(axis=-1, keepdims=True)
         log_prob = shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
         class_weight = np.ones(classes, logits.dtype) if self.weight is None else self.weight.astype(logits.dtype)
+        self._kept = kept
         self._sample_weight = class_weight[self._target[..., 0]] * kept
         self._prob = np.exp(log_prob)
         nll = -np.take_along_axis(log_prob, self._target, axis=-1)[..., 0]
         return self._sample_weight * nll, self._sample_weight.sum()
 
     def _input_grad(self, grad_losses):
-        scale = (self._sample_weight * grad_losses).astype(self._prob.dtype)[..., None]
+        with np.errstate(invalid="ignore"):  # ignored targets get no gradient, even from an inf (mean over none)
+            scale = np.where(self._kept, self._sample_weight * grad_losses, 0).astype(self._prob.dtype)[..., None]
         grad = self._prob * scale
         picked = np.take_along_axis(grad, self._target, axis=-1)
         np.put_along_axis(grad, self._target, picked - scale, axis=-1)

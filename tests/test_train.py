@@ -225,6 +225,22 @@ def test_adam_matches_torch(options, rng):
     run_optimizers(model, Adam(model, **options), t_params, torch.optim.Adam(t_params, **options), 6, rng)
 
 
+def test_adam_takes_gradients_of_any_layout_and_dtype(rng):
+    """A layer's grads is a plain dict: a gradient put there as a strided float32 view still updates a
+    float64 model as torch does."""
+    model = LSTM(3, 4, dtype=np.float64, seed=0)
+    t_params = torch_params(model)
+    opt, t_opt = Adam(model, lr=0.01), torch.optim.Adam(t_params, lr=0.01)
+    for (name, _), t_param in zip(model.named_parameters(), t_params):
+        wide = rng.standard_normal(t_param.shape[:-1] + (2 * t_param.shape[-1],)).astype(np.float32)
+        model.grads[name] = wide[..., ::2]
+        t_param.grad = torch.from_numpy(wide[..., ::2].astype(np.float64))
+    opt.step()
+    t_opt.step()
+    for (name, value), t_param in zip(model.named_parameters(), t_params):
+        np.testing.assert_allclose(value, numpy(t_param), rtol=1e-12, atol=1e-13, err_msg=name)
+
+
 def test_optimizer_follows_replaced_parameters(rng):
     """load_state_dict may swap a layer's arrays; the optimizer looks them up by name at each step."""
     model = small_model()

@@ -10,9 +10,9 @@ moments) is kept under the parameter's name::
     opt = Adam(model, lr=1e-2)
     opt.zero_grad(); loss = loss_fn(model(x), y); model.backward(loss_fn.backward()); opt.step()
 """
-import math
-
 import numpy as np
+
+from ..kernels.optim import adam_update
 
 
 def _check_model(model):
@@ -105,24 +105,22 @@ class Adam(Optimizer):
         self.amsgrad = bool(amsgrad)
 
     def _update(self, param, grad, state):
-        beta1, beta2 = self.betas
         if not state:
-            state.update(step=0, exp_avg=np.zeros_like(param), exp_avg_sq=np.zeros_like(param))
-            if self.amsgrad:
-                state["max_exp_avg_sq"] = np.zeros_like(param)
+            state.update(step=0, exp_avg=np.zeros_like(param), exp_avg_sq=np.zeros_like(param),
+                         max_exp_avg_sq=np.zeros_like(param) if self.amsgrad else np.zeros(0, param.dtype))
         state["step"] += 1
-        if self.weight_decay != 0:
-            grad = grad + self.weight_decay * param
-        exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
-        exp_avg += (1 - beta1) * (grad - exp_avg)
-        exp_avg_sq *= beta2
-        exp_avg_sq += (1 - beta2) * grad * grad
-        second_moment = exp_avg_sq
-        if self.amsgrad:
-            second_moment = np.maximum(state["max_exp_avg_sq"], exp_avg_sq, out=state["max_exp_avg_sq"])
-        step_size = self.lr / (1 - beta1 ** state["step"])
-        denominator = np.sqrt(second_moment) / math.sqrt(1 - beta2 ** state["step"]) + self.eps
-        param -= step_size * (exp_avg / denominator)
+        beta1, beta2 = self.betas
+        grad = np.ascontiguousarray(grad, dtype=param.dtype)  # only read: a copy will do
+        adam_update(_flat(param), _flat(grad), _flat(state["exp_avg"]), _flat(state["exp_avg_sq"]),
+                    _flat(state["max_exp_avg_sq"]), self.lr, beta1, beta2, self.eps, self.weight_decay,
+                    state["step"])
+
+
+def _flat(array):
+    """A C-contiguous array as a flat view (the kernel updates it in place, so never a copy)."""
+    if not array.flags.c_contiguous:
+        raise ValueError(f"optimizers update C-contiguous arrays in place, got strides {array.strides}")
+    return array.reshape(-1)
 
 
 def clip_grad_norm_(model, max_norm, norm_type=2.0, error_if_nonfinite=False):

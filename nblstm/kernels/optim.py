@@ -18,21 +18,22 @@ def adam_update(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, lr, beta1, bet
     """One ``torch.optim.Adam`` step t = ``step`` of a parameter, in place (see ``nblstm.train.Adam``).
 
     param, grad, exp_avg, exp_avg_sq: (n,) flat arrays of one dtype; max_exp_avg_sq: (n,) with
-    AMSGrad, else (0,).  Scalars in the parameter's dtype, as NumPy's float32 * Python float.
+    AMSGrad, else (0,).  The scalars are rounded to that dtype first, as NumPy rounds a Python
+    float that multiplies a float32 array.
     """
     cast = param.dtype.type
-    keep, fold = cast(1.0 - beta1), cast(beta2)
-    fold_in = cast(1.0 - beta2)
+    one_minus_beta1, beta2_, one_minus_beta2 = cast(1.0 - beta1), cast(beta2), cast(1.0 - beta2)
     step_size = cast(lr / (1.0 - beta1 ** step))
     correction = cast(math.sqrt(1.0 - beta2 ** step))
     decay, epsilon = cast(weight_decay), cast(eps)
     amsgrad = max_exp_avg_sq.shape[0] > 0
     for i in range(param.shape[0]):
         g = grad[i] + decay * param[i] if weight_decay != 0.0 else grad[i]
-        m = exp_avg[i] + keep * (g - exp_avg[i])
-        v = exp_avg_sq[i] * fold + fold_in * g * g
+        m = exp_avg[i] + one_minus_beta1 * (g - exp_avg[i])
+        v = exp_avg_sq[i] * beta2_ + one_minus_beta2 * g * g
         exp_avg[i], exp_avg_sq[i] = m, v
-        if amsgrad:
-            v = max(max_exp_avg_sq[i], v)
+        if amsgrad:  # the running maximum keeps NaN, as np.maximum and torch.maximum do
+            previous = max_exp_avg_sq[i]
+            v = v if v > previous or v != v else previous
             max_exp_avg_sq[i] = v
         param[i] -= step_size * (m / (math.sqrt(v) / correction + epsilon))

@@ -82,6 +82,18 @@ def test_linear_save_load_round_trip(tmp_path, rng):
     np.testing.assert_array_equal(loaded(x), linear(x))
 
 
+def test_linear_multiplies_on_numbas_threads_not_numpys(monkeypatch, rng):
+    """Linear's three products go through engine.matmul: NumPy's ``@`` would leave OpenBLAS's threads
+    spinning and stall the next LSTM call by milliseconds (README, Performance)."""
+    import nblstm.train.layers as layers
+
+    calls = []
+    monkeypatch.setattr(layers, "matmul", lambda a, b, c, **flags: calls.append(flags) or matmul(a, b, c, **flags))
+    linear = Linear(70, 90, seed=0)
+    linear.backward(np.ones_like(linear(rng.standard_normal((40, 70)).astype(np.float32))))
+    assert calls == [{"trans_b": True}, {"trans_a": True, "beta": 1.0}, {}]
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("m,n,k", [(3, 5, 4), (1, 300, 2), (120, 90, 70), (64, 500, 100), (700, 3, 200)], ids=str)
 @pytest.mark.parametrize("trans_a,trans_b", [(False, False), (True, False), (False, True)])

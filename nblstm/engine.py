@@ -94,12 +94,13 @@ ALIGN_MIN_BYTES = 1 << 14
 
 def empty_aligned(shape, dtype):
     """np.empty, starting on a cache-line boundary when large."""
-    array = np.empty(shape, dtype)
-    if array.nbytes < ALIGN_MIN_BYTES:
-        return array
-    raw = np.empty(array.nbytes + CACHE_LINE, np.uint8)
+    dtype = np.dtype(dtype)
+    nbytes = math.prod(shape) * dtype.itemsize
+    if nbytes < ALIGN_MIN_BYTES:
+        return np.empty(shape, dtype)
+    raw = np.empty(nbytes + CACHE_LINE, np.uint8)
     start = -raw.ctypes.data % CACHE_LINE
-    return raw[start:start + array.nbytes].view(array.dtype).reshape(array.shape)
+    return raw[start:start + nbytes].view(dtype).reshape(shape)
 
 
 def zeros_aligned(shape, dtype):

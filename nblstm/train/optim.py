@@ -12,7 +12,7 @@ moments) is kept under the parameter's name::
 """
 import numpy as np
 
-from ..kernels.optim import adam_update
+from ..kernels.optim import adam_update, sgd_update
 
 
 def _check_model(model):
@@ -43,9 +43,12 @@ class Optimizer:
         """Update every parameter in place from its accumulated gradient."""
         grads = self.model.grads
         for name, param in self.model.named_parameters():
-            self._update(param, grads[name], self.state.setdefault(name, {}))
+            grad = np.ascontiguousarray(grads[name], dtype=param.dtype)  # only read: a copy will do
+            self._update(_flat(param), _flat(grad), self.state.setdefault(name, {}))
 
     def _update(self, param, grad, state):
+        """One step of ``param`` from ``grad``, both flat (n,) views, in place; per-parameter state
+        (flat arrays) in ``state``."""
         raise NotImplementedError
 
 
@@ -70,17 +73,11 @@ class SGD(Optimizer):
             raise ValueError("Nesterov momentum requires a momentum and zero dampening")
 
     def _update(self, param, grad, state):
-        if self.weight_decay != 0:
-            grad = grad + self.weight_decay * param
-        if self.momentum != 0:
-            buffer = state.get("momentum_buffer")
-            if buffer is None:
-                buffer = state["momentum_buffer"] = grad.copy()
-            else:
-                buffer *= self.momentum
-                buffer += (1 - self.dampening) * grad
-            grad = grad + self.momentum * buffer if self.nesterov else buffer
-        param -= self.lr * grad
+        first = "momentum_buffer" not in state
+        if first:
+            state["momentum_buffer"] = np.zeros_like(param) if self.momentum != 0 else np.zeros(0, param.dtype)
+        sgd_update(param, grad, state["momentum_buffer"], self.lr, self.momentum, self.dampening, self.weight_decay,
+                   self.nesterov, first)
 
 
 class Adam(Optimizer):
@@ -110,10 +107,8 @@ class Adam(Optimizer):
                          max_exp_avg_sq=np.zeros_like(param) if self.amsgrad else np.zeros(0, param.dtype))
         state["step"] += 1
         beta1, beta2 = self.betas
-        grad = np.ascontiguousarray(grad, dtype=param.dtype)  # only read: a copy will do
-        adam_update(_flat(param), _flat(grad), _flat(state["exp_avg"]), _flat(state["exp_avg_sq"]),
-                    _flat(state["max_exp_avg_sq"]), self.lr, beta1, beta2, self.eps, self.weight_decay,
-                    state["step"])
+        adam_update(param, grad, state["exp_avg"], state["exp_avg_sq"], state["max_exp_avg_sq"], self.lr, beta1, beta2,
+                    self.eps, self.weight_decay, state["step"])
 
 
 def _flat(array):

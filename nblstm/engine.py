@@ -95,10 +95,12 @@ ALIGN_MIN_BYTES = 1 << 14
 def empty_aligned(shape, dtype):
     """np.empty, starting on a cache-line boundary when large."""
     size = math.prod(shape)
-    if size * 8 < ALIGN_MIN_BYTES or size * np.dtype(dtype).itemsize < ALIGN_MIN_BYTES:  # 8: float64's bytes
+    if size * 8 < ALIGN_MIN_BYTES:  # small whatever the dtype (8 bytes, the widest): spares np.dtype()
         return np.empty(shape, dtype)
     dtype = np.dtype(dtype)
     nbytes = size * dtype.itemsize
+    if nbytes < ALIGN_MIN_BYTES:
+        return np.empty(shape, dtype)
     raw = np.empty(nbytes + CACHE_LINE, np.uint8)
     start = -raw.ctypes.data % CACHE_LINE
     return raw[start:start + nbytes].view(dtype).reshape(shape)

@@ -251,6 +251,7 @@ def test_adam_takes_gradients_of_any_layout_and_dtype(rng):
     t_opt.step()
     for (name, value), t_param in zip(model.named_parameters(), t_params):
         np.testing.assert_allclose(value, numpy(t_param), rtol=1e-12, atol=1e-13, err_msg=name)
+        assert opt.state[name]["exp_avg"].shape == value.shape  # state shaped like the parameter, as torch's
 
 
 def test_optimizer_follows_replaced_parameters(rng):

@@ -44,11 +44,11 @@ class Optimizer:
         grads = self.model.grads
         for name, param in self.model.named_parameters():
             grad = np.ascontiguousarray(grads[name], dtype=param.dtype)  # only read: a copy will do
-            self._update(_flat(param), _flat(grad), self.state.setdefault(name, {}))
+            self._update(param, grad, self.state.setdefault(name, {}))
 
     def _update(self, param, grad, state):
-        """One step of ``param`` from ``grad``, both flat (n,) views, in place; per-parameter state
-        (flat arrays) in ``state``."""
+        """One step of ``param`` (in place) from ``grad`` (C-contiguous, the same dtype); per-parameter
+        state (arrays shaped like the parameter, as torch's) in ``state``."""
         raise NotImplementedError
 
 
@@ -76,8 +76,8 @@ class SGD(Optimizer):
         first = "momentum_buffer" not in state
         if first:
             state["momentum_buffer"] = np.zeros_like(param) if self.momentum != 0 else np.zeros(0, param.dtype)
-        sgd_update(param, grad, state["momentum_buffer"], self.lr, self.momentum, self.dampening, self.weight_decay,
-                   self.nesterov, first)
+        sgd_update(*_flat(param, grad, state["momentum_buffer"]), self.lr, self.momentum, self.dampening,
+                   self.weight_decay, self.nesterov, first)
 
 
 class Adam(Optimizer):
@@ -107,15 +107,16 @@ class Adam(Optimizer):
                          max_exp_avg_sq=np.zeros_like(param) if self.amsgrad else np.zeros(0, param.dtype))
         state["step"] += 1
         beta1, beta2 = self.betas
-        adam_update(param, grad, state["exp_avg"], state["exp_avg_sq"], state["max_exp_avg_sq"], self.lr, beta1, beta2,
-                    self.eps, self.weight_decay, state["step"])
+        adam_update(*_flat(param, grad, state["exp_avg"], state["exp_avg_sq"], state["max_exp_avg_sq"]), self.lr,
+                    beta1, beta2, self.eps, self.weight_decay, state["step"])
 
 
-def _flat(array):
-    """A C-contiguous array as a flat view (the kernel updates it in place, so never a copy)."""
-    if not array.flags.c_contiguous:
-        raise ValueError(f"optimizers update C-contiguous arrays in place, got strides {array.strides}")
-    return array.reshape(-1)
+def _flat(*arrays):
+    """Flat views of C-contiguous arrays (the kernels update them in place, so never copies)."""
+    for array in arrays:
+        if not array.flags.c_contiguous:
+            raise ValueError(f"optimizers update C-contiguous arrays in place, got strides {array.strides}")
+    return tuple(array.reshape(-1) for array in arrays)
 
 
 def clip_grad_norm_(model, max_norm, norm_type=2.0, error_if_nonfinite=False):

@@ -94,7 +94,7 @@ ALIGN_MIN_BYTES = 1 << 14
 
 def empty_aligned(shape, dtype):
     """np.empty, starting on a cache-line boundary when large."""
-    size = math.prod(shape)
+    size = math.prod(shape) if isinstance(shape, tuple) else int(np.prod(shape))  # an int shape too
     if size * 8 < ALIGN_MIN_BYTES:  # small whatever the dtype (8 bytes, the widest): spares np.dtype()
         return np.empty(shape, dtype)
     dtype = np.dtype(dtype)

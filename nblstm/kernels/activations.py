@@ -81,7 +81,8 @@ def _clamp(x, low, high):
 @_helper
 def _odd_rational32(x, p, q, limit, ceiling):
     """sign(x) min(a p(a^2) / q(a^2), ceiling) with a = min(|x|, limit); NaN stays NaN."""
-    a = _clamp(abs(x), _F32(0.0), limit)
+    a = abs(x)
+    a = limit if a > limit else a  # NaN stays NaN
     z = a * a
     p0, p1, p2, p3, p4 = p
     q0, q1, q2, q3, q4 = q

@@ -13,6 +13,7 @@ The kernels split work across Numba's threads themselves, so BLAS must run
 single-threaded inside them: wrap every call in ``single_threaded_blas()``.
 """
 import ctypes
+import functools
 
 import llvmlite.binding as llvm
 import scipy.linalg.cython_blas as cython_blas
@@ -294,25 +295,23 @@ def gemm(a, b, c, trans_a=False, trans_b=False, beta=0.0):
         _gemm_nn_loops(a, b, c, trans_a, beta)
 
 
-_thread_counts_cache = []
-
-
+@functools.cache
 def _blas_thread_counts():
     """(get, set) of the thread count of every BLAS library loaded (SciPy's among them), found once
     through threadpoolctl.  A pthreads OpenBLAS's own entry points are called directly:
     threadpoolctl's methods around them (which also let only one Python thread set the count)
     cost 5-6 us per guarded call in a 0.2 ms LSTM call, against 2-3 us (L10 N8 H128 forward)."""
-    if not _thread_counts_cache:
-        from threadpoolctl import ThreadpoolController
+    from threadpoolctl import ThreadpoolController
 
-        for controller in ThreadpoolController().select(user_api="blas").lib_controllers:
-            getter, setter = controller.get_num_threads, controller.set_num_threads
-            symbol = getattr(controller, "_get_symbol", None)  # threadpoolctl's, not public
-            if symbol and controller.internal_api == "openblas" and controller.threading_layer != "openmp":
-                getter = symbol("openblas_get_num_threads") or getter
-                setter = symbol("openblas_set_num_threads") or setter
-            _thread_counts_cache.append((getter, setter))
-    return _thread_counts_cache
+    counts = []
+    for controller in ThreadpoolController().select(user_api="blas").lib_controllers:
+        getter, setter = controller.get_num_threads, controller.set_num_threads
+        symbol = getattr(controller, "_get_symbol", None)  # threadpoolctl's, not public
+        if symbol and controller.internal_api == "openblas" and controller.threading_layer != "openmp":
+            getter = symbol("openblas_get_num_threads") or getter
+            setter = symbol("openblas_set_num_threads") or setter
+        counts.append((getter, setter))
+    return tuple(counts)
 
 
 class single_threaded_blas:

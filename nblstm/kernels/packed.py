@@ -45,8 +45,6 @@ ROW_BLOCK = 128
 # 32 registers hold with room to spare; AVX2's 16 registers take one row.
 TILE_ROWS = 4 if VECTOR_BITS == 512 else 1
 
-
-
 # Repacking the weights (a transpose at 0.15-0.35 ns an element, split between the threads that
 # read them) pays for itself when the steps that follow run faster by more.  Measured on 2 cores,
 # packed against plain products: training packs from 4 steps (its backward runs 2-3x slower on

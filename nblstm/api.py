@@ -137,6 +137,8 @@ class LSTM(Module):
         if tape is not None:
             tape.layout = (batched, seq_len, batch)
             self._tapes.append(tape)
+        if batched and not c.batch_first and self.device == "cpu":
+            return output, (h_n, c_n)  # as they are: small models are called often
         output, h_n, c_n = self._for_caller(input, self._user_layout(output, batched), self._squeeze(h_n, batched),
                                             self._squeeze(c_n, batched))
         return output, (h_n, c_n)
@@ -144,10 +146,9 @@ class LSTM(Module):
     __call__ = forward
 
     def _initial_state(self, hx, batch, batched):
-        h_shape, c_shape = self._state_shapes(batch)
+        h_shape, c_shape = shapes = self._state_shapes(batch)
         if hx is None:
-            zeros = self._workspace.zeros
-            return zeros(self._backend, h_shape, self.dtype), zeros(self._backend, c_shape, self.dtype)
+            return self._workspace.zeros(self._backend, shapes, self.dtype)
         if not isinstance(hx, (tuple, list)) or len(hx) != 2 or hx[0] is None or hx[1] is None:
             raise TypeError("hx must be a tuple (h_0, c_0) of two arrays, or None for zeros; "
                             f"got {type(hx).__name__}" + (f" of length {len(hx)}" if isinstance(hx, (tuple, list)) else ""))
@@ -291,8 +292,7 @@ class LSTMCell(Module):
     def _initial_state(self, hx, batch, batched):
         shape = (batch, self.config.hidden_size)
         if hx is None:
-            zeros = self._workspace.zeros(self._backend, shape, self.dtype)
-            return zeros, zeros
+            return self._workspace.zeros(self._backend, (shape, shape), self.dtype)
         if not isinstance(hx, (tuple, list)) or len(hx) != 2 or hx[0] is None or hx[1] is None:
             raise TypeError(f"hx must be a tuple (h, c) of two arrays, or None for zeros; got {type(hx).__name__}")
         states = []

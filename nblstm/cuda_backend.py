@@ -76,6 +76,11 @@ class CUDABackend:
         return _plan(persistent=batch <= PERSISTENT_MAX_BATCH)
 
     @staticmethod
+    def plan_settings(batch, hidden, state):
+        """``plan`` reads no settings the caller may change."""
+        return ()
+
+    @staticmethod
     def gate_columns(hidden, dtype, plan):
         """Width of a row of gates: the CUDA kernels keep PyTorch's layout (i, f, g, o blocks)."""
         return NUM_GATES * hidden

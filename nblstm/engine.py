@@ -44,9 +44,14 @@ WEIGHTS_PER_BATCH_SPLIT_ROW = 1024
 INFERENCE_BLOCK_ROWS = 512
 
 
+def splits_steps(batch, hidden, state):
+    """Whether a time step has the work to split between threads (``PARALLEL_MIN_WORK``)."""
+    return batch * NUM_GATES * hidden * state >= PARALLEL_MIN_WORK
+
+
 def thread_parts(batch, hidden, state):
     """How many threads to split each time step between."""
-    if batch * NUM_GATES * hidden * state < PARALLEL_MIN_WORK:
+    if not splits_steps(batch, hidden, state):
         return 1
     return max(1, min(numba.get_num_threads(), math.ceil(hidden / 16)))
 
@@ -160,6 +165,15 @@ class CPUBackend:
         return n_parts, together, by_batch, pack_weights
 
     @staticmethod
+    def plan_settings(batch, hidden, state):
+        """The thread settings that ``plan`` reads for this size, which the caller may change between
+        calls (``numba.set_num_threads``, ``set_parallel_chunksize``): none when a step is too small
+        to split."""
+        if not splits_steps(batch, hidden, state):
+            return ()
+        return numba.get_num_threads(), numba.get_parallel_chunksize()
+
+    @staticmethod
     def gate_columns(hidden, dtype, plan):
         """Width of a row of gates: the kernels pad them (``kernels.packed``)."""
         return gate_columns(hidden, dtype, plan[0] > 1, plan[3])
@@ -219,7 +233,7 @@ class Tape:
 @dataclass(frozen=True)
 class Layout:
     """The shapes of a forward's work arrays and output, fixed by the model, the input's shape and
-    the plan (``layout`` computes it, a ``Workspace`` keeps it)."""
+    the plan (``layout`` computes it)."""
 
     gates: tuple  # (gate_slots, batch, gate columns): time t in slot t % gate_slots
     c_seq: tuple  # (c_slots, batch, hidden)
@@ -241,9 +255,29 @@ def layout(backend, config, seq_len, batch, dtype, plan, training):
                   out=(seq_len, batch, config.num_directions * config.state_size))
 
 
+@dataclass(frozen=True)
+class Prepared:
+    """What a forward over one input shape needs besides its arrays (``Workspace.prepare`` makes
+    it once per shape): the plan, the ``Layout``, and the weights of each layer and direction
+    k = layer * D + direction as the kernels take them (``_layer_weights``) from ``params``."""
+
+    plan: tuple
+    shapes: Layout
+    params: dict
+    weights: tuple
+
+
+def prepare(backend, config, params, seq_len, batch, dtype, training):
+    """The ``Prepared`` forward of (seq_len, batch, features) input."""
+    plan = backend.plan(seq_len, batch, config.hidden_size, config.state_size, training)
+    weights = tuple(_layer_weights(backend, params, config, layer, direction)
+                    for layer in range(config.num_layers) for direction in range(config.num_directions))
+    return Prepared(plan, layout(backend, config, seq_len, batch, dtype, plan, training), params, weights)
+
+
 class Workspace:
-    """What one model keeps between its calls: the layouts of recent input shapes, the inference
-    work arrays (gates, cell states, projection inputs) and zero initial states.
+    """What one model keeps between its calls: the ``Prepared`` forwards of recent input shapes, the
+    inference work arrays (gates, cell states, projection inputs) and zero initial states.
 
     Fresh arrays of a MiB or more are new memory that the OS maps in page by page at
     first touch: at L100 N8 H128 that was 30% of a call (1.3 ms against 0.9 ms with
@@ -254,11 +288,11 @@ class Workspace:
     several threads.  Small models are called often: the rest saves them microseconds.
     """
 
-    KEPT = 8  # layouts and zero states of the latest few shapes
+    KEPT = 8  # prepared forwards and zero states of the latest few shapes
 
     def __init__(self):
         self._free = []
-        self._layouts = {}
+        self._prepared = {}
         self._zeros = {}
 
     @staticmethod
@@ -270,13 +304,20 @@ class Workspace:
             value = cache[key] = make()
         return value
 
-    def layout(self, backend, config, seq_len, batch, dtype, plan, training):
-        """``layout(...)`` of this workspace's model, computed once per shape."""
-        return self._kept(self._layouts, (backend.name, seq_len, batch, dtype, plan, training),
-                          lambda: layout(backend, config, seq_len, batch, dtype, plan, training))
+    def prepare(self, backend, config, params, seq_len, batch, dtype, training):
+        """``prepare(...)``, made once per shape and thread settings (``plan_settings``) while the
+        parameters are the same arrays: the same dict, or one holding the same first weight (a
+        model replaces all its arrays at once, as ``Module.to``, which takes a new workspace too)."""
+        key = (backend.name, seq_len, batch, dtype, training,
+               backend.plan_settings(batch, config.hidden_size, config.state_size))
+        prepared = self._kept(self._prepared, key,
+                              lambda: prepare(backend, config, params, seq_len, batch, dtype, training))
+        if prepared.params is not params and prepared.weights[0][0] is not params[config.names(0, 0).weight_ih]:
+            prepared = self._prepared[key] = prepare(backend, config, params, seq_len, batch, dtype, training)
+        return prepared
 
     def take(self, backend, shapes, dtype):
-        """The inference work arrays of ``shapes`` (a ``Layout`` from ``layout``): the kept ones if
+        """The inference work arrays of ``shapes`` (a ``Prepared``'s ``Layout``): the kept ones if
         they match, else new ones; give them back with ``give_back(shapes, arrays)``."""
         try:
             kept, arrays = self._free.pop()  # list.pop is atomic: two threads never get the same arrays
@@ -291,10 +332,11 @@ class Workspace:
         if not self._free:
             self._free.append((shapes, arrays))
 
-    def zeros(self, backend, shape, dtype):
-        """Zeros of ``shape`` on ``backend``, the same array at every call: the caller must only read it
-        (the kernels only read initial states)."""
-        return self._kept(self._zeros, (backend.name, shape, dtype), lambda: backend.zeros(shape, dtype))
+    def zeros(self, backend, shapes, dtype):
+        """Zero arrays of ``shapes`` (a tuple of shapes) on ``backend``, the same arrays at every call:
+        the caller must only read them (the kernels only read initial states)."""
+        return self._kept(self._zeros, (backend.name, shapes, dtype),
+                          lambda: tuple(backend.zeros(shape, dtype) for shape in shapes))
 
 
 @functools.cache
@@ -321,14 +363,15 @@ def forward(params, config, x, h0, c0, training=False, dropout_rng=None, backend
     """Forward pass of the whole LSTM.
 
     x: (seq_len, batch, input_size); h0: (L*D, batch, state); c0: (L*D, batch, hidden).
-    workspace: the model's ``Workspace`` (layouts and work arrays kept between calls; optional).
+    workspace: the model's ``Workspace`` (prepared forwards and work arrays kept between calls;
+    optional).
     Returns output (seq_len, batch, D*state), h_n, c_n and, in training mode, a Tape.
     """
     seq_len, batch, _ = x.shape
     dtype = x.dtype
-    plan = backend.plan(seq_len, batch, config.hidden_size, config.state_size, training)
     workspace = workspace or Workspace()
-    shapes = workspace.layout(backend, config, seq_len, batch, dtype, plan, training)
+    prepared = workspace.prepare(backend, config, params, seq_len, batch, dtype, training)
+    plan, shapes = prepared.plan, prepared.shapes
     h_n, c_n = backend.empty(h0.shape, dtype), backend.empty(c0.shape, dtype)
     tape = Tape(h0, c0, plan, backend) if training else None
     if not training:  # one work space serves every layer and direction
@@ -347,7 +390,7 @@ def forward(params, config, x, h0, c0, training=False, dropout_rng=None, backend
                     gates, c_seq, h_cell_seq = tape.saved[(layer, direction)] = (
                         backend.empty(shapes.gates, dtype), backend.empty(shapes.c_seq, dtype),
                         backend.empty(shapes.h_cell_seq, dtype))
-                backend.layer_forward(layer_input, *_layer_weights(backend, params, config, layer, direction),
+                backend.layer_forward(layer_input, *prepared.weights[k],
                                       h0[k], c0[k], direction == 1, plan, gates, c_seq, h_cell_seq, out,
                                       direction * config.state_size, h_n[k], c_n[k])
             if training:

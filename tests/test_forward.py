@@ -205,6 +205,47 @@ def test_threads_share_one_model_in_inference(rng):
         assert all(pool.map(run, range(4)))
 
 
+def test_weights_changed_between_calls_are_used(rng):
+    """A model keeps each input shape's prepared forward (plan, work-array shapes, its weights as
+    the kernels take them) between calls: weights changed in place by assignment, load_state_dict
+    or an optimizer step still reach the next call."""
+    model = LSTM(5, 7, num_layers=2, bidirectional=True, seed=4).eval()
+    x = rng.standard_normal((6, 3, 5)).astype(np.float32)
+    before = model(x)[0]
+    model.weight_hh_l1_reverse = rng.standard_normal(model.weight_hh_l1_reverse.shape)
+    model.load_state_dict({**model.state_dict(), "bias_ih_l0": np.ones(28, np.float32)})
+    model.weight_ih_l0[0, 0] += 1.0  # a parameter array updated in place
+    after = model(x)[0]
+    assert not np.allclose(after, before)
+    assert_close(after, numpy(torch_twin(model)(tensor(x))[0]), np.float32)
+    # New arrays in a new dict, as Module.to makes them (it also starts a new workspace; here the
+    # old one must notice by itself).
+    model._parameters = {name: value * 0.5 for name, value in model._parameters.items()}
+    assert_close(model(x)[0], numpy(torch_twin(model)(tensor(x))[0]), np.float32)
+
+
+def test_prepared_forward_follows_the_thread_count():
+    """The plan kept for an input shape is remade when numba.set_num_threads changes how many
+    threads a step of that size may use."""
+    import numba
+
+    from nblstm import engine
+
+    if numba.config.NUMBA_NUM_THREADS < 2:
+        pytest.skip("needs two threads")
+    model = LSTM(32, 256).eval()
+    workspace, params, config = model._workspace, model._parameters, model.config
+    previous = numba.get_num_threads()
+    try:
+        parts = []
+        for threads in (1, 2, 1):
+            numba.set_num_threads(threads)
+            parts.append(workspace.prepare(engine.CPU, config, params, 20, 64, np.float32, False).plan[0])
+        assert parts == [1, 2, 1]
+    finally:
+        numba.set_num_threads(previous)
+
+
 def test_default_zero_states_are_shared_and_stay_zero(rng):
     """Calls without hx share one kept array of zeros per shape (engine.Workspace.zeros): after
     training steps and calls of other batch sizes, a call without hx still matches one given

@@ -277,11 +277,14 @@ def test_a_region_whose_threads_cannot_meet_falls_back_with_packed_weights(plan,
                                   (2, False, False, True)],
                          ids=["batch-split", "batch-split-packing-together", "units-one-region",
                               "units-region-per-step"])
-@pytest.mark.parametrize("extra", [dict(bidirectional=True), dict(proj_size=40, num_layers=2)], ids=["bi", "proj"])
+@pytest.mark.parametrize("extra", [dict(bidirectional=True), dict(proj_size=40, num_layers=2),
+                                   dict(bidirectional=True, num_layers=2)], ids=["bi", "proj", "bi-2-layers"])
 def test_thread_splits_match_torch(plan, extra, monkeypatch, rng):
     """Every way of splitting the work between two threads (the batch; or each step's hidden units,
     in one parallel region with barriers between steps or one region per step) gives PyTorch's
-    numbers, forward and backward, with batch rows and hidden units not divisible evenly."""
+    numbers, forward and backward, with batch rows and hidden units not divisible evenly.  Layer
+    inputs of 24 and 40 features are projected by the threads that split the batch, the second
+    layer's 192 (bi-2-layers) by BLAS before them (``PROJECT_BY_BATCH_MAX_INPUT``)."""
     from nblstm import engine
 
     monkeypatch.setattr(engine.CPUBackend, "plan", staticmethod(lambda seq_len, batch, hidden, state, training: plan))

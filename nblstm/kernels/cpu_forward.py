@@ -7,10 +7,12 @@ o blocks, each padded to whole panels).  Per layer and direction:
    every step's small product streams it contiguously from cache (by the
    threads of the time loop's parallel region where they can meet at a
    barrier, each packing the panels it reads or a share of them), w_ih's rows
-   put in the padded gate layout (or repacked too when one thread runs);
+   put in the padded gate layout (or repacked too when one thread runs, or
+   threads that split the batch project few inputs themselves);
 2. the input projection ``x_t @ w_ih.T`` of a block of time steps is one
-   large matrix product (BLAS with threads; the whole sequence in training, a
-   fixed-size block in inference, so memory does not grow with seq_len);
+   large matrix product (BLAS with threads, or the packed product; the whole
+   sequence in training, a fixed-size block in inference, so memory does not
+   grow with seq_len);
 3. a compiled loop over time in which each thread owns a range of hidden
    units (whole panels): it adds ``h_{t-1} @ w_hh.T`` to the four gate blocks
    of its units, then applies the fused gate math
@@ -44,6 +46,14 @@ from .packed import (
 )
 from .parallel import PART_BLOCK, matmul, part_range
 from .simd import lanes_of
+
+
+# Threads that split the batch project their own rows' inputs with packed w_ih up to this input size,
+# rather than in one BLAS product split between them before: no parallel region and no BLAS calls
+# of its own (measured on 2 cores, forward, alternating processes: L10 N8 H128 input 32 0.14-0.16 ->
+# 0.13-0.145 ms, L100 N64 H128 input 64 6.2-6.7 -> 5.5-6.3 ms; even at input 128 and 256; 0.75x at
+# L100 N8 input 512 hidden 256, where packed w_ih (2 MiB) no longer stays in cache).
+PROJECT_BY_BATCH_MAX_INPUT = 64
 
 
 @njit(**JIT_OPTIONS)
@@ -216,13 +226,14 @@ def _run_steps(step0, step1, reverse, rows_start, rows_stop, gates, bias, w_hh, 
 
 
 @njit(**PARALLEL_JIT_OPTIONS)
-def _run_steps_by_batch(step0, step1, reverse, gates, bias, w_hh, packed_hh, w_hr, h0, c0, c_seq, h_cell_seq,
-                        out, out_col, n_parts, packs):
+def _run_steps_by_batch(step0, step1, reverse, x, w_ih, packed_ih, gates, bias, w_hh, packed_hh, w_hr, h0, c0, c_seq,
+                        h_cell_seq, out, out_col, n_parts, packs):
     """Loop steps [step0, step1) with the batch split between threads: rows of a batch never meet, so
     each thread runs its rows (whole register tiles) through every step on its own.  With
-    ``packs``, the threads first pack w_hh into packed_hh, each a share of the panels, and meet at
-    a barrier (see ``barrier``); they then return False, having done nothing, when they could not
-    start together.  Returns True otherwise."""
+    ``packs``, the threads first pack w_hh into packed_hh (and w_ih into packed_ih), each a share
+    of the panels, and meet at a barrier (see ``barrier``); they then return False, having done
+    nothing, when they could not start together.  Returns True otherwise.  With packed_ih (not
+    empty), each thread also projects its rows of those steps' inputs, x_t @ w_ih.T, itself."""
     barrier = np.zeros(BARRIER_STATE_SIZE, np.int64)
     started = np.ones(n_parts, np.bool_)
     for part in prange(n_parts):
@@ -232,9 +243,16 @@ def _run_steps_by_batch(step0, step1, reverse, gates, bias, w_hh, packed_hh, w_h
                 width = packed_hh.shape[2]
                 units_start, units_stop = part_range(part, n_parts, packed_hh.shape[0] * width // NUM_GATES, width)
                 pack_gate_rows(w_hh, packed_hh, units_start, units_stop)
+                if packed_ih.shape[0] > 0:
+                    pack_gate_rows(w_ih, packed_ih, units_start, units_stop)
                 wait_for_all(barrier, n_parts)
         if started[part]:
             rows_start, rows_stop = part_range(part, n_parts, out.shape[1], TILE_ROWS)
+            if packed_ih.shape[0] > 0:
+                for step in range(step0, step1):
+                    t = time_index(step, out.shape[0], reverse)
+                    gemm_packed(x[t], packed_ih, gates[t % gates.shape[0]], False, 0, packed_ih.shape[0],
+                                rows_start, rows_stop)
             _run_steps(step0, step1, reverse, rows_start, rows_stop, gates, bias, w_hh, packed_hh, w_hr, h0, c0,
                        c_seq, h_cell_seq, out, out_col, 1, 1)
     return started[0]
@@ -310,15 +328,17 @@ def lstm_layer_forward(x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, reverse, plan,
     packing = pack_weights and gates.shape[2] % width == 0
     packed_hh = np.empty((gates.shape[2] // width if packing else 0, state, width), gates.dtype)
     # One thread projects the inputs with the packed product too: no BLAS call, whose own
-    # threads would wake up and spin beside the serial loop.
-    packed_ih = np.empty((gates.shape[2] // width if packing and n_parts == 1 else 0, x.shape[2], width),
-                         gates.dtype)
+    # threads would wake up and spin beside the serial loop; so do threads that split the batch
+    # when the inputs are few (``PROJECT_BY_BATCH_MAX_INPUT``), each its own rows.
+    projects_by_batch = n_parts > 1 and by_batch and x.shape[2] <= PROJECT_BY_BATCH_MAX_INPUT
+    packed_ih = np.empty((gates.shape[2] // width if packing and (n_parts == 1 or projects_by_batch) else 0,
+                          x.shape[2], width), gates.dtype)
     # Threads that can meet at a barrier pack their own panels, or shares of them (below);
     # otherwise pack here.
     in_region = packing and n_parts > 1 and together
     if packing and not in_region:
         pack_gate_rows(w_hh, packed_hh)
-    if packed_ih.shape[0] > 0:
+    if packed_ih.shape[0] > 0 and not (in_region and by_batch):
         pack_gate_rows(w_ih, packed_ih)
     w_ih_rows = in_gate_layout(w_ih, padded) if packed_ih.shape[0] == 0 else w_ih
     bias_rows = gate_bias(b_ih, b_hh, w_hh.shape[0] // NUM_GATES, padded)
@@ -329,17 +349,19 @@ def lstm_layer_forward(x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, reverse, plan,
         t1 = min(seq_len, t0 + gate_slots)
         x_block = x[t0:t1].reshape(((t1 - t0) * batch, x.shape[2]))
         gates_block = gates[:t1 - t0].reshape(((t1 - t0) * batch, gates.shape[2]))
-        if packed_ih.shape[0] > 0:
-            gemm_packed(x_block, packed_ih, gates_block, False, 0, packed_ih.shape[0], 0, x_block.shape[0])
-        else:
+        if packed_ih.shape[0] == 0:
             matmul(x_block, w_ih_rows, gates_block, False, True, 0.0, False, n_parts)
+        elif n_parts == 1:
+            gemm_packed(x_block, packed_ih, gates_block, False, 0, packed_ih.shape[0], 0, x_block.shape[0])
         step0, step1 = (seq_len - t1, seq_len - t0) if reverse else (t0, t1)
         if n_parts > 1 and by_batch:
-            if not _run_steps_by_batch(step0, step1, reverse, gates, bias_rows, w_hh, packed_hh, w_hr, h0, c0,
-                                       c_seq, h_cell_seq, out, out_col, n_parts, in_region):
+            if not _run_steps_by_batch(step0, step1, reverse, x, w_ih, packed_ih, gates, bias_rows, w_hh, packed_hh,
+                                       w_hr, h0, c0, c_seq, h_cell_seq, out, out_col, n_parts, in_region):
                 pack_gate_rows(w_hh, packed_hh)
-                _run_steps_by_batch(step0, step1, reverse, gates, bias_rows, w_hh, packed_hh, w_hr, h0, c0, c_seq,
-                                    h_cell_seq, out, out_col, n_parts, False)
+                if packed_ih.shape[0] > 0:
+                    pack_gate_rows(w_ih, packed_ih)
+                _run_steps_by_batch(step0, step1, reverse, x, w_ih, packed_ih, gates, bias_rows, w_hh, packed_hh,
+                                    w_hr, h0, c0, c_seq, h_cell_seq, out, out_col, n_parts, False)
             in_region = False
             continue
         if n_parts > 1 and together:

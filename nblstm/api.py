@@ -265,6 +265,14 @@ class LSTMCell(Module):
         """The cell's {name: array} under the layer names the engine uses (weight_ih_l0, ...)."""
         return {f"{name}_l0": array for name, array in arrays.items()}
 
+    def _layer_parameters(self):
+        """``_layer_view`` of the parameters: one dict for as long as they are the same arrays, which
+        lets the engine find the forward it prepared for them without comparing arrays."""
+        kept = self.__dict__.get("_kept_layer_parameters")
+        if kept is None or kept[0] is not self._parameters:
+            kept = self.__dict__["_kept_layer_parameters"] = (self._parameters, self._layer_view(self._parameters))
+        return kept[1]
+
     def forward(self, input, hx=None):
         """One step; returns ``(h', c')`` shaped like h, c."""
         c = self.config
@@ -275,9 +283,8 @@ class LSTMCell(Module):
         if batch == 0:
             raise ValueError(f"Expected batch size larger than 0, got input of shape {shape_tuple(x)}")
         h, cell = self._initial_state(hx, batch, batched)
-        _, h_n, c_n, tape = engine.forward(self._layer_view(self._parameters), c, _with_batch_axis(x, 0),
-                                           _with_batch_axis(h, 0), _with_batch_axis(cell, 0), self.training,
-                                           backend=self._backend, workspace=self._workspace)
+        _, h_n, c_n, tape = engine.forward(self._layer_parameters(), c, _with_batch_axis(x, 0), h, cell,
+                                           self.training, backend=self._backend, workspace=self._workspace)
         if tape is not None:
             tape.layout = (batched, batch)
             self._tapes.append(tape)
@@ -290,9 +297,10 @@ class LSTMCell(Module):
         return array if batched else array[0]
 
     def _initial_state(self, hx, batch, batched):
+        """(h, c), each (1, batch, hidden) as the engine takes them."""
         shape = (batch, self.config.hidden_size)
         if hx is None:
-            return self._workspace.zeros(self._backend, (shape, shape), self.dtype)
+            return self._workspace.zeros(self._backend, ((1,) + shape, (1,) + shape), self.dtype)
         if not isinstance(hx, (tuple, list)) or len(hx) != 2 or hx[0] is None or hx[1] is None:
             raise TypeError(f"hx must be a tuple (h, c) of two arrays, or None for zeros; got {type(hx).__name__}")
         states = []
@@ -303,7 +311,7 @@ class LSTMCell(Module):
             if state.shape != shape:
                 raise ValueError(f"LSTMCell: Expected hx[{index}] ({name}) of shape "
                                  f"{shape if batched else shape[1:]}, got {given}")
-            states.append(state)
+            states.append(_with_batch_axis(state, 0))
         return tuple(states)
 
     def backward(self, grad_h, grad_c=None):
@@ -323,7 +331,7 @@ class LSTMCell(Module):
             grad_h, grad_c = _with_batch_axis(grad_h, 0), _with_batch_axis(grad_c, 0)
         self._pop_tape()
         grad_x, grad_h0, grad_c0 = engine.backward(
-            self._layer_view(self._parameters), self.config, tape,
+            self._layer_parameters(), self.config, tape,
             self._backend.zeros((1,) + shape_tuple(grad_h), self.dtype),
             _with_batch_axis(grad_h, 0), _with_batch_axis(grad_c, 0), self._layer_view(self.grads))
         grad_x, grad_h0, grad_c0 = self._for_caller(caller_grad_h, self._unbatch(grad_x[0], batched),

@@ -224,6 +224,20 @@ def test_weights_changed_between_calls_are_used(rng):
     assert_close(model(x)[0], numpy(torch_twin(model)(tensor(x))[0]), np.float32)
 
 
+def test_cell_weights_changed_between_calls_are_used(rng):
+    """LSTMCell, likewise: weights assigned between steps, or new arrays (as Module.to makes them),
+    reach the next step."""
+    cell = LSTMCell(5, 7, seed=4).eval()
+    x = rng.standard_normal((3, 5)).astype(np.float32)
+    before = cell(x)[0]
+    cell.weight_ih = rng.standard_normal(cell.weight_ih.shape)
+    after = cell(x)[0]
+    assert not np.allclose(after, before)
+    assert_close(after, numpy(torch_twin(cell)(tensor(x))[0]), np.float32)
+    cell._parameters = {name: value * 0.5 for name, value in cell._parameters.items()}
+    assert_close(cell(x)[0], numpy(torch_twin(cell)(tensor(x))[0]), np.float32)
+
+
 def test_prepared_forward_follows_the_thread_count():
     """The plan kept for an input shape is remade when numba.set_num_threads changes how many
     threads a step of that size may use."""

@@ -255,7 +255,9 @@ def test_eval_forward_keeps_nothing_for_backward(rng):
 @pytest.mark.parametrize("plan", [(2, True, False, True), (2, True, True, True)], ids=["units", "batch-split"])
 def test_a_region_whose_threads_cannot_meet_falls_back_with_packed_weights(plan, monkeypatch, rng):
     """Threads that can meet at a barrier pack the weights in their region, forward and backward;
-    when they cannot start together (here one thread runs both parts), the fallback packs them."""
+    when they cannot start together (here one thread runs both parts), the fallback packs them.
+    Threads that split the batch need no meeting (each packs its own copy): one thread running
+    both parts gives the same numbers."""
     import numba
 
     from nblstm import engine

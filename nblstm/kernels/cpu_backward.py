@@ -166,23 +166,15 @@ def _backward_steps(reverse, rows_start, rows_stop, gates, c_seq, c0, w_hh, pack
 @njit(**PARALLEL_JIT_OPTIONS)
 def _backward_steps_by_batch(reverse, gates, c_seq, c0, w_hh, packed_hh, w_hr, d_out, dh, dc, dh_cell, dh_seq,
                              dh_next, n_parts, packs):
-    """``_backward_steps`` with the batch split between threads, each running its rows on its own.
-    With ``packs``, the threads first pack w_hh into packed_hh, each a share of the panels, and
-    meet at a barrier; they then return False, having done nothing, when they could not start
-    together.  Returns True otherwise."""
-    barrier = np.zeros(BARRIER_STATE_SIZE, np.int64)
-    started = np.ones(n_parts, np.bool_)
+    """``_backward_steps`` with the batch split between threads, each running its rows on its own on
+    its own copy of the packed weights, packed_hh[part], which it first packs itself with ``packs``
+    (as the forward's ``_run_steps_by_batch``)."""
     for part in prange(n_parts):
         if packs:
-            started[part] = arrive_together(barrier, n_parts)
-            if started[part]:
-                pack_columns(w_hh, packed_hh, *part_range(part, n_parts, packed_hh.shape[0], 1))
-                wait_for_all(barrier, n_parts)
-        if started[part]:
-            rows_start, rows_stop = part_range(part, n_parts, d_out.shape[1], TILE_ROWS)
-            _backward_steps(reverse, rows_start, rows_stop, gates, c_seq, c0, w_hh, packed_hh, w_hr, d_out, dh, dc,
-                            dh_cell, dh_seq, dh_next, 1, 1)
-    return started[0]
+            pack_columns(w_hh, packed_hh[part])
+        rows_start, rows_stop = part_range(part, n_parts, d_out.shape[1], TILE_ROWS)
+        _backward_steps(reverse, rows_start, rows_stop, gates, c_seq, c0, w_hh, packed_hh[part], w_hr, d_out, dh, dc,
+                        dh_cell, dh_seq, dh_next, 1, 1)
 
 
 @njit(**PARALLEL_JIT_OPTIONS)
@@ -268,10 +260,14 @@ def lstm_layer_backward(x, w_ih, w_hh, w_hr, h0, c0, out, out_col, gates, c_seq,
     width = PANEL_VECTORS * lanes_of(gates[0, 0])  # columns per panel
     packing = pack_weights and gate_columns % width == 0  # as the forward did
     projecting = w_hr.shape[0] > 0
-    packed_hh = np.empty(((state + width - 1) // width if packing else 0, gate_columns, width), gates.dtype)
-    # Threads that can meet at a barrier pack their own panels, or shares of them (below);
+    # Threads that split the batch each pack their own copy of the weights (``_backward_steps_by_batch``).
+    copies = n_parts if by_batch else 1
+    packed_hh_copies = np.empty((copies, (state + width - 1) // width if packing else 0, gate_columns, width),
+                                gates.dtype)
+    packed_hh = packed_hh_copies[0]
+    # Threads that split the batch, or that can meet at a barrier, pack their own panels (below);
     # otherwise pack here.
-    in_region = packing and n_parts > 1 and together
+    in_region = packing and n_parts > 1 and (together or by_batch)
     if packing and not in_region:
         pack_columns(w_hh, packed_hh)
     # d_gates @ w_hh, the gradient flowing into the previous step (padded to whole panels)
@@ -281,11 +277,8 @@ def lstm_layer_backward(x, w_ih, w_hh, w_hr, h0, c0, out, out_col, gates, c_seq,
     block = width if packing else PART_BLOCK
     d_out_cols = d_out[:, :, out_col:out_col + state]
     if n_parts > 1 and by_batch:
-        if not _backward_steps_by_batch(reverse, gates, c_seq, c0, w_hh, packed_hh, w_hr, d_out_cols, dh, dc,
-                                        dh_cell, dh_seq, dh_next, n_parts, in_region):
-            pack_columns(w_hh, packed_hh)
-            _backward_steps_by_batch(reverse, gates, c_seq, c0, w_hh, packed_hh, w_hr, d_out_cols, dh, dc, dh_cell,
-                                     dh_seq, dh_next, n_parts, False)
+        _backward_steps_by_batch(reverse, gates, c_seq, c0, w_hh, packed_hh_copies, w_hr, d_out_cols, dh, dc, dh_cell,
+                                 dh_seq, dh_next, n_parts, in_region)
     elif not (n_parts > 1 and together and _backward_steps_together(
             reverse, gates, c_seq, c0, w_hh, packed_hh, w_hr, d_out_cols, dh, dc, dh_cell, dh_seq, dh_next,
             block, n_parts, in_region)):

@@ -5,8 +5,9 @@ o blocks, each padded to whole panels).  Per layer and direction:
 
 1. the weights are rearranged once: w_hh repacked (``pack_gate_rows``) so that
    every step's small product streams it contiguously from cache (by the
-   threads of the time loop's parallel region where they can meet at a
-   barrier, each packing the panels it reads or a share of them), w_ih's rows
+   threads of the time loop's parallel region: each packs the panels it reads
+   where they can meet at a barrier, or its own copy of all of them where they
+   split the batch), w_ih's rows
    put in the padded gate layout (or repacked too when one thread runs, or
    threads that split the batch project few inputs themselves);
 2. the input projection ``x_t @ w_ih.T`` of a block of time steps is one
@@ -46,7 +47,6 @@ from .packed import (
 )
 from .parallel import PART_BLOCK, matmul, part_range
 from .simd import lanes_of
-
 
 # Threads that split the batch project their own rows' inputs with packed w_ih up to this input size,
 # rather than in one BLAS product split between them before: no parallel region and no BLAS calls
@@ -229,33 +229,25 @@ def _run_steps(step0, step1, reverse, rows_start, rows_stop, gates, bias, w_hh, 
 def _run_steps_by_batch(step0, step1, reverse, x, w_ih, packed_ih, gates, bias, w_hh, packed_hh, w_hr, h0, c0, c_seq,
                         h_cell_seq, out, out_col, n_parts, packs):
     """Loop steps [step0, step1) with the batch split between threads: rows of a batch never meet, so
-    each thread runs its rows (whole register tiles) through every step on its own.  With
-    ``packs``, the threads first pack w_hh into packed_hh (and w_ih into packed_ih), each a share
-    of the panels, and meet at a barrier (see ``barrier``); they then return False, having done
-    nothing, when they could not start together.  Returns True otherwise.  With packed_ih (not
+    each thread runs its rows (whole register tiles) through every step on its own, on its own copy
+    of the packed weights, packed_hh[part] (and packed_ih[part]), which it first packs itself with
+    ``packs``: threads that shared the packing would each read half of their weights from the other
+    core's cache, and at the next call write panels the other core holds.  With packed_ih (not
     empty), each thread also projects its rows of those steps' inputs, x_t @ w_ih.T, itself."""
-    barrier = np.zeros(BARRIER_STATE_SIZE, np.int64)
-    started = np.ones(n_parts, np.bool_)
     for part in prange(n_parts):
+        packed_hh_part, packed_ih_part = packed_hh[part], packed_ih[part]
         if packs:
-            started[part] = arrive_together(barrier, n_parts)
-            if started[part]:
-                width = packed_hh.shape[2]
-                units_start, units_stop = part_range(part, n_parts, packed_hh.shape[0] * width // NUM_GATES, width)
-                pack_gate_rows(w_hh, packed_hh, units_start, units_stop)
-                if packed_ih.shape[0] > 0:
-                    pack_gate_rows(w_ih, packed_ih, units_start, units_stop)
-                wait_for_all(barrier, n_parts)
-        if started[part]:
-            rows_start, rows_stop = part_range(part, n_parts, out.shape[1], TILE_ROWS)
-            if packed_ih.shape[0] > 0:
-                for step in range(step0, step1):
-                    t = time_index(step, out.shape[0], reverse)
-                    gemm_packed(x[t], packed_ih, gates[t % gates.shape[0]], False, 0, packed_ih.shape[0],
-                                rows_start, rows_stop)
-            _run_steps(step0, step1, reverse, rows_start, rows_stop, gates, bias, w_hh, packed_hh, w_hr, h0, c0,
-                       c_seq, h_cell_seq, out, out_col, 1, 1)
-    return started[0]
+            pack_gate_rows(w_hh, packed_hh_part)
+            if packed_ih_part.shape[0] > 0:
+                pack_gate_rows(w_ih, packed_ih_part)
+        rows_start, rows_stop = part_range(part, n_parts, out.shape[1], TILE_ROWS)
+        if packed_ih_part.shape[0] > 0:
+            for step in range(step0, step1):
+                t = time_index(step, out.shape[0], reverse)
+                gemm_packed(x[t], packed_ih_part, gates[t % gates.shape[0]], False, 0, packed_ih_part.shape[0],
+                            rows_start, rows_stop)
+        _run_steps(step0, step1, reverse, rows_start, rows_stop, gates, bias, w_hh, packed_hh_part, w_hr, h0, c0,
+                   c_seq, h_cell_seq, out, out_col, 1, 1)
 
 
 @njit(**PARALLEL_JIT_OPTIONS)
@@ -326,20 +318,24 @@ def lstm_layer_forward(x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, reverse, plan,
     padded = gates.shape[2] // NUM_GATES
     width = PANEL_VECTORS * lanes_of(gates)  # columns per panel
     packing = pack_weights and gates.shape[2] % width == 0
-    packed_hh = np.empty((gates.shape[2] // width if packing else 0, state, width), gates.dtype)
+    # Threads that split the batch each pack their own copy of the weights (``_run_steps_by_batch``).
+    copies = n_parts if by_batch else 1
+    packed_hh_copies = np.empty((copies, gates.shape[2] // width if packing else 0, state, width), gates.dtype)
+    packed_hh = packed_hh_copies[0]
     # One thread projects the inputs with the packed product too: no BLAS call, whose own
     # threads would wake up and spin beside the serial loop; so do threads that split the batch
     # when the inputs are few (``PROJECT_BY_BATCH_MAX_INPUT``), each its own rows.
     projects_by_batch = n_parts > 1 and by_batch and x.shape[2] <= PROJECT_BY_BATCH_MAX_INPUT
-    packed_ih = np.empty((gates.shape[2] // width if packing and (n_parts == 1 or projects_by_batch) else 0,
-                          x.shape[2], width), gates.dtype)
-    # Threads that can meet at a barrier pack their own panels, or shares of them (below);
+    packed_ih_copies = np.empty((copies, gates.shape[2] // width if packing and (n_parts == 1 or projects_by_batch)
+                                 else 0, x.shape[2], width), gates.dtype)
+    packed_ih = packed_ih_copies[0]
+    # Threads that split the batch, or that can meet at a barrier, pack their own panels (below);
     # otherwise pack here.
-    in_region = packing and n_parts > 1 and together
+    in_region = packing and n_parts > 1 and (together or by_batch)
     if packing and not in_region:
         pack_gate_rows(w_hh, packed_hh)
-    if packed_ih.shape[0] > 0 and not (in_region and by_batch):
-        pack_gate_rows(w_ih, packed_ih)
+        if packed_ih.shape[0] > 0:
+            pack_gate_rows(w_ih, packed_ih)
     w_ih_rows = in_gate_layout(w_ih, padded) if packed_ih.shape[0] == 0 else w_ih
     bias_rows = gate_bias(b_ih, b_hh, w_hh.shape[0] // NUM_GATES, padded)
     block = width if packing else PART_BLOCK
@@ -355,13 +351,8 @@ def lstm_layer_forward(x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, reverse, plan,
             gemm_packed(x_block, packed_ih, gates_block, False, 0, packed_ih.shape[0], 0, x_block.shape[0])
         step0, step1 = (seq_len - t1, seq_len - t0) if reverse else (t0, t1)
         if n_parts > 1 and by_batch:
-            if not _run_steps_by_batch(step0, step1, reverse, x, w_ih, packed_ih, gates, bias_rows, w_hh, packed_hh,
-                                       w_hr, h0, c0, c_seq, h_cell_seq, out, out_col, n_parts, in_region):
-                pack_gate_rows(w_hh, packed_hh)
-                if packed_ih.shape[0] > 0:
-                    pack_gate_rows(w_ih, packed_ih)
-                _run_steps_by_batch(step0, step1, reverse, x, w_ih, packed_ih, gates, bias_rows, w_hh, packed_hh,
-                                    w_hr, h0, c0, c_seq, h_cell_seq, out, out_col, n_parts, False)
+            _run_steps_by_batch(step0, step1, reverse, x, w_ih, packed_ih_copies, gates, bias_rows, w_hh,
+                                packed_hh_copies, w_hr, h0, c0, c_seq, h_cell_seq, out, out_col, n_parts, in_region)
             in_region = False
             continue
         if n_parts > 1 and together:

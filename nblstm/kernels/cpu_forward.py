@@ -7,9 +7,9 @@ o blocks, each padded to whole panels).  Per layer and direction:
    every step's small product streams it contiguously from cache (by the
    threads of the time loop's parallel region: each packs the panels it reads
    where they can meet at a barrier, or its own copy of all of them where they
-   split the batch), w_ih's rows
-   put in the padded gate layout (or repacked too when one thread runs, or
-   threads that split the batch project few inputs themselves);
+   split the batch), w_ih's rows put in the padded gate layout (or repacked
+   too when one thread runs, or threads that split the batch project few
+   inputs themselves);
 2. the input projection ``x_t @ w_ih.T`` of a block of time steps is one
    large matrix product (BLAS with threads, or the packed product; the whole
    sequence in training, a fixed-size block in inference, so memory does not

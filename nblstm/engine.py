@@ -33,11 +33,14 @@ PARALLEL_MIN_WORK = 1 << 18
 # Recurrent weights up to this size stay in one core's cache between steps (a
 # conservative share of the 1-2 MiB L2 caches of current x86 cores).
 CACHE_BYTES_PER_THREAD = 1 << 20
-# Inference splits the batch only from weights / this many rows (seq_len * batch): with fewer,
-# splitting the hidden units, where each thread reads half of the weights, was faster (2 threads,
-# hidden 256, batch 8: 1.50x at 4 steps, 1.19x at 10, even at 20; hidden 200, 10 steps: 1.11x;
-# hidden 128, 10 steps of batch 8: even).
-WEIGHTS_PER_BATCH_SPLIT_ROW = 1024
+# Inference splits the batch only from weights / this many rows (seq_len * batch), and then packs the
+# weights even for one step; with fewer rows, splitting the hidden units, where each thread packs or
+# reads half of the weights, was faster.  Measured on 2 cores, whole calls, processes alternated 3x,
+# threads that split the batch packing their own copies: hidden 256 batch 8: units 1.1x at 10 steps
+# (80 rows; 85 needed), batch split 1.1x at 20; hidden 128 (21 rows needed): batch split 1.1-1.3x at
+# batch 8, 3 steps and batch 16, 2 steps; also 1.06x at batch 16, 1 step and 1.2x at batch 8, 2
+# steps, which this threshold misses, but 0.82x at batch 8, 1 step (kernel alone).
+WEIGHTS_PER_BATCH_SPLIT_ROW = 3072
 
 # In inference the input projection runs over blocks of time steps holding
 # about this many (time, batch) rows, so memory does not grow with seq_len.
@@ -162,7 +165,9 @@ class CPUBackend:
         # of them, where the units can be split in one region instead.
         enough_rows = training or not together or seq_len * batch >= weights // WEIGHTS_PER_BATCH_SPLIT_ROW
         by_batch = batch >= 4 * n_parts and weights_fit and enough_rows
-        return n_parts, together, by_batch, pack_weights
+        # Each thread that splits the batch in inference packs its own copy, which beat BLAS's
+        # products on its rows from the first step (hidden 128, batch 8, one step: 29 against 48 us).
+        return n_parts, together, by_batch, pack_weights or (by_batch and not training)
 
     @staticmethod
     def plan_settings(batch, hidden, state):

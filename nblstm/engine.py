@@ -38,8 +38,8 @@ CACHE_BYTES_PER_THREAD = 1 << 20
 # reads half of the weights, was faster.  Measured on 2 cores, whole calls, processes alternated 3x,
 # threads that split the batch packing their own copies: hidden 256 batch 8: units 1.1x at 10 steps
 # (80 rows; 85 needed), batch split 1.1x at 20; hidden 128 (21 rows needed): batch split 1.1-1.3x at
-# batch 8, 3 steps and batch 16, 2 steps; also 1.06x at batch 16, 1 step and 1.2x at batch 8, 2
-# steps, which this threshold misses, but 0.82x at batch 8, 1 step (kernel alone).
+# batch 8, 3 steps and batch 16, 2 steps; also 1.06x at batch 16, 1 step and 1.1x at batch 8, 2 steps
+# (kernel alone 1.2x at 1 step), which this threshold misses.
 WEIGHTS_PER_BATCH_SPLIT_ROW = 3072
 
 # In inference the input projection runs over blocks of time steps holding

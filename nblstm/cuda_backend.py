@@ -86,7 +86,11 @@ class CUDABackend:
         return NUM_GATES * hidden
 
     @staticmethod
-    def guard(plan):
+    def forward_calls_blas(plan, config):
+        return False
+
+    @staticmethod
+    def guard(plan, blas_inside=True):
         return contextlib.nullcontext()
 
     @staticmethod

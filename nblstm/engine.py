@@ -19,7 +19,7 @@ import numpy as np
 
 from .kernels.blas import single_threaded_blas, uses_blas
 from .kernels.cpu_backward import lstm_layer_backward
-from .kernels.cpu_forward import lstm_layer_forward
+from .kernels.cpu_forward import calls_blas, lstm_layer_forward
 from .kernels.packed import gate_columns, packs_weights
 from .kernels.parallel import CACHE_LINE
 from .kernels.parallel import matmul as parallel_matmul
@@ -184,9 +184,16 @@ class CPUBackend:
         return gate_columns(hidden, dtype, plan[0] > 1, plan[3])
 
     @staticmethod
-    def guard(plan):
-        """The kernels own the threads: keep BLAS single-threaded inside parallel kernels."""
-        return single_threaded_blas() if plan[0] > 1 else _NO_GUARD
+    def forward_calls_blas(plan, config):
+        """Whether some layer's forward kernel calls BLAS with this plan (``calls_blas``)."""
+        layer_inputs = [config.input_size] + [config.num_directions * config.state_size] * (config.num_layers - 1)
+        return any(calls_blas(plan, size, config.proj_size > 0) for size in layer_inputs)
+
+    @staticmethod
+    def guard(plan, blas_inside=True):
+        """The kernels own the threads: keep BLAS single-threaded inside parallel kernels that call it
+        (setting it and back costs about 4 us a call)."""
+        return single_threaded_blas() if plan[0] > 1 and blas_inside else _NO_GUARD
 
     @staticmethod
     def add(a, b):
@@ -263,13 +270,15 @@ def layout(backend, config, seq_len, batch, dtype, plan, training):
 @dataclass(frozen=True)
 class Prepared:
     """What a forward over one input shape needs besides its arrays (``Workspace.prepare`` makes
-    it once per shape): the plan, the ``Layout``, and the weights of each layer and direction
-    k = layer * D + direction as the kernels take them (``_layer_weights``) from ``params``."""
+    it once per shape): the plan, the ``Layout``, the weights of each layer and direction
+    k = layer * D + direction as the kernels take them (``_layer_weights``) from ``params``, and
+    whether the forward kernels call BLAS (``forward_calls_blas``)."""
 
     plan: tuple
     shapes: Layout
     params: dict
     weights: tuple
+    blas_inside: bool
 
 
 def prepare(backend, config, params, seq_len, batch, dtype, training):
@@ -277,7 +286,8 @@ def prepare(backend, config, params, seq_len, batch, dtype, training):
     plan = backend.plan(seq_len, batch, config.hidden_size, config.state_size, training)
     weights = tuple(_layer_weights(backend, params, config, layer, direction)
                     for layer in range(config.num_layers) for direction in range(config.num_directions))
-    return Prepared(plan, layout(backend, config, seq_len, batch, dtype, plan, training), params, weights)
+    return Prepared(plan, layout(backend, config, seq_len, batch, dtype, plan, training), params, weights,
+                    backend.forward_calls_blas(plan, config))
 
 
 class Workspace:
@@ -382,7 +392,7 @@ def forward(params, config, x, h0, c0, training=False, dropout_rng=None, backend
     if not training:  # one work space serves every layer and direction
         gates, c_seq, h_cell_seq = work = workspace.take(backend, shapes, dtype)
     layer_input = x
-    with backend.guard(plan):
+    with backend.guard(plan, prepared.blas_inside):
         for layer in range(config.num_layers):
             if layer > 0 and training and config.dropout > 0:
                 mask = backend.dropout_mask(layer_input.shape, config.dropout, dtype, dropout_rng)

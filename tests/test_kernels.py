@@ -324,6 +324,26 @@ def test_weights_are_packed_where_it_was_measured_to_pay(seq_len, batch, hidden,
     assert packed.packs_weights(seq_len, batch, 4 * hidden * hidden, training) == expected
 
 
+def test_blas_is_set_to_one_thread_only_around_forwards_that_call_it():
+    """Threads that split the batch on packed weights project their own inputs (up to
+    PROJECT_BY_BATCH_MAX_INPUT features) and call no BLAS: no guard; every other parallel forward
+    (BLAS input projections, a projection after the cell, split units) keeps it."""
+    from nblstm import engine
+    from nblstm.kernels.cpu_forward import PROJECT_BY_BATCH_MAX_INPUT
+    from nblstm.params import LSTMConfig
+
+    by_batch, units = (2, True, True, True), (2, True, False, True)
+    small = LSTMConfig(PROJECT_BY_BATCH_MAX_INPUT, 40)
+    assert not engine.CPU.forward_calls_blas(by_batch, small)
+    assert engine.CPU.forward_calls_blas(by_batch, LSTMConfig(PROJECT_BY_BATCH_MAX_INPUT + 1, 40))
+    assert engine.CPU.forward_calls_blas(by_batch, LSTMConfig(32, 40, proj_size=20))
+    assert engine.CPU.forward_calls_blas(by_batch, LSTMConfig(32, 40, num_layers=2, bidirectional=True))
+    assert not engine.CPU.forward_calls_blas(by_batch, LSTMConfig(32, 20, num_layers=2, bidirectional=True))
+    assert engine.CPU.forward_calls_blas(units, small)
+    assert engine.CPU.forward_calls_blas((2, True, True, False), small)
+    assert isinstance(engine.CPU.guard(by_batch, False), type(engine.CPU.guard((1, False, False, True))))
+
+
 def test_short_inference_calls_split_the_units_and_longer_ones_the_batch():
     """Measured on 2 cores: at hidden 256, batch 8, splitting the units beats splitting the batch
     up to about 10 steps in inference, at hidden 128 up to 1-2 steps; training keeps the batch

@@ -57,6 +57,20 @@ PROJECT_BY_BATCH_MAX_INPUT = 64
 
 
 @njit(**JIT_OPTIONS)
+def projects_by_batch(n_parts, by_batch, input_size):
+    """Whether threads that split the batch project their own rows' inputs (with packed w_ih)."""
+    return n_parts > 1 and by_batch and input_size <= PROJECT_BY_BATCH_MAX_INPUT
+
+
+def calls_blas(plan, input_size, projecting):
+    """Whether ``lstm_layer_forward`` calls BLAS with this plan, layer input size and projection (or
+    none): not when threads that split the batch run on packed weights and project their own
+    inputs, and no projection follows the cell."""
+    n_parts, _, by_batch, pack_weights = plan
+    return not (projects_by_batch(n_parts, by_batch, input_size) and pack_weights and not projecting)
+
+
+@njit(**JIT_OPTIONS)
 def time_index(step, seq_len, reverse):
     """Time index visited at loop step ``step`` (the reverse direction walks backwards)."""
     return seq_len - 1 - step if reverse else step
@@ -325,9 +339,8 @@ def lstm_layer_forward(x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, reverse, plan,
     # One thread projects the inputs with the packed product too: no BLAS call, whose own
     # threads would wake up and spin beside the serial loop; so do threads that split the batch
     # when the inputs are few (``PROJECT_BY_BATCH_MAX_INPUT``), each its own rows.
-    projects_by_batch = n_parts > 1 and by_batch and x.shape[2] <= PROJECT_BY_BATCH_MAX_INPUT
-    packed_ih_copies = np.empty((copies, gates.shape[2] // width if packing and (n_parts == 1 or projects_by_batch)
-                                 else 0, x.shape[2], width), gates.dtype)
+    packs_ih = packing and (n_parts == 1 or projects_by_batch(n_parts, by_batch, x.shape[2]))
+    packed_ih_copies = np.empty((copies, gates.shape[2] // width if packs_ih else 0, x.shape[2], width), gates.dtype)
     packed_ih = packed_ih_copies[0]
     # Threads that split the batch, or that can meet at a barrier, pack their own panels (below);
     # otherwise pack here.

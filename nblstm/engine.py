@@ -41,6 +41,11 @@ CACHE_BYTES_PER_THREAD = 1 << 20
 # batch 8, 3 steps and batch 16, 2 steps; also 1.06x at batch 16, 1 step and 1.1x at batch 8, 2 steps
 # (kernel alone 1.2x at 1 step), which this threshold misses.
 WEIGHTS_PER_BATCH_SPLIT_ROW = 3072
+# ... and from two steps with this many batch rows per thread, whatever the weights (one process, the
+# rule's plan and the batch split alternated 8x, medians of 400 calls, 2 threads: L2 N16 H192 153 ->
+# 113 us, L2 N16 H256 253 -> 223, L2 N32 H256 366 -> 295, L4 N16 H256 357 -> 370, even in whole calls
+# alternated 3x; at batch 8 the units split stayed faster, L2 N8 H256 122 against 163 us).
+BATCH_SPLIT_ROWS_PER_THREAD = 8
 
 # In inference the input projection runs over blocks of time steps holding
 # about this many (time, batch) rows, so memory does not grow with seq_len.
@@ -162,8 +167,10 @@ class CPUBackend:
         weights_fit = weights * 4 <= CACHE_BYTES_PER_THREAD
         together = numba.threading_layer() == "omp" and numba.get_parallel_chunksize() == 0
         # A short inference call reads the weights too few times to repay every thread loading all
-        # of them, where the units can be split in one region instead.
-        enough_rows = training or not together or seq_len * batch >= weights // WEIGHTS_PER_BATCH_SPLIT_ROW
+        # of them, where the units can be split in one region instead; from two steps, threads with
+        # BATCH_SPLIT_ROWS_PER_THREAD rows each repay it anyway.
+        enough_rows = (training or not together or seq_len * batch >= weights // WEIGHTS_PER_BATCH_SPLIT_ROW
+                       or (seq_len >= 2 and batch >= BATCH_SPLIT_ROWS_PER_THREAD * n_parts))
         by_batch = batch >= 4 * n_parts and weights_fit and enough_rows
         # Each thread that splits the batch in inference packs its own copy, which beat BLAS's
         # products on its rows from the first step (hidden 128, batch 8, one step: 29 against 48 us).

@@ -39,7 +39,9 @@ CACHE_BYTES_PER_THREAD = 1 << 20
 # threads that split the batch packing their own copies: hidden 256 batch 8: units 1.1x at 10 steps
 # (80 rows; 85 needed), batch split 1.1x at 20; hidden 128 (21 rows needed): batch split 1.1-1.3x at
 # batch 8, 3 steps and batch 16, 2 steps; also 1.06x at batch 16, 1 step and 1.1x at batch 8, 2 steps
-# (kernel alone 1.2x at 1 step), which this threshold misses.
+# (kernel alone 1.2x at 1 step), which this threshold leaves to the units split on purpose: there the
+# batch split took 1.4-4 ms a call in a bench process that also ran PyTorch and ONNX Runtime (the units
+# split 0.1 ms; not understood, see the revert 2bd52cf).
 WEIGHTS_PER_BATCH_SPLIT_ROW = 3072
 
 # In inference the input projection runs over blocks of time steps holding

@@ -86,7 +86,7 @@ class CUDABackend:
         return NUM_GATES * hidden
 
     @staticmethod
-    def forward_calls_blas(plan, config):
+    def forward_calls_blas(plan, weights):
         return False
 
     @staticmethod

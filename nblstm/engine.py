@@ -186,10 +186,10 @@ class CPUBackend:
         return gate_columns(hidden, dtype, plan[0] > 1, plan[3])
 
     @staticmethod
-    def forward_calls_blas(plan, config):
-        """Whether some layer's forward kernel calls BLAS with this plan (``calls_blas``)."""
-        layer_inputs = [config.input_size] + [config.num_directions * config.state_size] * (config.num_layers - 1)
-        return any(calls_blas(plan, size, config.proj_size > 0) for size in layer_inputs)
+    def forward_calls_blas(plan, weights):
+        """Whether some layer's forward kernel calls BLAS with this plan (``calls_blas``); ``weights``:
+        the (w_ih, w_hh, b_ih, b_hh, w_hr) of each layer and direction (``_layer_weights``)."""
+        return any(calls_blas(plan, w_ih.shape[1], w_hr.shape[0] > 0) for w_ih, _, _, _, w_hr in weights)
 
     @staticmethod
     def guard(plan, blas_inside=True):
@@ -289,7 +289,7 @@ def prepare(backend, config, params, seq_len, batch, dtype, training):
     weights = tuple(_layer_weights(backend, params, config, layer, direction)
                     for layer in range(config.num_layers) for direction in range(config.num_directions))
     return Prepared(plan, layout(backend, config, seq_len, batch, dtype, plan, training), params, weights,
-                    backend.forward_calls_blas(plan, config))
+                    backend.forward_calls_blas(plan, weights))
 
 
 class Workspace:

@@ -329,19 +329,25 @@ def test_blas_is_set_to_one_thread_only_around_forwards_that_call_it():
     PROJECT_BY_BATCH_MAX_INPUT features) and call no BLAS: no guard; every other parallel forward
     (BLAS input projections, a projection after the cell, split units) keeps it."""
     from nblstm import engine
+    from nblstm.api import LSTM
     from nblstm.kernels.cpu_forward import PROJECT_BY_BATCH_MAX_INPUT
-    from nblstm.params import LSTMConfig
+
+    def calls_blas(plan, *args, **kwargs):
+        model = LSTM(*args, **kwargs)
+        c = model.config
+        weights = [engine._layer_weights(engine.CPU, model._parameters, c, layer, direction)
+                   for layer in range(c.num_layers) for direction in range(c.num_directions)]
+        return engine.CPU.forward_calls_blas(plan, weights)
 
     by_batch, units = (2, True, True, True), (2, True, False, True)
-    small = LSTMConfig(PROJECT_BY_BATCH_MAX_INPUT, 40)
-    assert not engine.CPU.forward_calls_blas(by_batch, small)
-    assert engine.CPU.forward_calls_blas(by_batch, LSTMConfig(PROJECT_BY_BATCH_MAX_INPUT + 1, 40))
-    assert engine.CPU.forward_calls_blas(by_batch, LSTMConfig(32, 40, proj_size=20))
-    assert engine.CPU.forward_calls_blas(by_batch, LSTMConfig(32, 40, num_layers=2, bidirectional=True))
-    assert not engine.CPU.forward_calls_blas(by_batch, LSTMConfig(32, 20, num_layers=2, bidirectional=True))
-    assert engine.CPU.forward_calls_blas(units, small)
-    assert engine.CPU.forward_calls_blas((2, True, True, False), small)
-    assert isinstance(engine.CPU.guard(by_batch, False), type(engine.CPU.guard((1, False, False, True))))
+    assert not calls_blas(by_batch, PROJECT_BY_BATCH_MAX_INPUT, 40)
+    assert calls_blas(by_batch, PROJECT_BY_BATCH_MAX_INPUT + 1, 40)
+    assert calls_blas(by_batch, 32, 40, proj_size=20)
+    assert calls_blas(by_batch, 32, 40, num_layers=2, bidirectional=True)
+    assert not calls_blas(by_batch, 32, 20, num_layers=2, bidirectional=True)
+    assert calls_blas(units, PROJECT_BY_BATCH_MAX_INPUT, 40)
+    assert calls_blas((2, True, True, False), PROJECT_BY_BATCH_MAX_INPUT, 40)
+    assert engine.CPU.guard(by_batch, False) is engine.CPU.guard((1, False, False, True))
 
 
 def test_short_inference_calls_split_the_units_and_longer_ones_the_batch():

@@ -1,4 +1,6 @@
 """The building blocks of the CPU kernels: activations (with their error bound), gemm, work splitting."""
+import os
+
 import numpy as np
 import pytest
 import numba
@@ -311,6 +313,43 @@ def test_handshake_calls_off_parts_that_cannot_meet():
     """One thread running a two-part handshake alone gives up instead of waiting forever."""
     assert not _serial_handshake(2)
     assert _serial_handshake(1)
+
+
+@njit
+def _current_cpu():
+    return barrier._current_cpu()
+
+
+@njit
+def _cpu_after_moving_off(cpu):
+    barrier._move_off_cpu(cpu)
+    return barrier._current_cpu()
+
+
+@njit
+def _allowed_cpus():
+    mask = np.zeros(16, np.int64)
+    return barrier._thread_affinity(mask, False), mask
+
+
+def test_affinity_mask_reads_as_the_os_reports_it():
+    status, mask = _allowed_cpus()
+    assert status == 0
+    read = {word * 64 + bit for word in range(16) for bit in range(64) if (int(mask[word]) >> bit) & 1}
+    assert read == os.sched_getaffinity(0)
+
+
+def test_a_thread_moves_off_a_cpu_and_keeps_its_allowed_cpus():
+    """What a thread does when it arrives on the first arriver's CPU (after the process sat idle
+    the kernel can wake it there while another core idles)."""
+    allowed = os.sched_getaffinity(0)
+    cpu = _current_cpu()
+    after = _cpu_after_moving_off(cpu)
+    assert os.sched_getaffinity(0) == allowed  # restored at once
+    if len(allowed) > 1:
+        assert after != cpu and after in allowed
+    else:  # nowhere else to go
+        assert after == cpu
 
 
 @pytest.mark.parametrize("seq_len, batch, hidden, training, expected", [

@@ -12,11 +12,21 @@ the parts do not all arrive within ``HANDSHAKE_SPINS`` spins (a threading
 layer that ran two parts on one thread), they call the attempt off together,
 and the caller falls back to one parallel region per step.
 
+After the process sat idle, the kernel may wake a pool thread on the core of
+the thread that woke it while the other core idles; a thread spinning there
+then keeps it from running until the next scheduler tick (4 ms), every call
+(measured: the first two calls after 0.15 s idle took 7 and 4 ms at L10 N8
+H128, ``tools/idle_calls.py``).  So a thread that arrives on the core of the
+first arriver moves itself to another allowed core (its affinity narrowed for
+one moment, then restored), and a thread that has waited a while yields its
+core at each turn instead of only pausing.
+
 ``state`` is an int64 array of ``BARRIER_STATE_SIZE`` zeros, fresh for each
 parallel region; its counters sit on separate cache lines.
 """
 import platform
 
+import numpy as np
 from llvmlite import ir
 from numba import njit, types
 from numba.core import cgutils
@@ -24,10 +34,12 @@ from numba.extending import intrinsic
 
 from .._config import JIT_OPTIONS
 
-_COUNT, _GENERATION, _HANDSHAKE = 0, 8, 16  # one 64-byte cache line each
-BARRIER_STATE_SIZE = 24
-HANDSHAKE_SPINS = 1 << 15  # about 10 ms
+_COUNT, _GENERATION, _HANDSHAKE, _FIRST_CPU = 0, 8, 16, 24  # one 64-byte cache line each
+BARRIER_STATE_SIZE = 32
+HANDSHAKE_SPINS = 1 << 15  # 10 ms or more
+SPINS_BEFORE_YIELD = 1 << 10  # about 0.3 ms of pauses, then yield the core at every turn
 _CALLED_OFF = -1
+_CPU_SET_WORDS = 16  # a cpu_set_t of 1024 CPUs
 
 
 def _element_pointer(context, builder, array_type, array, index):
@@ -95,25 +107,104 @@ def _spin_pause(typingctx):
     return types.none(), codegen
 
 
+def _libc(builder, name, argument_types):
+    """Declaration of the C library's ``int name(argument_types)``."""
+    return cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.IntType(32), argument_types), name)
+
+
+@intrinsic
+def _current_cpu(typingctx):
+    """The CPU this thread runs on (``sched_getcpu``; -1 where it cannot tell)."""
+
+    def codegen(context, builder, signature, args):
+        return builder.sext(builder.call(_libc(builder, "sched_getcpu", []), []), ir.IntType(64))
+
+    return types.int64(), codegen
+
+
+@intrinsic
+def _yield_core(typingctx):
+    """Let another thread that waits for this core run (``sched_yield``)."""
+
+    def codegen(context, builder, signature, args):
+        builder.call(_libc(builder, "sched_yield", []), [])
+        return context.get_dummy_value()
+
+    return types.none(), codegen
+
+
+@intrinsic
+def _thread_affinity(typingctx, mask, set_it):
+    """Read (``set_it`` False) or set this thread's allowed CPUs from an int64 array of
+    ``_CPU_SET_WORDS`` words (a cpu_set_t); returns 0 on success."""
+
+    def codegen(context, builder, signature, args):
+        data = context.make_array(signature.args[0])(context, builder, args[0]).data
+        argument_types = [ir.IntType(32), ir.IntType(64), ir.IntType(8).as_pointer()]
+        call_args = [ir.Constant(ir.IntType(32), 0), ir.Constant(ir.IntType(64), _CPU_SET_WORDS * 8),
+                     builder.bitcast(data, ir.IntType(8).as_pointer())]
+        with builder.if_else(args[1]) as (then, otherwise):
+            with then:
+                set_result = builder.call(_libc(builder, "sched_setaffinity", argument_types), call_args)
+                then_block = builder.block
+            with otherwise:
+                get_result = builder.call(_libc(builder, "sched_getaffinity", argument_types), call_args)
+                otherwise_block = builder.block
+        result = builder.phi(ir.IntType(32))
+        result.add_incoming(set_result, then_block)
+        result.add_incoming(get_result, otherwise_block)
+        return builder.sext(result, ir.IntType(64))
+
+    return types.int64(mask, set_it), codegen
+
+
+@njit(**JIT_OPTIONS)
+def _move_off_cpu(cpu):
+    """Move this thread to another CPU it may run on (if any), then allow it all of them again."""
+    allowed = np.zeros(_CPU_SET_WORDS, np.int64)
+    if cpu < 0 or cpu >= _CPU_SET_WORDS * 64 or _thread_affinity(allowed, False) != 0:
+        return
+    others = allowed.copy()
+    others[cpu // 64] &= ~(1 << (cpu % 64))
+    if others.any() and _thread_affinity(others, True) == 0:
+        _thread_affinity(allowed, True)
+
+
+@njit(**JIT_OPTIONS)
+def _wait_a_turn(spins):
+    """One turn of a wait that has lasted ``spins`` turns: a pause, later a yield of the core."""
+    if spins < SPINS_BEFORE_YIELD:
+        _spin_pause()
+    else:
+        _yield_core()
+
+
 @njit(**JIT_OPTIONS)
 def arrive_together(state, n_threads):
     """Whether all ``n_threads`` parts arrived at the start together (each part calls this once).
 
-    A part that waits in vain calls the attempt off; every part then returns False.
+    A part that waits in vain calls the attempt off; every part then returns False.  A part that
+    arrives on the first arriver's CPU moves to another one first.
     """
+    cpu = _current_cpu()
     while True:
         arrived = _atomic_load(state, _HANDSHAKE)
         if arrived == _CALLED_OFF:
             return False
-        if _compare_and_swap(state, _HANDSHAKE, arrived, arrived + 1):
+        if arrived == 0 and _compare_and_swap(state, _HANDSHAKE, 0, 1):
+            _atomic_store(state, _FIRST_CPU, cpu + 1)  # 0: not known yet
             break
-    for _ in range(HANDSHAKE_SPINS):
+        if arrived > 0 and _compare_and_swap(state, _HANDSHAKE, arrived, arrived + 1):
+            if _atomic_load(state, _FIRST_CPU) == cpu + 1:
+                _move_off_cpu(cpu)
+            break
+    for spins in range(HANDSHAKE_SPINS):
         arrived = _atomic_load(state, _HANDSHAKE)
         if arrived == n_threads:
             return True
         if arrived == _CALLED_OFF:
             return False
-        _spin_pause()
+        _wait_a_turn(spins)
     arrived = _atomic_load(state, _HANDSHAKE)
     while arrived != n_threads and not _compare_and_swap(state, _HANDSHAKE, arrived, _CALLED_OFF):
         arrived = _atomic_load(state, _HANDSHAKE)
@@ -128,5 +219,7 @@ def wait_for_all(state, n_threads):
         _atomic_store(state, _COUNT, 0)
         _atomic_add(state, _GENERATION, 1)
     else:
+        spins = 0
         while _atomic_load(state, _GENERATION) == generation:
-            _spin_pause()
+            _wait_a_turn(spins)
+            spins += 1

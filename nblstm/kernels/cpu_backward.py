@@ -165,11 +165,14 @@ def _backward_steps(reverse, rows_start, rows_stop, gates, c_seq, c0, w_hh, pack
 
 @njit(**PARALLEL_JIT_OPTIONS)
 def _backward_steps_by_batch(reverse, gates, c_seq, c0, w_hh, packed_hh, w_hr, d_out, dh, dc, dh_cell, dh_seq,
-                             dh_next, n_parts, packs):
+                             dh_next, n_parts, together, packs):
     """``_backward_steps`` with the batch split between threads, each running its rows on its own on
     its own copy of the packed weights, packed_hh[part], which it first packs itself with ``packs``
-    (as the forward's ``_run_steps_by_batch``)."""
+    (as the forward's ``_run_steps_by_batch``, meeting first where every part has its own thread)."""
+    barrier = np.zeros(BARRIER_STATE_SIZE, np.int64)
     for part in prange(n_parts):
+        if together:
+            arrive_together(barrier, n_parts)
         if packs:
             pack_columns(w_hh, packed_hh[part])
         rows_start, rows_stop = part_range(part, n_parts, d_out.shape[1], TILE_ROWS)
@@ -278,7 +281,7 @@ def lstm_layer_backward(x, w_ih, w_hh, w_hr, h0, c0, out, out_col, gates, c_seq,
     d_out_cols = d_out[:, :, out_col:out_col + state]
     if n_parts > 1 and by_batch:
         _backward_steps_by_batch(reverse, gates, c_seq, c0, w_hh, packed_hh_copies, w_hr, d_out_cols, dh, dc, dh_cell,
-                                 dh_seq, dh_next, n_parts, in_region)
+                                 dh_seq, dh_next, n_parts, together, in_region)
     elif not (n_parts > 1 and together and _backward_steps_together(
             reverse, gates, c_seq, c0, w_hh, packed_hh, w_hr, d_out_cols, dh, dc, dh_cell, dh_seq, dh_next,
             block, n_parts, in_region)):

@@ -241,14 +241,19 @@ def _run_steps(step0, step1, reverse, rows_start, rows_stop, gates, bias, w_hh, 
 
 @njit(**PARALLEL_JIT_OPTIONS)
 def _run_steps_by_batch(step0, step1, reverse, x, w_ih, packed_ih, gates, bias, w_hh, packed_hh, w_hr, h0, c0, c_seq,
-                        h_cell_seq, out, out_col, n_parts, packs):
+                        h_cell_seq, out, out_col, n_parts, together, packs):
     """Loop steps [step0, step1) with the batch split between threads: rows of a batch never meet, so
     each thread runs its rows (whole register tiles) through every step on its own, on its own copy
     of the packed weights, packed_hh[part] (and packed_ih[part]), which it first packs itself with
     ``packs``: threads that shared the packing would each read half of their weights from the other
     core's cache, and at the next call write panels the other core holds.  With packed_ih (not
-    empty), each thread also projects its rows of those steps' inputs, x_t @ w_ih.T, itself."""
+    empty), each thread also projects its rows of those steps' inputs, x_t @ w_ih.T, itself.
+    Where every part runs on its own thread (``together``), the threads first meet
+    (``arrive_together``), so that one woken on the other's core moves away before either works."""
+    barrier = np.zeros(BARRIER_STATE_SIZE, np.int64)
     for part in prange(n_parts):
+        if together:
+            arrive_together(barrier, n_parts)
         packed_hh_part, packed_ih_part = packed_hh[part], packed_ih[part]
         if packs:
             pack_gate_rows(w_hh, packed_hh_part)
@@ -365,7 +370,8 @@ def lstm_layer_forward(x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, reverse, plan,
         step0, step1 = (seq_len - t1, seq_len - t0) if reverse else (t0, t1)
         if n_parts > 1 and by_batch:
             _run_steps_by_batch(step0, step1, reverse, x, w_ih, packed_ih_copies, gates, bias_rows, w_hh,
-                                packed_hh_copies, w_hr, h0, c0, c_seq, h_cell_seq, out, out_col, n_parts, in_region)
+                                packed_hh_copies, w_hr, h0, c0, c_seq, h_cell_seq, out, out_col, n_parts, together,
+                                in_region)
             in_region = False
             continue
         if n_parts > 1 and together:

@@ -33,16 +33,22 @@ PARALLEL_MIN_WORK = 1 << 18
 # Recurrent weights up to this size stay in one core's cache between steps (a
 # conservative share of the 1-2 MiB L2 caches of current x86 cores).
 CACHE_BYTES_PER_THREAD = 1 << 20
-# Inference splits the batch only from weights / this many rows (seq_len * batch), and then packs the
+# Inference splits the batch only from (weights / this) ** 2 rows (seq_len * batch), and then packs the
 # weights even for one step; with fewer rows, splitting the hidden units, where each thread packs or
-# reads half of the weights, was faster.  Measured on 2 cores, whole calls, processes alternated 3x,
-# threads that split the batch packing their own copies: hidden 256 batch 8: units 1.1x at 10 steps
-# (80 rows; 85 needed), batch split 1.1x at 20; hidden 128 (21 rows needed): batch split 1.1-1.3x at
-# batch 8, 3 steps and batch 16, 2 steps; also 1.06x at batch 16, 1 step and 1.1x at batch 8, 2 steps
-# (kernel alone 1.2x at 1 step), which this threshold leaves to the units split on purpose: there the
-# batch split took 1.4-4 ms a call in a bench process that also ran PyTorch and ONNX Runtime (the units
-# split 0.1 ms; not understood, see the revert 2bd52cf).
-WEIGHTS_PER_BATCH_SPLIT_ROW = 3072
+# reads half of the weights, was faster.  Measured on 2 cores (one process, the rule's plan and the
+# batch split alternated 8x, medians of 400 calls, threads that split the batch packing their own
+# copies); the rows needed grow with the square of the weights: hidden 256 (88 rows): units 2x at
+# L1 N8, 1.3x at L2 N8, 1.16x at L4 N8, 1.07x at L8 N8, batch split 1.1x at L20 N8; hidden 224 (51):
+# batch split 1.09x at L4 N8 (missed), 1.18x at L7 N8; hidden 192 (28): units 1.37x at L1 N8, 1.19x at
+# L2 N8, 1.07x at L1 N16, batch split 1.14x at L4 N8, 1.04x at L1 N32; hidden 160 (13): even at L1 N8,
+# batch split 1.09x at L2 N8; hidden 128 (6): even at L1 N8 and N12, batch split 1.06-1.19x at L2 N8
+# and 1.23-1.28x at L1 N16.
+BATCH_SPLIT_WEIGHTS_SCALE = 28_000
+# ... and from two steps with this many batch rows per thread, whatever the weights (one process, the
+# rule's plan and the batch split alternated 8x, medians of 400 calls, 2 threads: L2 N16 H192 153 ->
+# 113 us, L2 N16 H256 253 -> 223, L2 N32 H256 366 -> 295, L4 N16 H256 357 -> 370, even in whole calls
+# alternated 3x; at batch 8 the units split stayed faster, L2 N8 H256 122 against 163 us).
+BATCH_SPLIT_ROWS_PER_THREAD = 8
 
 # In inference the input projection runs over blocks of time steps holding
 # about this many (time, batch) rows, so memory does not grow with seq_len.
@@ -164,8 +170,10 @@ class CPUBackend:
         weights_fit = weights * 4 <= CACHE_BYTES_PER_THREAD
         together = numba.threading_layer() == "omp" and numba.get_parallel_chunksize() == 0
         # A short inference call reads the weights too few times to repay every thread loading all
-        # of them, where the units can be split in one region instead.
-        enough_rows = training or not together or seq_len * batch >= weights // WEIGHTS_PER_BATCH_SPLIT_ROW
+        # of them, where the units can be split in one region instead; from two steps, threads with
+        # BATCH_SPLIT_ROWS_PER_THREAD rows each repay it anyway.
+        enough_rows = (training or not together or seq_len * batch >= (weights / BATCH_SPLIT_WEIGHTS_SCALE) ** 2
+                       or (seq_len >= 2 and batch >= BATCH_SPLIT_ROWS_PER_THREAD * n_parts))
         by_batch = batch >= 4 * n_parts and weights_fit and enough_rows
         # Each thread that splits the batch in inference packs its own copy, which beat BLAS's
         # products on its rows from the first step (hidden 128, batch 8, one step: 29 against 48 us).

@@ -249,7 +249,8 @@ def _run_steps_by_batch(step0, step1, reverse, x, w_ih, packed_ih, gates, bias, 
     core's cache, and at the next call write panels the other core holds.  With packed_ih (not
     empty), each thread also projects its rows of those steps' inputs, x_t @ w_ih.T, itself.
     Where every part runs on its own thread (``together``), the threads first meet
-    (``arrive_together``), so that one woken on the other's core moves away before either works."""
+    (``arrive_together``), so that one woken on the other's core moves away before either works;
+    their rows never meet, so a meeting called off changes nothing."""
     barrier = np.zeros(BARRIER_STATE_SIZE, np.int64)
     for part in prange(n_parts):
         if together:

@@ -278,3 +278,23 @@ def test_default_zero_states_are_shared_and_stay_zero(rng):
     np.testing.assert_array_equal(default_h, given_h)
     np.testing.assert_array_equal(default_c, given_c)
     assert_close(default, numpy(expected), np.float32)
+
+
+@pytest.mark.parametrize("plan", ["batch", "units"])
+@pytest.mark.parametrize("seq_len", [1, 2])
+@pytest.mark.parametrize("state", ["none", "zeros", "random"])
+def test_first_step_from_a_zero_state_skips_only_a_zero_product(plan, seq_len, state, rng):
+    """From a zero initial state the first step's h_prev @ w_hh.T is zero and is skipped, and a
+    one-step call does not even pack w_hh (``adds_recurrent_product``); any other state still adds
+    it: with threads that split the batch (and pack the weights) or each step's units."""
+    from nblstm import engine
+
+    hidden, batch = (128, 16) if plan == "batch" else (256, 8)
+    model = LSTM(32, hidden, num_layers=2, bidirectional=True, seed=6).eval()
+    chosen = engine.CPU.plan(seq_len, batch, hidden, hidden, False)
+    assert chosen[0] > 1 and chosen[2] == (plan == "batch")
+    x = rng.standard_normal((seq_len, batch, 32)).astype(np.float32)
+    hx = {"none": None, "random": _random_state(model, batch, rng),
+          "zeros": tuple(np.zeros_like(a) for a in _random_state(model, batch, rng))}[state]
+    ours, theirs = run_both(model, x, hx)
+    assert_same(ours, theirs, np.float32)

@@ -151,20 +151,31 @@ def recurrent_product(h_prev, w_hh, packed_hh, gates_t, start, stop, descending)
 
 
 @njit(**JIT_OPTIONS)
-def cell_forward_part(gates_t, bias, h_prev, w_hh, packed_hh, c_prev, c_t, h_dst, h_dst_col, start, stop, step):
-    """Time step ``step`` for hidden units [start, stop): add h_prev @ w_hh.T to their gates (see
-    ``recurrent_product``; odd steps read the weights backwards), then the gate math."""
-    recurrent_product(h_prev, w_hh, packed_hh, gates_t, start, stop, step % 2 == 1)
+def adds_recurrent_product(step, h0):
+    """Whether loop step ``step`` adds h_prev @ w_hh.T: not the first from a zero initial state (as
+    when the caller gives none), whose product is zero: a one-step call then never reads w_hh."""
+    return step > 0 or h0.any()
+
+
+@njit(**JIT_OPTIONS)
+def cell_forward_part(gates_t, bias, h_prev, w_hh, packed_hh, c_prev, c_t, h_dst, h_dst_col, start, stop, step,
+                      adds_product):
+    """Time step ``step`` for hidden units [start, stop): with ``adds_product``, add h_prev @ w_hh.T
+    to their gates (see ``recurrent_product``; odd steps read the weights backwards), then the gate
+    math."""
+    if adds_product:
+        recurrent_product(h_prev, w_hh, packed_hh, gates_t, start, stop, step % 2 == 1)
     gate_math_part(gates_t, bias, c_prev, c_t, h_dst, h_dst_col, start, stop)
 
 
 @njit(**PARALLEL_JIT_OPTIONS)
 def cell_forward_parallel(gates_t, bias, h_prev, w_hh, packed_hh, c_prev, c_t, h_dst, h_dst_col, block, n_parts,
-                          step):
+                          step, adds_product):
     """cell_forward_part over every hidden unit, blocks of ``block`` units split between ``n_parts`` threads."""
     for part in prange(n_parts):
         start, stop = part_range(part, n_parts, gates_t.shape[1] // NUM_GATES, block)
-        cell_forward_part(gates_t, bias, h_prev, w_hh, packed_hh, c_prev, c_t, h_dst, h_dst_col, start, stop, step)
+        cell_forward_part(gates_t, bias, h_prev, w_hh, packed_hh, c_prev, c_t, h_dst, h_dst_col, start, stop, step,
+                          adds_product)
 
 
 @njit(**JIT_OPTIONS)
@@ -229,12 +240,13 @@ def _run_steps(step0, step1, reverse, rows_start, rows_stop, gates, bias, w_hh, 
         t, h_prev, c_prev, c_t, h_dst, h_dst_col = step_arrays(step, seq_len, reverse, h0, c0, c_seq,
                                                                h_cell_seq, out, out_col, projecting)
         gates_t = gates[t % gates.shape[0]]
+        adds_product = adds_recurrent_product(step, h0)
         if n_parts > 1:
             cell_forward_parallel(gates_t, bias, h_prev, w_hh, packed_hh, c_prev, c_t, h_dst, h_dst_col,
-                                  block, n_parts, step)
+                                  block, n_parts, step, adds_product)
         else:
             cell_forward_part(gates_t, bias, h_prev, w_hh, packed_hh, c_prev, c_t, h_dst, h_dst_col, 0, padded,
-                              step)
+                              step, adds_product)
         if projecting:
             matmul(h_dst, w_hr, out[t][:, out_col:out_col + state], False, True, 0.0, True, n_parts)
 
@@ -295,7 +307,7 @@ def _run_steps_together(step0, step1, reverse, gates, bias, w_hh, packed_hh, w_h
                 t, h_prev, c_prev, c_t, h_dst, h_dst_col = step_arrays(step, seq_len, reverse, h0, c0, c_seq,
                                                                        h_cell_seq, out, out_col, projecting)
                 cell_forward_part(gates[t % gates.shape[0]], bias, h_prev, w_hh, packed_hh, c_prev, c_t, h_dst,
-                                  h_dst_col, start, stop, step)
+                                  h_dst_col, start, stop, step, adds_recurrent_product(step, h0))
                 wait_for_all(barrier, n_parts)
                 if projecting:
                     gemm(h_dst, w_hr[proj_start:proj_stop],
@@ -338,9 +350,11 @@ def lstm_layer_forward(x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, reverse, plan,
     padded = gates.shape[2] // NUM_GATES
     width = PANEL_VECTORS * lanes_of(gates)  # columns per panel
     packing = pack_weights and gates.shape[2] % width == 0
-    # Threads that split the batch each pack their own copy of the weights (``_run_steps_by_batch``).
+    # Threads that split the batch each pack their own copy of the weights (``_run_steps_by_batch``);
+    # a one-step call from a zero initial state never reads w_hh (``adds_recurrent_product``).
     copies = n_parts if by_batch else 1
-    packed_hh_copies = np.empty((copies, gates.shape[2] // width if packing else 0, state, width), gates.dtype)
+    packs_hh = packing and (seq_len > 1 or adds_recurrent_product(0, h0))
+    packed_hh_copies = np.empty((copies, gates.shape[2] // width if packs_hh else 0, state, width), gates.dtype)
     packed_hh = packed_hh_copies[0]
     # One thread projects the inputs with the packed product too: no BLAS call, whose own
     # threads would wake up and spin beside the serial loop; so do threads that split the batch

@@ -117,10 +117,13 @@ def pack_gate_rows(w, packed, unit_start=0, unit_stop=-1):
     these units reads (``recurrent_product``).  A transpose: a vector of panel columns whose
     weight rows follow each other goes in square blocks of a vector by a vector
     (``simd.transpose_block``, the last k % lanes values element by element), any other
-    (padding units) as zeros and then its weight rows one by one.
+    (padding units) as zeros and then its weight rows one by one.  An empty packed (no panels:
+    weights no step reads) is left as it is.
     """
     hidden = w.shape[0] // NUM_GATES
     panels, k, width = packed.shape
+    if panels == 0:
+        return
     padded = panels * width // NUM_GATES
     # Panels visited: every one, or per_gate panels from ``first`` in each gate's block.
     every = unit_stop < 0

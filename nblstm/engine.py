@@ -190,8 +190,10 @@ class CPUBackend:
 
     @staticmethod
     def gate_columns(hidden, dtype, plan):
-        """Width of a row of gates: the kernels pad them (``kernels.packed``)."""
-        return gate_columns(hidden, dtype, plan[0] > 1, plan[3])
+        """Width of a row of gates: the kernels pad them (``kernels.packed``), to whole panels only
+        where threads split the hidden units (threads that split the batch each run all of them)."""
+        n_parts, _, by_batch, pack_weights = plan
+        return gate_columns(hidden, dtype, n_parts > 1 and not by_batch, pack_weights)
 
     @staticmethod
     def forward_calls_blas(plan, weights):

@@ -407,3 +407,15 @@ def test_short_inference_calls_split_the_units_and_longer_ones_the_batch():
     assert not engine.CPU.plan(2, 8, 192, 192, False)[2] and engine.CPU.plan(4, 8, 192, 192, False)[2]
     assert engine.CPU.plan(1, 16, 128, 128, False)[2:] == (True, True)
     assert engine.CPU.plan(1, 16, 128, 128, True)[2:] == (True, False)
+
+
+def test_gates_are_padded_to_panels_only_where_threads_split_the_units():
+    """Threads that split the hidden units each own whole panels; threads that split the batch run
+    every unit, where panel padding would only add work (hidden 32, float32: 128 columns, not 256)."""
+    from nblstm import engine
+
+    width = packed.panel_width(np.float32)
+    assert engine.CPU.gate_columns(32, np.float32, (2, True, True, True)) == 4 * 32
+    assert engine.CPU.gate_columns(32, np.float32, (2, True, False, True)) == 4 * width
+    assert engine.CPU.gate_columns(32, np.float32, (1, False, False, True)) == 4 * 32
+    assert engine.CPU.gate_columns(20, np.float32, (2, True, False, False)) == 4 * 20  # no packing: no padding

@@ -328,14 +328,14 @@ def _cpu_after_moving_off(cpu):
 
 @njit
 def _allowed_cpus():
-    mask = np.zeros(16, np.int64)
-    return barrier._thread_affinity(mask, False), mask
+    mask = np.zeros(barrier._CPU_SET_WORDS, np.int64)
+    return barrier._get_affinity(mask), mask
 
 
 def test_affinity_mask_reads_as_the_os_reports_it():
     status, mask = _allowed_cpus()
     assert status == 0
-    read = {word * 64 + bit for word in range(16) for bit in range(64) if (int(mask[word]) >> bit) & 1}
+    read = {word * 64 + bit for word in range(mask.shape[0]) for bit in range(64) if (int(mask[word]) >> bit) & 1}
     assert read == os.sched_getaffinity(0)
 
 

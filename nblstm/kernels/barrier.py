@@ -133,41 +133,39 @@ def _yield_core(typingctx):
     return types.none(), codegen
 
 
-@intrinsic
-def _thread_affinity(typingctx, mask, set_it):
-    """Read (``set_it`` False) or set this thread's allowed CPUs from an int64 array of
-    ``_CPU_SET_WORDS`` words (a cpu_set_t); returns 0 on success."""
+def _cpu_set_call(name):
+    """An intrinsic ``f(mask)`` calling the C library's ``name(0, size, mask)`` on this thread
+    with an int64 array of ``_CPU_SET_WORDS`` words as the cpu_set_t; returns 0 on success."""
 
-    def codegen(context, builder, signature, args):
-        data = context.make_array(signature.args[0])(context, builder, args[0]).data
-        argument_types = [ir.IntType(32), ir.IntType(64), ir.IntType(8).as_pointer()]
-        call_args = [ir.Constant(ir.IntType(32), 0), ir.Constant(ir.IntType(64), _CPU_SET_WORDS * 8),
-                     builder.bitcast(data, ir.IntType(8).as_pointer())]
-        with builder.if_else(args[1]) as (then, otherwise):
-            with then:
-                set_result = builder.call(_libc(builder, "sched_setaffinity", argument_types), call_args)
-                then_block = builder.block
-            with otherwise:
-                get_result = builder.call(_libc(builder, "sched_getaffinity", argument_types), call_args)
-                otherwise_block = builder.block
-        result = builder.phi(ir.IntType(32))
-        result.add_incoming(set_result, then_block)
-        result.add_incoming(get_result, otherwise_block)
-        return builder.sext(result, ir.IntType(64))
+    @intrinsic
+    def call(typingctx, mask):
+        def codegen(context, builder, signature, args):
+            data = context.make_array(signature.args[0])(context, builder, args[0]).data
+            argument_types = [ir.IntType(32), ir.IntType(64), ir.IntType(8).as_pointer()]
+            result = builder.call(_libc(builder, name, argument_types),
+                                  [ir.Constant(ir.IntType(32), 0), ir.Constant(ir.IntType(64), _CPU_SET_WORDS * 8),
+                                   builder.bitcast(data, ir.IntType(8).as_pointer())])
+            return builder.sext(result, ir.IntType(64))
 
-    return types.int64(mask, set_it), codegen
+        return types.int64(mask), codegen
+
+    return call
+
+
+_get_affinity = _cpu_set_call("sched_getaffinity")  # the CPUs this thread may run on
+_set_affinity = _cpu_set_call("sched_setaffinity")
 
 
 @njit(**JIT_OPTIONS)
 def _move_off_cpu(cpu):
     """Move this thread to another CPU it may run on (if any), then allow it all of them again."""
     allowed = np.zeros(_CPU_SET_WORDS, np.int64)
-    if cpu < 0 or cpu >= _CPU_SET_WORDS * 64 or _thread_affinity(allowed, False) != 0:
+    if cpu < 0 or cpu >= _CPU_SET_WORDS * 64 or _get_affinity(allowed) != 0:
         return
     others = allowed.copy()
     others[cpu // 64] &= ~(1 << (cpu % 64))
-    if others.any() and _thread_affinity(others, True) == 0:
-        _thread_affinity(allowed, True)
+    if others.any() and _set_affinity(others) == 0:
+        _set_affinity(allowed)
 
 
 @njit(**JIT_OPTIONS)
@@ -191,13 +189,12 @@ def arrive_together(state, n_threads):
         arrived = _atomic_load(state, _HANDSHAKE)
         if arrived == _CALLED_OFF:
             return False
-        if arrived == 0 and _compare_and_swap(state, _HANDSHAKE, 0, 1):
-            _atomic_store(state, _FIRST_CPU, cpu + 1)  # 0: not known yet
+        if _compare_and_swap(state, _HANDSHAKE, arrived, arrived + 1):
             break
-        if arrived > 0 and _compare_and_swap(state, _HANDSHAKE, arrived, arrived + 1):
-            if _atomic_load(state, _FIRST_CPU) == cpu + 1:
-                _move_off_cpu(cpu)
-            break
+    if arrived == 0:
+        _atomic_store(state, _FIRST_CPU, cpu + 1)  # 0: not known yet
+    elif _atomic_load(state, _FIRST_CPU) == cpu + 1:
+        _move_off_cpu(cpu)
     for spins in range(HANDSHAKE_SPINS):
         arrived = _atomic_load(state, _HANDSHAKE)
         if arrived == n_threads:

@@ -80,6 +80,8 @@ ODD_SIZES = [
     (37, 64, 5, 48, dict(bidirectional=True)),          # several inference blocks, threads split steps
     (6, 32, 24, 96, dict(bidirectional=True, proj_size=40, num_layers=2)),  # threads, padding, projection
     (3, 130, 40, 100, dict(num_layers=2)),
+    (9, 12, 8, 260, dict(bidirectional=True)),          # threads split 5 panels of units, one by rows
+    (8, 8, 3, 300, {}),
 ]
 
 

@@ -10,7 +10,7 @@ from nblstm._config import JIT_OPTIONS
 from nblstm.kernels import barrier, packed, simd
 from nblstm.kernels.activations import sigmoid, tanh
 from nblstm.kernels.blas import borrowed, gemm, single_threaded_blas
-from nblstm.kernels.parallel import part_range
+from nblstm.kernels.parallel import grid_share, part_range, share_first_rows, share_segment, shares_split_blocks
 
 
 @njit(cache=False)
@@ -149,6 +149,32 @@ def test_part_range_covers_everything_once(size, n_parts):
         assert start <= stop == next_start
 
 
+@pytest.mark.parametrize("blocks", [1, 2, 3, 7, 8])
+@pytest.mark.parametrize("rows", [1, 2, 6, 8, 13])
+@pytest.mark.parametrize("n_parts", [1, 2, 3, 5])
+@pytest.mark.parametrize("row_tile", [1, 4, "rows"])
+def test_grid_shares_cover_every_cell_once_and_split_blocks_only_between_tiles(blocks, rows, n_parts, row_tile):
+    row_tile = rows if row_tile == "rows" else row_tile
+    shares = [grid_share(part, n_parts, blocks, rows, row_tile) for part in range(n_parts)]
+    owner = np.full((blocks, rows), -1)
+    first_rows = np.zeros(blocks, int)
+    for part, share in enumerate(shares):
+        for segment in range(3):
+            block_start, block_stop, row_start, row_stop = share_segment(share, segment, rows)
+            if block_stop > block_start and row_stop > row_start:
+                assert (owner[block_start:block_stop, row_start:row_stop] == -1).all()
+                owner[block_start:block_stop, row_start:row_stop] = part
+                assert row_start % row_tile == 0 and (row_stop % row_tile == 0 or row_stop == rows)
+        first_rows[slice(*share_first_rows(share))] += 1
+    assert (owner >= 0).all() and (first_rows == 1).all()
+    cells = np.bincount(owner.ravel(), minlength=n_parts)
+    assert cells.max() - cells.min() <= row_tile * n_parts
+    split = any(share[0][1] > 0 for share in shares)
+    assert shares_split_blocks(n_parts, blocks, rows, row_tile) == split
+    if (blocks, rows, n_parts, row_tile) == (7, 8, 2, 4):  # 3.5 panels each, not 4 and 3
+        assert split and list(cells) == [28, 28]
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("hidden,k,m", [(1, 1, 1), (5, 3, 2), (37, 13, 7), (64, 300, 9), (100, 33, 130)])
 @pytest.mark.parametrize("accumulate", [False, True])
@@ -217,11 +243,12 @@ def test_transpose_block_moves_one_square_and_nothing_else(dtype):
     assert (dst == -1).sum() == dst.size - lanes * lanes
 
 
-@pytest.mark.parametrize("hidden", [1, 40, 100])
+@pytest.mark.parametrize("hidden", [1, 40, 100, 150])
 @pytest.mark.parametrize("n_parts", [2, 3])
 def test_threads_packing_their_own_units_fill_exactly_their_panels(hidden, n_parts, rng):
-    """Each part of a "together" region packs the panels of its units of every gate: alone it
-    writes those and no other; all parts together give the whole packing."""
+    """Each part of a "together" region packs the panels of every gate whose first batch row is in its
+    share (``grid_share``, batch 8): alone it writes those and no other; all parts together give the
+    whole packing."""
     width = packed.panel_width(np.float32)
     padded = packed.padded_hidden(hidden, np.float32, True)
     w = rng.standard_normal((4 * hidden, 7)).astype(np.float32)
@@ -229,7 +256,8 @@ def test_threads_packing_their_own_units_fill_exactly_their_panels(hidden, n_par
     packed.pack_gate_rows(w, whole)
     in_parts = np.full_like(whole, np.nan)
     for part in range(n_parts):
-        start, stop = part_range(part, n_parts, padded, width)
+        first, stop = share_first_rows(grid_share(part, n_parts, padded // width, 8, 4))
+        start, stop = first * width, stop * width
         alone = np.full_like(whole, np.nan)
         packed.pack_gate_rows(w, alone, start, stop)
         packed.pack_gate_rows(w, in_parts, start, stop)

@@ -15,8 +15,10 @@ o blocks, each padded to whole panels).  Per layer and direction:
    sequence in training, a fixed-size block in inference, so memory does not
    grow with seq_len);
 3. a compiled loop over time in which each thread owns a range of hidden
-   units (whole panels): it adds ``h_{t-1} @ w_hh.T`` to the four gate blocks
-   of its units, then applies the fused gate math
+   units (whole panels; where the threads do not divide the panels, one
+   panel is shared by batch rows, ``unit_share``): it adds
+   ``h_{t-1} @ w_hh.T`` to the four gate blocks of its units, then applies
+   the fused gate math
    ``c_t = f * c_{t-1} + i * g``, ``h_t = o * tanh(c_t)``
    (with a projection, ``h_t = w_hr @ (o * tanh(c_t))`` in a second parallel
    region).  Threads never write the same element, so there are no races.
@@ -45,7 +47,7 @@ from .packed import (
     to_padded_rows,
     weight_row,
 )
-from .parallel import PART_BLOCK, matmul, part_range
+from .parallel import PART_BLOCK, grid_share, matmul, part_range, share_first_rows, share_segment, shares_split_blocks
 from .simd import lanes_of
 
 # Threads that split the batch project their own rows' inputs with packed w_ih up to this input size,
@@ -54,6 +56,13 @@ from .simd import lanes_of
 # 0.13-0.145 ms, L100 N64 H128 input 64 6.2-6.7 -> 5.5-6.3 ms; even at input 128 and 256; 0.75x at
 # L100 N8 input 512 hidden 256, where packed w_ih (2 MiB) no longer stays in cache).
 PROJECT_BY_BATCH_MAX_INPUT = 64
+# Threads that split the hidden units share a panel by batch rows where they do not divide the panels
+# (``unit_share``) from this many steps: the thread without the panel's first rows waits for it to be
+# packed and reads it from the other core's cache, which only later steps repay (measured on 2 cores,
+# the time loop alone, both splits alternated in one process, batch 8: hidden 320 0.82x at 2 steps,
+# 1.01x at 8, 1.04x at 12, 1.11x at 100; hidden 448 0.96x at 4, 1.01x at 8, 1.03x at 16, 1.03-1.08x at
+# 100; hidden 192 1.06x at 16, 1.12x at 100; at batch 2-6, 1 or 2 rows a thread, 0.99-1.05x at 100).
+SHARE_PANEL_MIN_STEPS = 8
 
 
 @njit(**JIT_OPTIONS)
@@ -168,14 +177,37 @@ def cell_forward_part(gates_t, bias, h_prev, w_hh, packed_hh, c_prev, c_t, h_dst
     gate_math_part(gates_t, bias, c_prev, c_t, h_dst, h_dst_col, start, stop)
 
 
+@njit(**JIT_OPTIONS)
+def unit_share(part, n_parts, gates_t, block, row_tile):
+    """The ``grid_share`` of thread ``part`` when threads split the hidden units: blocks of ``block`` units
+    by the batch rows of gates_t (batch, 4*padded), rows cut in tiles of ``row_tile``."""
+    padded = gates_t.shape[1] // NUM_GATES
+    return grid_share(part, n_parts, -(-padded // block), gates_t.shape[0], row_tile)
+
+
+@njit(**JIT_OPTIONS)
+def cell_forward_share(gates_t, bias, h_prev, w_hh, packed_hh, c_prev, c_t, h_dst, h_dst_col, share, block, step,
+                       adds_product):
+    """cell_forward_part over a thread's ``unit_share``, segment by segment (``share_segment``; backwards
+    on odd steps, which read the weights backwards)."""
+    padded = gates_t.shape[1] // NUM_GATES
+    for visit in range(3):
+        segment = 2 - visit if step % 2 == 1 else visit
+        block_start, block_stop, row_start, row_stop = share_segment(share, segment, gates_t.shape[0])
+        if block_stop > block_start and row_stop > row_start:
+            rows = slice(row_start, row_stop)
+            cell_forward_part(gates_t[rows], bias, h_prev[rows], w_hh, packed_hh, c_prev[rows], c_t[rows],
+                              h_dst[rows], h_dst_col, block_start * block, min(padded, block_stop * block), step,
+                              adds_product)
+
+
 @njit(**PARALLEL_JIT_OPTIONS)
-def cell_forward_parallel(gates_t, bias, h_prev, w_hh, packed_hh, c_prev, c_t, h_dst, h_dst_col, block, n_parts,
-                          step, adds_product):
-    """cell_forward_part over every hidden unit, blocks of ``block`` units split between ``n_parts`` threads."""
+def cell_forward_parallel(gates_t, bias, h_prev, w_hh, packed_hh, c_prev, c_t, h_dst, h_dst_col, block, row_tile,
+                          n_parts, step, adds_product):
+    """cell_forward_part over every hidden unit and batch row, split between ``n_parts`` threads (``unit_share``)."""
     for part in prange(n_parts):
-        start, stop = part_range(part, n_parts, gates_t.shape[1] // NUM_GATES, block)
-        cell_forward_part(gates_t, bias, h_prev, w_hh, packed_hh, c_prev, c_t, h_dst, h_dst_col, start, stop, step,
-                          adds_product)
+        cell_forward_share(gates_t, bias, h_prev, w_hh, packed_hh, c_prev, c_t, h_dst, h_dst_col,
+                           unit_share(part, n_parts, gates_t, block, row_tile), block, step, adds_product)
 
 
 @njit(**JIT_OPTIONS)
@@ -227,9 +259,10 @@ def step_arrays(step, seq_len, reverse, h0, c0, c_seq, h_cell_seq, out, out_col,
 
 @njit(**JIT_OPTIONS)
 def _run_steps(step0, step1, reverse, rows_start, rows_stop, gates, bias, w_hh, packed_hh, w_hr, h0, c0, c_seq,
-               h_cell_seq, out, out_col, block, n_parts):
+               h_cell_seq, out, out_col, block, row_tile, n_parts):
     """Loop steps [step0, step1) for batch rows [rows_start, rows_stop), one parallel region per
-    step (or none with one part).  The loop works on ``borrowed`` views: no reference counting."""
+    step (or none with one part; ``unit_share`` with blocks of ``block`` units, rows in tiles of
+    ``row_tile``).  The loop works on ``borrowed`` views: no reference counting."""
     rows = slice(rows_start, rows_stop)
     gates, h0, c0, c_seq, h_cell_seq, out = borrowed((gates[:, rows], h0[rows], c0[rows], c_seq[:, rows],
                                                       h_cell_seq[:, rows], out[:, rows]))
@@ -243,7 +276,7 @@ def _run_steps(step0, step1, reverse, rows_start, rows_stop, gates, bias, w_hh, 
         adds_product = adds_recurrent_product(step, h0)
         if n_parts > 1:
             cell_forward_parallel(gates_t, bias, h_prev, w_hh, packed_hh, c_prev, c_t, h_dst, h_dst_col,
-                                  block, n_parts, step, adds_product)
+                                  block, row_tile, n_parts, step, adds_product)
         else:
             cell_forward_part(gates_t, bias, h_prev, w_hh, packed_hh, c_prev, c_t, h_dst, h_dst_col, 0, padded,
                               step, adds_product)
@@ -279,17 +312,19 @@ def _run_steps_by_batch(step0, step1, reverse, x, w_ih, packed_ih, gates, bias, 
                 gemm_packed(x[t], packed_ih_part, gates[t % gates.shape[0]], False, 0, packed_ih_part.shape[0],
                             rows_start, rows_stop)
         _run_steps(step0, step1, reverse, rows_start, rows_stop, gates, bias, w_hh, packed_hh_part, w_hr, h0, c0,
-                   c_seq, h_cell_seq, out, out_col, 1, 1)
+                   c_seq, h_cell_seq, out, out_col, 1, 1, 1)
 
 
 @njit(**PARALLEL_JIT_OPTIONS)
 def _run_steps_together(step0, step1, reverse, gates, bias, w_hh, packed_hh, w_hr, h0, c0, c_seq, h_cell_seq,
-                        out, out_col, block, n_parts, packs):
-    """Loop steps [step0, step1) in one parallel region: each thread computes its units of every
-    step and the threads meet at a barrier after each (see ``barrier``).  With ``packs``, each
-    thread first packs the panels of w_hh it will read (its units of every gate) into packed_hh:
-    in parallel, and into the cache of the core that reads them.  Returns False, having done
-    nothing, when the threads did not start together.  Works on ``borrowed`` views."""
+                        out, out_col, block, row_tile, n_parts, packs):
+    """Loop steps [step0, step1) in one parallel region: each thread computes its share of units (and
+    rows, ``unit_share``) of every step and the threads meet at a barrier after each (see
+    ``barrier``).  With ``packs``, each thread first packs the panels of w_hh it will read (its units
+    of every gate; a panel that threads share by rows, the thread with its first row, and they meet
+    before reading) into packed_hh: in parallel, and into the cache of the core that reads them.
+    Returns False, having done nothing, when the threads did not start together.  Works on
+    ``borrowed`` views."""
     gates, bias, w_hh, packed_hh, w_hr = borrowed((gates, bias, w_hh, packed_hh, w_hr))
     h0, c0, c_seq, h_cell_seq, out = borrowed((h0, c0, c_seq, h_cell_seq, out))
     seq_len, padded = out.shape[0], gates.shape[2] // NUM_GATES
@@ -299,15 +334,18 @@ def _run_steps_together(step0, step1, reverse, gates, bias, w_hh, packed_hh, w_h
     for part in prange(n_parts):
         started[part] = arrive_together(barrier, n_parts)
         if started[part]:
-            start, stop = part_range(part, n_parts, padded, block)
+            share = unit_share(part, n_parts, gates[0], block, row_tile)
             proj_start, proj_stop = part_range(part, n_parts, w_hr.shape[0])
             if packs:
-                pack_gate_rows(w_hh, packed_hh, start, stop)
+                first, stop = share_first_rows(share)
+                pack_gate_rows(w_hh, packed_hh, first * block, stop * block)
+                if shares_split_blocks(n_parts, padded // block, out.shape[1], row_tile):
+                    wait_for_all(barrier, n_parts)
             for step in range(step0, step1):
                 t, h_prev, c_prev, c_t, h_dst, h_dst_col = step_arrays(step, seq_len, reverse, h0, c0, c_seq,
                                                                        h_cell_seq, out, out_col, projecting)
-                cell_forward_part(gates[t % gates.shape[0]], bias, h_prev, w_hh, packed_hh, c_prev, c_t, h_dst,
-                                  h_dst_col, start, stop, step, adds_recurrent_product(step, h0))
+                cell_forward_share(gates[t % gates.shape[0]], bias, h_prev, w_hh, packed_hh, c_prev, c_t, h_dst,
+                                   h_dst_col, share, block, step, adds_recurrent_product(step, h0))
                 wait_for_all(barrier, n_parts)
                 if projecting:
                     gemm(h_dst, w_hr[proj_start:proj_stop],
@@ -372,6 +410,10 @@ def lstm_layer_forward(x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, reverse, plan,
     w_ih_rows = in_gate_layout(w_ih, padded) if packed_ih.shape[0] == 0 else w_ih
     bias_rows = gate_bias(b_ih, b_hh, w_hh.shape[0] // NUM_GATES, padded)
     block = width if packing else PART_BLOCK
+    # Threads that split the units, and not the panels evenly, share a panel by rows (``unit_share``)
+    # in whole register tiles, where the batch has two and the call enough steps; else whole blocks.
+    sharing = packing and batch >= 2 * TILE_ROWS and seq_len >= SHARE_PANEL_MIN_STEPS
+    row_tile = TILE_ROWS if sharing else batch
     n_blocks = (seq_len + gate_slots - 1) // gate_slots
     for visit in range(n_blocks):
         t0 = (n_blocks - 1 - visit if reverse else visit) * gate_slots
@@ -391,7 +433,7 @@ def lstm_layer_forward(x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, reverse, plan,
             continue
         if n_parts > 1 and together:
             together = _run_steps_together(step0, step1, reverse, gates, bias_rows, w_hh, packed_hh, w_hr, h0, c0,
-                                           c_seq, h_cell_seq, out, out_col, block, n_parts, in_region)
+                                           c_seq, h_cell_seq, out, out_col, block, row_tile, n_parts, in_region)
             if together:
                 in_region = False
                 continue
@@ -399,7 +441,7 @@ def lstm_layer_forward(x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, reverse, plan,
             pack_gate_rows(w_hh, packed_hh)
             in_region = False
         _run_steps(step0, step1, reverse, 0, batch, gates, bias_rows, w_hh, packed_hh, w_hr, h0, c0, c_seq,
-                   h_cell_seq, out, out_col, block, n_parts)
+                   h_cell_seq, out, out_col, block, row_tile, n_parts)
     t_last = time_index(seq_len - 1, seq_len, reverse)
     h_n[:, :] = out[t_last][:, out_col:out_col + state]
     c_n[:, :] = c_seq[t_last % c_seq.shape[0]]

@@ -9,7 +9,8 @@ number of panels (``padded_hidden``):
 The products leave zeros in the padding columns (their weights are zero); the
 forward's gate math activates them along with the rest, unused, and the
 backward zeroes their gradients.  When threads split the hidden units, each
-gate block is padded to whole panels, so that every thread owns whole panels;
+gate block is padded to whole panels, so that every thread owns whole panels
+(or the batch rows of one);
 a single thread pads to whole vectors only.  Calls that do not repack the
 weights (``packs_weights``) use no padding: the layout is then exactly
 PyTorch's.
@@ -83,7 +84,7 @@ def panel_width(dtype):
 @functools.lru_cache(maxsize=64)  # asked at every call: a few small models are called many times
 def padded_hidden(hidden, dtype, parallel):
     """hidden rounded up to whole vectors, or, when threads split the hidden units (``parallel``),
-    to whole panels, so that every thread's gate columns are whole panels."""
+    to whole panels, so that every thread's gate columns are whole panels (or rows of one)."""
     unit = panel_width(dtype) if parallel else vector_lanes(dtype)
     return -(-hidden // unit) * unit
 

@@ -31,6 +31,59 @@ def part_range(part, n_parts, size, block=PART_BLOCK):
 
 
 @njit(**JIT_OPTIONS)
+def _grid_cut(share, n_parts, blocks, rows, row_tile):
+    """(block, row) where the ``share``-th of ``n_parts`` shares of a blocks x rows grid starts (see
+    ``grid_share``): the nearest cut between whole tiles of rows."""
+    cell = share * blocks * rows // n_parts
+    block, row = cell // rows, cell % rows
+    row = min(rows, (row + row_tile // 2) // row_tile * row_tile)
+    return (block + 1, 0) if row == rows else (block, row)
+
+
+@njit(**JIT_OPTIONS)
+def grid_share(part, n_parts, blocks, rows, row_tile):
+    """The ``part``-th of ``n_parts`` near-equal shares of a grid of work, ``blocks`` (of columns) by
+    ``rows``, taken block by block and each block row by row: ((block, row) where the share starts,
+    (block, row) where the next one does).  Where the threads do not divide the blocks (7 panels
+    between 2), a block is split by rows between neighbours instead of one thread taking a whole
+    block more.  Rows are cut between whole tiles of ``row_tile`` (``rows`` for whole blocks only).
+    """
+    return _grid_cut(part, n_parts, blocks, rows, row_tile), _grid_cut(part + 1, n_parts, blocks, rows, row_tile)
+
+
+@njit(**JIT_OPTIONS)
+def share_segment(share, segment, rows):
+    """Segment 0, 1 or 2 of a ``grid_share`` as (block_start, block_stop, row_start, row_stop): its
+    first block from its first row (when the share starts within that block, or lies within it), its
+    whole blocks, its last block up to its last row.  An empty segment has no blocks or no rows."""
+    (first_block, first_row), (stop_block, stop_row) = share
+    if segment == 0:
+        if first_block == stop_block:
+            return first_block, first_block + 1, first_row, stop_row
+        return first_block, first_block + 1, first_row, rows if first_row > 0 else 0
+    if segment == 1:
+        return first_block + (first_row > 0), stop_block, 0, rows
+    return stop_block, stop_block + 1, 0, stop_row if stop_block > first_block else 0
+
+
+@njit(**JIT_OPTIONS)
+def share_first_rows(share):
+    """[start, stop) of the blocks whose first row is in ``share``: each block of a ``grid_share`` has one
+    such share (the one that, say, prepares what the block's other rows read)."""
+    (first_block, first_row), (stop_block, stop_row) = share
+    return first_block + (first_row > 0), stop_block + (stop_row > 0)
+
+
+@njit(**JIT_OPTIONS)
+def shares_split_blocks(n_parts, blocks, rows, row_tile):
+    """Whether some block of the grid is split by rows between ``grid_share``s."""
+    for part in range(1, n_parts):
+        if _grid_cut(part, n_parts, blocks, rows, row_tile)[1] > 0:
+            return True
+    return False
+
+
+@njit(**JIT_OPTIONS)
 def empty_aligned(rows, cols, dtype_of):
     """np.empty((rows, cols)) of ``dtype_of``'s dtype, starting on a cache-line boundary, so that
     threads writing neighbouring parts of a row do not share a cache line."""

@@ -82,6 +82,7 @@ ODD_SIZES = [
     (3, 130, 40, 100, dict(num_layers=2)),
     (9, 12, 8, 260, dict(bidirectional=True)),          # threads split 5 panels of units, one by rows
     (8, 8, 3, 300, {}),
+    (8, 8, 3, 400, dict(proj_size=190)),                # 7 panels of units, 3 of state columns
 ]
 
 

@@ -160,7 +160,7 @@ def test_grid_shares_cover_every_cell_once_and_split_blocks_only_between_tiles(b
     first_rows = np.zeros(blocks, int)
     for part, share in enumerate(shares):
         for segment in range(3):
-            block_start, block_stop, row_start, row_stop = share_segment(share, segment, rows)
+            block_start, block_stop, row_start, row_stop = share_segment(share, segment, rows, 1, blocks)
             if block_stop > block_start and row_stop > row_start:
                 assert (owner[block_start:block_stop, row_start:row_stop] == -1).all()
                 owner[block_start:block_stop, row_start:row_stop] = part

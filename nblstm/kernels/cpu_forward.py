@@ -193,12 +193,11 @@ def cell_forward_share(gates_t, bias, h_prev, w_hh, packed_hh, c_prev, c_t, h_ds
     padded = gates_t.shape[1] // NUM_GATES
     for visit in range(3):
         segment = 2 - visit if step % 2 == 1 else visit
-        block_start, block_stop, row_start, row_stop = share_segment(share, segment, gates_t.shape[0])
-        if block_stop > block_start and row_stop > row_start:
+        start, stop, row_start, row_stop = share_segment(share, segment, gates_t.shape[0], block, padded)
+        if stop > start and row_stop > row_start:
             rows = slice(row_start, row_stop)
             cell_forward_part(gates_t[rows], bias, h_prev[rows], w_hh, packed_hh, c_prev[rows], c_t[rows],
-                              h_dst[rows], h_dst_col, block_start * block, min(padded, block_stop * block), step,
-                              adds_product)
+                              h_dst[rows], h_dst_col, start, stop, step, adds_product)
 
 
 @njit(**PARALLEL_JIT_OPTIONS)

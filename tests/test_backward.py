@@ -284,20 +284,21 @@ def test_a_region_whose_threads_cannot_meet_falls_back_with_packed_weights(plan,
 def test_thread_splits_match_torch(plan, extra, monkeypatch, rng):
     """Every way of splitting the work between two threads (the batch; or each step's hidden units,
     in one parallel region with barriers between steps or one region per step) gives PyTorch's
-    numbers, forward and backward, with batch rows and hidden units not divisible evenly.  Layer
-    inputs of 24 and 40 features are projected by the threads that split the batch, the second
-    layer's 192 (bi-2-layers) by BLAS before them (``PROJECT_BY_BATCH_MAX_INPUT``)."""
+    numbers, forward and backward, with batch rows and hidden units not divisible evenly (threads that
+    split the units share the middle one of 3 panels by rows, ``unit_share``).  Layer inputs of 24
+    and 40 features are projected by the threads that split the batch, the second layer's 320
+    (bi-2-layers) by BLAS before them (``PROJECT_BY_BATCH_MAX_INPUT``)."""
     from nblstm import engine
 
     monkeypatch.setattr(engine.CPUBackend, "plan", staticmethod(lambda seq_len, batch, hidden, state, training: plan))
-    model = LSTM(24, 96, dtype="float64", seed=8, **extra)
-    x = rng.standard_normal((7, 30, 24))
+    model = LSTM(24, 160, dtype="float64", seed=8, **extra)
+    x = rng.standard_normal((8, 30, 24))
     check_against_torch(model, x, _random_state(model, 30, rng), rng)
     model.eval()
     twin = torch_twin(model)
     assert_close(model(x)[0], numpy(twin(tensor(x))[0]), np.float64)
-    # Inference in blocks of 3, 3 and 1 steps: the weights are packed in the first block's region only.
+    # Inference in blocks of 3, 3 and 2 steps: the weights are packed in the first block's region only.
     monkeypatch.setattr(engine, "INFERENCE_BLOCK_ROWS", 3 * 30)
-    in_blocks = LSTM(24, 96, dtype="float64", **extra).eval()
+    in_blocks = LSTM(24, 160, dtype="float64", **extra).eval()
     in_blocks.load_state_dict(model.state_dict())
     assert_close(in_blocks(x)[0], numpy(twin(tensor(x))[0]), np.float64)

@@ -133,7 +133,8 @@ class LSTM(Module):
                              f"{shape_tuple(input) if hasattr(input, 'shape') else shape_tuple(x)}")
         h0, c0 = self._initial_state(hx, batch, batched)
         output, h_n, c_n, tape = engine.forward(self._parameters, c, x, h0, c0, self.training, self._rng,
-                                                backend=self._backend, workspace=self._workspace)
+                                                backend=self._backend, workspace=self._workspace,
+                                                zero_start=hx is None)
         if tape is not None:
             tape.layout = (batched, seq_len, batch)
             self._tapes.append(tape)
@@ -284,7 +285,8 @@ class LSTMCell(Module):
             raise ValueError(f"Expected batch size larger than 0, got input of shape {shape_tuple(x)}")
         h, cell = self._initial_state(hx, batch, batched)
         _, h_n, c_n, tape = engine.forward(self._layer_parameters(), c, _with_batch_axis(x, 0), h, cell,
-                                           self.training, backend=self._backend, workspace=self._workspace)
+                                           self.training, backend=self._backend, workspace=self._workspace,
+                                           zero_start=hx is None)
         if tape is not None:
             tape.layout = (batched, batch)
             self._tapes.append(tape)

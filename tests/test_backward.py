@@ -262,7 +262,7 @@ def test_a_region_whose_threads_cannot_meet_falls_back_with_packed_weights(plan,
 
     from nblstm import engine
 
-    monkeypatch.setattr(engine.CPUBackend, "plan", staticmethod(lambda seq_len, batch, hidden, state, training: plan))
+    monkeypatch.setattr(engine.CPUBackend, "plan", staticmethod(lambda *args: plan))
     model = LSTM(5, 40, dtype="float64", seed=3)
     x = rng.standard_normal((6, 9, 5))
     previous = numba.get_num_threads()
@@ -290,7 +290,7 @@ def test_thread_splits_match_torch(plan, extra, monkeypatch, rng):
     (bi-2-layers) by BLAS before them (``PROJECT_BY_BATCH_MAX_INPUT``)."""
     from nblstm import engine
 
-    monkeypatch.setattr(engine.CPUBackend, "plan", staticmethod(lambda seq_len, batch, hidden, state, training: plan))
+    monkeypatch.setattr(engine.CPUBackend, "plan", staticmethod(lambda *args: plan))
     model = LSTM(24, 160, dtype="float64", seed=8, **extra)
     x = rng.standard_normal((8, 30, 24))
     check_against_torch(model, x, _random_state(model, 30, rng), rng)

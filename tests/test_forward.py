@@ -289,7 +289,8 @@ def test_default_zero_states_are_shared_and_stay_zero(rng):
 def test_first_step_from_a_zero_state_skips_only_a_zero_product(plan, seq_len, state, rng):
     """From a zero initial state the first step's h_prev @ w_hh.T is zero and is skipped, and a
     one-step call does not even pack w_hh (``adds_recurrent_product``); any other state still adds
-    it: with threads that split the batch (and pack the weights) or each step's units."""
+    it: with threads that split the batch (and pack the weights) or each step's units (a one-step
+    call without a state splits the batch, ``CPUBackend.plan``)."""
     from nblstm import engine
 
     hidden, batch = (128, 16) if plan == "batch" else (256, 8)
@@ -301,3 +302,6 @@ def test_first_step_from_a_zero_state_skips_only_a_zero_product(plan, seq_len, s
           "zeros": tuple(np.zeros_like(a) for a in _random_state(model, batch, rng))}[state]
     ours, theirs = run_both(model, x, hx)
     assert_same(ours, theirs, np.float32)
+    used = model._workspace.prepare(engine.CPU, model.config, model._parameters, seq_len, batch, np.float32, False,
+                                    zero_start=hx is None).plan
+    assert used[2] == (plan == "batch" or (hx is None and seq_len == 1))  # one step from none: the batch

@@ -437,6 +437,21 @@ def test_short_inference_calls_split_the_units_and_longer_ones_the_batch():
     assert engine.CPU.plan(1, 16, 128, 128, True)[2:] == (True, False)
 
 
+def test_one_step_inference_from_no_state_splits_the_batch():
+    """A one-step inference call from zero states never reads w_hh: its threads split the batch
+    whatever the recurrent weights; with a state, in training or over two steps, the weights decide."""
+    from nblstm import engine
+
+    with_state = engine.CPU.plan(1, 8, 512, 512, False)
+    if with_state[0] == 1 or not with_state[1]:
+        pytest.skip("needs two threads and Numba's OpenMP layer")
+    assert not with_state[2]
+    assert engine.CPU.plan(1, 8, 512, 512, False, zero_start=True)[2:] == (True, True)
+    assert not engine.CPU.plan(2, 8, 512, 512, False, zero_start=True)[2]
+    assert not engine.CPU.plan(1, 8, 512, 512, True, zero_start=True)[2]
+    assert not engine.CPU.plan(1, 4, 512, 512, False, zero_start=True)[2]  # a register tile per thread at least
+
+
 def test_gates_are_padded_to_panels_only_where_threads_split_the_units():
     """Threads that split the hidden units each own whole panels; threads that split the batch run
     every unit, where panel padding would only add work (hidden 32, float32: 128 columns, not 256)."""

@@ -52,24 +52,20 @@ def grid_share(part, n_parts, blocks, rows, row_tile):
 
 
 @njit(**JIT_OPTIONS)
-def _share_blocks(share, segment, rows):
-    (first_block, first_row), (stop_block, stop_row) = share
-    if segment == 0:
-        if first_block == stop_block:
-            return first_block, first_block + 1, first_row, stop_row
-        return first_block, first_block + 1, first_row, rows if first_row > 0 else 0
-    if segment == 1:
-        return first_block + (first_row > 0), stop_block, 0, rows
-    return stop_block, stop_block + 1, 0, stop_row if stop_block > first_block else 0
-
-
-@njit(**JIT_OPTIONS)
 def share_segment(share, segment, rows, block, size):
     """Segment 0, 1 or 2 of a ``grid_share`` of blocks of ``block`` columns of ``size``, as (start, stop,
     row_start, row_stop) of the columns and rows it covers: its first block from its first row (when
     the share starts within that block, or lies within it), its whole blocks, its last block up to
     its last row.  An empty segment has no columns or no rows."""
-    block_start, block_stop, row_start, row_stop = _share_blocks(share, segment, rows)
+    (first_block, first_row), (stop_block, stop_row) = share
+    if segment == 0:
+        block_start, block_stop, row_start = first_block, first_block + 1, first_row
+        row_stop = stop_row if first_block == stop_block else (rows if first_row > 0 else 0)
+    elif segment == 1:
+        block_start, block_stop, row_start, row_stop = first_block + (first_row > 0), stop_block, 0, rows
+    else:
+        block_start, block_stop, row_start = stop_block, stop_block + 1, 0
+        row_stop = stop_row if stop_block > first_block else 0
     return min(size, block_start * block), min(size, block_stop * block), row_start, row_stop
 
 

@@ -49,6 +49,11 @@ BATCH_SPLIT_WEIGHTS_SCALE = 28_000
 # 113 us, L2 N16 H256 253 -> 223, L2 N32 H256 366 -> 295, L4 N16 H256 357 -> 370, even in whole calls
 # alternated 3x; at batch 8 the units split stayed faster, L2 N8 H256 122 against 163 us).
 BATCH_SPLIT_ROWS_PER_THREAD = 8
+# A one-step inference call from zero states multiplies only its inputs (batch x 4 hidden x inputs
+# multiply-adds); below this many it runs on one thread (separate processes, 2 runs each, input 32:
+# 2^17 at L1 N8 H128 27.2-29.3 -> 23.1-23.6 us, 2^18 at L1 N16 H128 34.0-35.1 -> 29.6-29.7 and L1 N64
+# H32 30.9-31.7 -> 27.2-27.3; even at 2^19, L1 N32 H128, N64 H64, N16 H256).
+ONE_STEP_SPLIT_MIN_WORK = 1 << 19
 
 # In inference the input projection runs over blocks of time steps holding
 # about this many (time, batch) rows, so memory does not grow with seq_len.
@@ -148,7 +153,7 @@ class CPUBackend:
     layer_backward = staticmethod(lstm_layer_backward)
 
     @staticmethod
-    def plan(seq_len, batch, hidden, state, training, zero_start=False):
+    def plan(seq_len, batch, hidden, state, training, zero_start=False, input_size=0):
         """(threads, together, by_batch, pack_weights): how the kernels split and lay out the work (see
         ``lstm_layer_forward``).
 
@@ -162,14 +167,18 @@ class CPUBackend:
         same time, as Numba's OpenMP layer provides (the kernels check, and fall back, anyway).
         ``pack_weights``: whether the kernels repack the weights (``packed.packs_weights``).
         ``zero_start``: the call starts from zero states (the caller gave none); a one-step inference
-        call then never reads the recurrent weights (``adds_recurrent_product``), and threads that
-        split the batch only project their rows' inputs (measured on 2 cores, one process, 8 rounds
-        alternated, input 32: 1.12-1.36x the units split from L1 N4 H256 to L1 N64 H512, L1 N8 H1024).
+        call then never reads the recurrent weights (``adds_recurrent_product``): it runs on one
+        thread up to ``ONE_STEP_SPLIT_MIN_WORK`` (``input_size``: the largest layer input), else
+        threads that split the batch only project their rows' inputs (measured on 2 cores, one
+        process, 8 rounds alternated, input 32: 1.12-1.36x the units split from L1 N4 H256 to L1
+        N64 H512, L1 N8 H1024).
         """
         reads_recurrent_weights = not (zero_start and seq_len == 1 and not training)
         weights = NUM_GATES * hidden * state if reads_recurrent_weights else 0
         pack_weights = packs_weights(seq_len, batch, weights, training)
         n_parts = thread_parts(batch, hidden, state)
+        if not reads_recurrent_weights and batch * NUM_GATES * hidden * input_size < ONE_STEP_SPLIT_MIN_WORK:
+            n_parts = 1
         if n_parts == 1:
             return 1, False, False, pack_weights
         weights_fit = weights * 4 <= CACHE_BYTES_PER_THREAD
@@ -300,7 +309,8 @@ class Prepared:
 
 def prepare(backend, config, params, seq_len, batch, dtype, training, zero_start=False):
     """The ``Prepared`` forward of (seq_len, batch, features) input (from zero states: ``zero_start``)."""
-    plan = backend.plan(seq_len, batch, config.hidden_size, config.state_size, training, zero_start)
+    layer_inputs = (config.input_size, config.num_directions * config.state_size if config.num_layers > 1 else 0)
+    plan = backend.plan(seq_len, batch, config.hidden_size, config.state_size, training, zero_start, max(layer_inputs))
     weights = tuple(_layer_weights(backend, params, config, layer, direction)
                     for layer in range(config.num_layers) for direction in range(config.num_directions))
     return Prepared(plan, layout(backend, config, seq_len, batch, dtype, plan, training), params, weights,

@@ -437,19 +437,24 @@ def test_short_inference_calls_split_the_units_and_longer_ones_the_batch():
     assert engine.CPU.plan(1, 16, 128, 128, True)[2:] == (True, False)
 
 
-def test_one_step_inference_from_no_state_splits_the_batch():
+def test_one_step_inference_from_no_state_splits_the_batch_or_runs_on_one_thread():
     """A one-step inference call from zero states never reads w_hh: its threads split the batch
-    whatever the recurrent weights; with a state, in training or over two steps, the weights decide."""
+    whatever the recurrent weights, or one thread runs it when its inputs are few; with a state, in
+    training or over two steps, the weights decide."""
     from nblstm import engine
 
     with_state = engine.CPU.plan(1, 8, 512, 512, False)
     if with_state[0] == 1 or not with_state[1]:
         pytest.skip("needs two threads and Numba's OpenMP layer")
     assert not with_state[2]
-    assert engine.CPU.plan(1, 8, 512, 512, False, zero_start=True)[2:] == (True, True)
-    assert not engine.CPU.plan(2, 8, 512, 512, False, zero_start=True)[2]
-    assert not engine.CPU.plan(1, 8, 512, 512, True, zero_start=True)[2]
-    assert not engine.CPU.plan(1, 4, 512, 512, False, zero_start=True)[2]  # a register tile per thread at least
+    assert engine.CPU.plan(1, 8, 512, 512, False, zero_start=True, input_size=32)[2:] == (True, True)
+    assert not engine.CPU.plan(2, 8, 512, 512, False, zero_start=True, input_size=32)[2]
+    assert not engine.CPU.plan(1, 8, 512, 512, True, zero_start=True, input_size=32)[2]
+    # a register tile per thread at least
+    assert not engine.CPU.plan(1, 4, 512, 512, False, zero_start=True, input_size=32)[2]
+    assert engine.CPU.plan(1, 16, 128, 128, False, zero_start=True, input_size=32)[0] == 1
+    assert engine.CPU.plan(1, 16, 128, 128, False, zero_start=True, input_size=64)[2]
+    assert engine.CPU.plan(1, 16, 128, 128, False)[2]
 
 
 def test_gates_are_padded_to_panels_only_where_threads_split_the_units():

@@ -60,6 +60,12 @@ ONE_STEP_SPLIT_MIN_WORK = 1 << 19
 INFERENCE_BLOCK_ROWS = 512
 
 
+def reads_recurrent_weights(seq_len, training, zero_start):
+    """Whether a forward reads w_hh: not a one-step inference call from zero states (``zero_start``: the
+    caller gave none), whose only step skips its product (``adds_recurrent_product``)."""
+    return not (zero_start and seq_len == 1 and not training)
+
+
 def splits_steps(batch, hidden, state):
     """Whether a time step has the work to split between threads (``PARALLEL_MIN_WORK``)."""
     return batch * NUM_GATES * hidden * state >= PARALLEL_MIN_WORK
@@ -173,11 +179,11 @@ class CPUBackend:
         process, 8 rounds alternated, input 32: 1.12-1.36x the units split from L1 N4 H256 to L1
         N64 H512, L1 N8 H1024).
         """
-        reads_recurrent_weights = not (zero_start and seq_len == 1 and not training)
-        weights = NUM_GATES * hidden * state if reads_recurrent_weights else 0
+        reads_weights = reads_recurrent_weights(seq_len, training, zero_start)
+        weights = NUM_GATES * hidden * state if reads_weights else 0
         pack_weights = packs_weights(seq_len, batch, weights, training)
         n_parts = thread_parts(batch, hidden, state)
-        if not reads_recurrent_weights and batch * NUM_GATES * hidden * input_size < ONE_STEP_SPLIT_MIN_WORK:
+        if not reads_weights and batch * NUM_GATES * hidden * input_size < ONE_STEP_SPLIT_MIN_WORK:
             n_parts = 1
         if n_parts == 1:
             return 1, False, False, pack_weights
@@ -347,10 +353,12 @@ class Workspace:
         return value
 
     def prepare(self, backend, config, params, seq_len, batch, dtype, training, zero_start=False):
-        """``prepare(...)``, made once per shape, start and thread settings (``plan_settings``) while
-        the parameters are the same arrays: the same dict, or one holding the same first weight (a
-        model replaces all its arrays at once, as ``Module.to``, which takes a new workspace too)."""
-        key = (backend.name, seq_len, batch, dtype, training, zero_start,
+        """``prepare(...)``, made once per shape, thread settings (``plan_settings``) and whether it reads
+        the recurrent weights (calls with and without a state share one, and so their work arrays,
+        unless that differs) while the parameters are the same arrays: the same dict, or one holding
+        the same first weight (a model replaces all its arrays at once, as ``Module.to``, which takes
+        a new workspace too)."""
+        key = (backend.name, seq_len, batch, dtype, training, reads_recurrent_weights(seq_len, training, zero_start),
                backend.plan_settings(batch, config.hidden_size, config.state_size))
         args = (backend, config, params, seq_len, batch, dtype, training, zero_start)
         prepared = self._kept(self._prepared, key, lambda: prepare(*args))

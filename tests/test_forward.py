@@ -283,6 +283,22 @@ def test_default_zero_states_are_shared_and_stay_zero(rng):
     assert_close(default, numpy(expected), np.float32)
 
 
+def test_calls_with_and_without_a_state_share_their_work_arrays(rng):
+    """Only a one-step inference call plans differently without a state (``reads_recurrent_weights``):
+    longer calls of one shape, with and without hx, share one prepared forward and its work arrays."""
+    model = LSTM(32, 128, seed=2).eval()
+    state = _random_state(model, 8, rng)
+    for seq_len, prepared in ((10, 1), (1, 2)):
+        x = rng.standard_normal((seq_len, 8, 32)).astype(np.float32)
+        model._workspace = type(model._workspace)()
+        model(x)
+        arrays = model._workspace._free[0][1]
+        ours, theirs = run_both(model, x, state)
+        assert_same(ours, theirs, np.float32)
+        assert len(model._workspace._prepared) == prepared
+        assert (model._workspace._free[0][1] is arrays) == (prepared == 1)
+
+
 @pytest.mark.parametrize("plan", ["batch", "units"])
 @pytest.mark.parametrize("seq_len", [1, 2])
 @pytest.mark.parametrize("state", ["none", "zeros", "random"])

@@ -92,7 +92,7 @@ def matmul(a, b, c, trans_a=False, trans_b=False, beta=0.0):
     k = a.shape[0] if trans_a else a.shape[1]
     n_parts = 1 if m * n * k < PARALLEL_MIN_WORK else numba.get_num_threads()
     with single_threaded_blas() if uses_blas(m, n, k, trans_a, trans_b) else _NO_GUARD:
-        parallel_matmul(a, b, c, trans_a, trans_b, beta, n >= m, n_parts)
+        parallel_matmul(a, b, c, trans_a, trans_b, beta, n_parts)
 
 
 def _check_product(a, b, c, trans_a, trans_b):

@@ -151,7 +151,7 @@ def _backward_steps(reverse, rows_start, rows_stop, gates, c_seq, c0, w_hh, pack
         c_prev = c0 if step == 0 else c_seq[time_index(step - 1, seq_len, reverse)]
         if projecting:
             dh_seq[t, :, :] = dh
-            matmul(dh, w_hr, dh_cell, False, False, 0.0, True, n_parts)
+            matmul(dh, w_hr, dh_cell, False, False, 0.0, n_parts)
             dh_hidden = dh_cell
         else:
             dh_hidden = dh
@@ -225,10 +225,10 @@ def add_weight_gradient(d_gates, inputs, dw, n_parts):
     """dw (4*hidden, k) += d_gates.T @ inputs, d_gates (rows, 4*padded) in the padded gate layout,
     inputs (rows, k); padding rows are dropped."""
     if d_gates.shape[1] == dw.shape[0]:
-        matmul(d_gates, inputs, dw, True, False, 1.0, False, n_parts)
+        matmul(d_gates, inputs, dw, True, False, 1.0, n_parts)
     else:
         padded_rows = empty_aligned(d_gates.shape[1], dw.shape[1], d_gates)
-        matmul(d_gates, inputs, padded_rows, True, False, 0.0, False, n_parts)
+        matmul(d_gates, inputs, padded_rows, True, False, 0.0, n_parts)
         add_from_padded_rows(padded_rows, dw)
 
 
@@ -310,6 +310,5 @@ def lstm_layer_backward(x, w_ih, w_hh, w_hr, h0, c0, out, out_col, gates, c_seq,
         add_from_padded_rows(bias_rows, d_bias.reshape((d_bias.shape[0], 1)))
     if projecting:
         matmul(dh_seq.reshape((rows, state)), h_cell_seq.reshape((rows, h_cell_seq.shape[2])),
-               dw_hr, True, False, 1.0, False, n_parts)
-    matmul(d_gates, in_gate_layout(w_ih, padded), dx.reshape((rows, dx.shape[2])), False, False, dx_beta,
-           False, n_parts)
+               dw_hr, True, False, 1.0, n_parts)
+    matmul(d_gates, in_gate_layout(w_ih, padded), dx.reshape((rows, dx.shape[2])), False, False, dx_beta, n_parts)

@@ -280,7 +280,7 @@ def _run_steps(step0, step1, reverse, rows_start, rows_stop, gates, bias, w_hh, 
             cell_forward_part(gates_t, bias, h_prev, w_hh, packed_hh, c_prev, c_t, h_dst, h_dst_col, 0, padded,
                               step, adds_product)
         if projecting:
-            matmul(h_dst, w_hr, out[t][:, out_col:out_col + state], False, True, 0.0, True, n_parts)
+            matmul(h_dst, w_hr, out[t][:, out_col:out_col + state], False, True, 0.0, n_parts)
 
 
 @njit(**PARALLEL_JIT_OPTIONS)
@@ -420,7 +420,7 @@ def lstm_layer_forward(x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, reverse, plan,
         x_block = x[t0:t1].reshape(((t1 - t0) * batch, x.shape[2]))
         gates_block = gates[:t1 - t0].reshape(((t1 - t0) * batch, gates.shape[2]))
         if packed_ih.shape[0] == 0:
-            matmul(x_block, w_ih_rows, gates_block, False, True, 0.0, False, n_parts)
+            matmul(x_block, w_ih_rows, gates_block, False, True, 0.0, n_parts)
         elif n_parts == 1:
             gemm_packed(x_block, packed_ih, gates_block, False, 0, packed_ih.shape[0], 0, x_block.shape[0])
         step0, step1 = (seq_len - t1, seq_len - t0) if reverse else (t0, t1)

@@ -9,7 +9,7 @@ from numba import njit, prange
 from nblstm._config import JIT_OPTIONS
 from nblstm.kernels import barrier, packed, simd
 from nblstm.kernels.activations import sigmoid, tanh
-from nblstm.kernels.blas import borrowed, gemm, single_threaded_blas
+from nblstm.kernels.blas import borrowed, gemm, single_threaded_blas, uses_vectors
 from nblstm.kernels.parallel import grid_share, part_range, share_first_rows, share_segment, shares_split_blocks
 
 
@@ -89,11 +89,13 @@ def test_activation_special_values(dtype):
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("m,n,k", [(1, 1, 1), (3, 5, 7), (2, 9, 4), (1, 80, 20), (16, 300, 256),
-                                   (17, 33, 5), (64, 300, 256), (5, 0, 3), (4, 6, 0)])
+                                   (17, 33, 5), (64, 300, 256), (5, 0, 3), (4, 6, 0),
+                                   (8, 520, 260), (3, 1031, 257), (13, 517, 256)])
 @pytest.mark.parametrize("trans_a,trans_b", [(False, False), (False, True), (True, False), (True, True)])
 @pytest.mark.parametrize("beta", [0.0, 0.5, 1.0])
 def test_gemm_matches_numpy(m, n, k, trans_a, trans_b, beta, dtype, rng):
-    """Loops and BLAS alike, on column slices of wider arrays; beta == 0 ignores NaN in c."""
+    """Loops, SIMD dot products (the last three shapes, a @ b.T) and BLAS alike, on column slices of
+    wider arrays; beta == 0 ignores NaN in c."""
     a = rng.standard_normal((k, m) if trans_a else (m, k)).astype(dtype)
     b = rng.standard_normal((n, k) if trans_b else (k, n)).astype(dtype)
     wide = rng.standard_normal((m, n + 10)).astype(dtype)
@@ -105,6 +107,32 @@ def test_gemm_matches_numpy(m, n, k, trans_a, trans_b, beta, dtype, rng):
     tolerance = 1e-4 if dtype == np.float32 else 1e-12
     np.testing.assert_allclose(c, expected, rtol=tolerance, atol=tolerance * max(k, 1))
     assert np.isfinite(wide[:, :3]).all() and np.isfinite(wide[:, 3 + n:]).all()  # outside c untouched
+
+
+def test_few_rows_by_large_weights_run_as_simd_dot_products():
+    """a @ b.T with 2-16 rows of a and b of 2^17 values or more (2^18 for 2-4 rows), k from 128: the
+    shapes ``test_gemm_matches_numpy`` checks on that path, and the edges of the rule."""
+    for m, n, k in [(8, 520, 260), (3, 1031, 257), (13, 517, 256), (2, 1024, 256), (16, 1024, 128)]:
+        assert uses_vectors(m, n, k, False, True), (m, n, k)
+    for m, n, k in [(1, 4096, 512), (17, 2048, 512), (8, 4096, 64), (8, 128, 256), (4, 1024, 128)]:
+        assert not uses_vectors(m, n, k, False, True), (m, n, k)
+    assert not uses_vectors(8, 2048, 512, False, False) and not uses_vectors(8, 2048, 512, True, True)
+
+
+@njit(cache=False)
+def _lane_sums(rows):
+    """vsums of 1, 3 and 8 vectors: rows[0], rows[:3], rows[:8] (each row one vector)."""
+    v0, v1, v2, v3 = simd.vload(rows[0], 0), simd.vload(rows[1], 0), simd.vload(rows[2], 0), simd.vload(rows[3], 0)
+    v4, v5, v6, v7 = simd.vload(rows[4], 0), simd.vload(rows[5], 0), simd.vload(rows[6], 0), simd.vload(rows[7], 0)
+    return simd.vsums((v0,)), simd.vsums((v0, v1, v2)), simd.vsums((v0, v1, v2, v3, v4, v5, v6, v7))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_vector_sums_add_the_lanes_of_each_vector(dtype, rng):
+    rows = rng.integers(-50, 50, (8, simd.vector_lanes(dtype))).astype(dtype)  # integers: exact in any order
+    one, three, eight = _lane_sums(rows)
+    sums = rows.sum(axis=1)
+    assert one == (sums[0],) and three == tuple(sums[:3]) and eight == tuple(sums)
 
 
 def test_single_threaded_blas_limits_every_blas_and_restores_it():

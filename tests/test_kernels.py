@@ -110,11 +110,11 @@ def test_gemm_matches_numpy(m, n, k, trans_a, trans_b, beta, dtype, rng):
 
 
 def test_few_rows_by_large_weights_run_as_simd_dot_products():
-    """a @ b.T with 2-16 rows of a and b of 2^17 values or more (2^18 for 2-4 rows), k from 128: the
+    """a @ b.T with 2-16 rows of a and b of 48 Ki values or more (2^18 for 2-4 rows), k from 128: the
     shapes ``test_gemm_matches_numpy`` checks on that path, and the edges of the rule."""
-    for m, n, k in [(8, 520, 260), (3, 1031, 257), (13, 517, 256), (2, 1024, 256), (16, 1024, 128)]:
+    for m, n, k in [(8, 520, 260), (3, 1031, 257), (13, 517, 256), (2, 1024, 256), (16, 1024, 128), (8, 160, 320)]:
         assert uses_vectors(m, n, k, False, True), (m, n, k)
-    for m, n, k in [(1, 4096, 512), (17, 2048, 512), (8, 4096, 64), (8, 128, 256), (4, 1024, 128)]:
+    for m, n, k in [(1, 4096, 512), (17, 2048, 512), (8, 4096, 64), (8, 128, 256), (4, 1024, 128), (4, 224, 448)]:
         assert not uses_vectors(m, n, k, False, True), (m, n, k)
     assert not uses_vectors(8, 2048, 512, False, False) and not uses_vectors(8, 2048, 512, True, True)
 

@@ -32,15 +32,15 @@ BLAS_MIN_WORK = 4096
 # BLAS, which is tuned for large matrices (measured: see the benchmarks).
 LOOPS_MAX_ROWS = 1
 # a @ b.T with few rows of a runs as SIMD dot products (``_gemm_nt_vectors``), which read b as
-# it is where BLAS repacks it: BLAS slows down 2-4x once b outgrows the caches, they run at 30-40
+# it is where BLAS repacks it: BLAS slows down 2-4x once b outgrows the caches, they run at 30-50
 # GMAC/s a core either way.  Measured on AVX-512, float32, one thread, both alternated (medians of
-# 7), BLAS time / theirs: with b of 2^17 values or more, 6-8 rows 1.5-2.9x (k 128-1024), 12-16
-# rows 1.1-1.7x; 2-4 rows 2.5-3.8x from 2^18 values (0.6-2.4x at 2^17); smaller b mostly stays
-# with BLAS (8 rows, b 128 x 256: 0.8x, though 256 x 128: 1.7x); k 32-64: 0.6-1.3x; 24-32 rows
+# 7), BLAS time / theirs: 6-8 rows 2.1-2.4x with b 160 x 320 to 224 x 448, 1.5-2.9x for larger b
+# (k 128-1024), but 0.8x for b 128 x 256 and smaller; 12-16 rows 1.1-1.8x; 2-4 rows 2.3-3.8x from
+# 2^18 values of b (n 1024 and more) and as low as 0.6x below; k 32-64: 0.6-1.3x; 24-32 rows
 # 0.6-1.0x.
 VECTORS_MIN_K = 128
 VECTORS_MAX_ROWS = 16
-VECTORS_MIN_WEIGHTS = 2**17
+VECTORS_MIN_WEIGHTS = 48 * 1024
 VECTORS_FEW_ROWS, VECTORS_MIN_WEIGHTS_FEW_ROWS = 4, 2**18
 
 

@@ -410,10 +410,12 @@ def test_a_thread_moves_off_a_cpu_and_keeps_its_allowed_cpus():
 
 @pytest.mark.parametrize("seq_len, batch, hidden, training, expected", [
     (1, 64, 256, True, False),  # LSTMCell's steps and the shortest sequences never pack
-    (3, 64, 1024, False, False), (4, 8, 1024, False, True), (4, 1, 20, True, True),
+    (3, 64, 1024, False, False), (4, 16, 1024, False, True), (4, 1, 20, True, True),
     (3, 1, 20, False, False), (4, 1, 20, False, True), (7, 2, 20, False, False), (8, 2, 20, False, True),
     (15, 1, 512, False, False), (16, 1, 512, False, True), (31, 3, 1024, False, False),
-    (32, 3, 1024, False, True),
+    (32, 3, 1024, False, True), (41, 4, 512, False, False), (42, 5, 512, False, True), (7, 4, 20, False, False),
+    (8, 4, 20, False, True), (9, 8, 256, False, False), (10, 12, 256, False, True), (20, 8, 1024, False, False),
+    (21, 8, 1024, False, True), (4, 13, 1024, False, True), (4, 8, 1024, True, True),
 ])
 def test_weights_are_packed_where_it_was_measured_to_pay(seq_len, batch, hidden, training, expected):
     assert packed.packs_weights(seq_len, batch, 4 * hidden * hidden, training) == expected

@@ -47,28 +47,33 @@ ROW_BLOCK = 128
 TILE_ROWS = 4 if VECTOR_BITS == 512 else 1
 
 # Repacking the weights (a transpose at 0.15-0.35 ns an element, split between the threads that
-# read them) pays for itself when the steps that follow run faster by more.  Measured on 2 cores,
-# packed against plain products: training packs from 4 steps (its backward runs 2-3x slower on
-# plain products); inference from batch 4 packs from 4 steps too (1.13x at hidden 1024, 1.27x at
-# 512, 4 steps of batch 8; the packed product is up to 3x faster than BLAS); at batch 1-3 every
-# inference step is a matrix-vector-like product that streams the weights either way, and
-# packing pays from about sqrt(weights) / 64 steps (at batch 1: 1.03-1.07x at 4 steps up to
-# hidden 128, 1.10x at 8 steps at hidden 256, 1.06x at 16 at hidden 512), at least 4 at batch 1
-# and 8 at batch 2-3 (hidden 128, batch 2: 0.92x at 4 steps, 1.01x at 8).  LSTMCell's single
-# steps never pack.
+# read them) pays for itself when the steps that follow run faster by more.  Training packs from 4
+# steps (its backward runs 2-3x slower on plain products), and so does inference from batch 13.
+# Below, a step's product on plain weights runs on few rows (BLAS, or ``blas.gemm``'s SIMD dot
+# products, which stream the weights much as the packed product does), and packing pays from
+# about sqrt(weights) / per_step steps and at least ``fewest``: (largest batch, fewest, per_step).
+# Measured on 2 cores, the units split packed against plain (one process, alternated, whole
+# calls from no state; speed of plain / packed): batch 1: 1.03-1.07x at 4 steps up to hidden 128,
+# 1.10x at 8 at hidden 256, 1.06x at 16 at 512; batch 2-3: hidden 128 0.92x at 4 steps and 1.01x
+# at 8, hidden 512 0.90x at 16 and 1.01x at 32, hidden 1024 1.16x at 32; batch 4: hidden 256
+# 1.27x at 8, 1.11x at 16, 1.15x at 32, 0.98x at 64; hidden 512 1.08x at 16, 1.03x at 32, 0.86x
+# at 64; hidden 1024 1.10x at 32; batch 6-12: hidden 256 1.30x at 4, 1.26x at 8, 0.79x at 12
+# (batch split); hidden 384 1.12x at 8, 0.98x at 12; hidden 512 1.06x at 6, 0.97-0.98x at 8,
+# 0.86x at 12, 0.75-0.89x at 16; hidden 768 0.89x at 16; hidden 1024 1.30x at 8, 1.16x at 16,
+# 0.97x at 32; batch 16: hidden 512 1.05x at 4, 0.96x at 8; hidden 1024 0.93x at 8.  LSTMCell's
+# single steps never pack.
 PACK_MIN_STEPS = 4
-PACK_MIN_BATCH = 4
-PACK_MIN_STEPS_BATCH_2 = 8
-PACK_SQRT_WEIGHTS_PER_STEP = 64
+PACK_INFERENCE_STEPS = ((1, 4, 64), (3, 8, 64), (5, 8, 24), (12, 10, 96))
 
 
 def packs_weights(seq_len, batch, weights, training):
     """Whether a layer over ``seq_len`` steps of ``batch`` rows, with ``weights`` recurrent weights
     (4*hidden*state), should run on packed weights and padded gates (the plan's ``pack_weights``)."""
-    if training or batch >= PACK_MIN_BATCH:
-        return seq_len >= PACK_MIN_STEPS
-    fewest = PACK_MIN_STEPS if batch == 1 else PACK_MIN_STEPS_BATCH_2
-    return seq_len >= max(fewest, math.isqrt(weights) // PACK_SQRT_WEIGHTS_PER_STEP)
+    if not training:
+        for largest_batch, fewest, per_step in PACK_INFERENCE_STEPS:
+            if batch <= largest_batch:
+                return seq_len >= max(fewest, math.isqrt(weights) // per_step)
+    return seq_len >= PACK_MIN_STEPS
 
 
 def gate_columns(hidden, dtype, parallel, packed):

@@ -302,3 +302,17 @@ def test_thread_splits_match_torch(plan, extra, monkeypatch, rng):
     in_blocks = LSTM(24, 160, dtype="float64", **extra).eval()
     in_blocks.load_state_dict(model.state_dict())
     assert_close(in_blocks(x)[0], numpy(twin(tensor(x))[0]), np.float64)
+
+
+@pytest.mark.parametrize("seq_len", [1, 2, 3])
+@pytest.mark.parametrize("plan", [(1, False, False, True), (2, True, False, True), (2, False, True, True)],
+                         ids=["one-thread", "units-one-region", "batch-split"])
+def test_short_training_on_packed_weights_matches_torch(seq_len, plan, monkeypatch, rng):
+    """Training packs the weights for calls of 1-3 steps too at batch 8 and hidden 256 up
+    (``packed.packs_weights``): the same plans forced at a smaller size give PyTorch's gradients."""
+    from nblstm import engine
+
+    monkeypatch.setattr(engine.CPUBackend, "plan", staticmethod(lambda *args: plan))
+    model = LSTM(24, 72, dtype="float64", seed=4, num_layers=2)
+    x = rng.standard_normal((seq_len, 9, 24))
+    check_against_torch(model, x, _random_state(model, 9, rng), rng)

@@ -409,7 +409,8 @@ def test_a_thread_moves_off_a_cpu_and_keeps_its_allowed_cpus():
 
 
 @pytest.mark.parametrize("seq_len, batch, hidden, training, expected", [
-    (1, 64, 256, True, False),  # LSTMCell's steps and the shortest sequences never pack
+    (1, 64, 128, True, False), (3, 4, 512, True, False), (1, 8, 256, True, True),  # short training: from hidden 256
+    (1, 4, 256, False, False),  # LSTMCell's steps in inference and the shortest sequences never pack
     (3, 64, 1024, False, False), (4, 16, 1024, False, True), (4, 1, 20, True, True),
     (3, 1, 20, False, False), (4, 1, 20, False, True), (7, 2, 20, False, False), (8, 2, 20, False, True),
     (15, 1, 512, False, False), (16, 1, 512, False, True), (31, 3, 1024, False, False),

@@ -24,7 +24,7 @@ o blocks, each padded to whole panels).  Per layer and direction:
    region).  Threads never write the same element, so there are no races.
 
 Short problems (the plan's ``pack_weights``, from ``packed.packs_weights``:
-few time steps for their batch and weights, as LSTMCell's single steps) skip
+few time steps for their batch and weights, as LSTMCell's inference steps) skip
 the repacking and the padding, which would cost more than they save: their
 gates are in PyTorch's layout and every product is a plain one (``blas.gemm``).
 

@@ -48,7 +48,12 @@ TILE_ROWS = 4 if VECTOR_BITS == 512 else 1
 
 # Repacking the weights (a transpose at 0.15-0.35 ns an element, split between the threads that
 # read them) pays for itself when the steps that follow run faster by more.  Training packs from 4
-# steps (its backward runs 2-3x slower on plain products), and so does inference from batch 13.
+# steps (its backward runs 2-3x slower on plain products), and from the first at batch 8 and more
+# with 2^18 weights or more (hidden 256): training step (forward and backward) of plain / packed,
+# both in one process alternated 7x: batch 8, hidden 256: 1.08-1.10x at 1 step, 1.01-1.06x at 2,
+# 1.14x at 3; hidden 384-512: 1.02-1.07x at 2, 1.25x at 3; hidden 1024 0.99x at 1; batch 16-64:
+# 1.08-1.21x at 2-3 steps; but hidden 128 at batch 8: 0.90x at 2, and batch 1-4 0.85-0.98x.
+# Inference packs from 4 steps from batch 13.
 # Below, a step's product on plain weights runs on few rows (BLAS, or ``blas.gemm``'s SIMD dot
 # products, which stream the weights much as the packed product does), and packing pays from
 # about sqrt(weights) / per_step steps and at least ``fewest``: (largest batch, fewest, per_step).
@@ -61,18 +66,21 @@ TILE_ROWS = 4 if VECTOR_BITS == 512 else 1
 # (batch split); hidden 384 1.12x at 8, 0.98x at 12; hidden 512 1.06x at 6, 0.97-0.98x at 8,
 # 0.86x at 12, 0.75-0.89x at 16; hidden 768 0.89x at 16; hidden 1024 1.30x at 8, 1.16x at 16,
 # 0.97x at 32; batch 16: hidden 512 1.05x at 4, 0.96x at 8; hidden 1024 0.93x at 8.  LSTMCell's
-# single steps never pack.
+# single inference steps never pack.
 PACK_MIN_STEPS = 4
+PACK_TRAINING_ANY_STEPS_MIN_BATCH, PACK_TRAINING_ANY_STEPS_MIN_WEIGHTS = 8, 2**18
 PACK_INFERENCE_STEPS = ((1, 4, 64), (3, 8, 64), (5, 8, 24), (12, 10, 96))
 
 
 def packs_weights(seq_len, batch, weights, training):
     """Whether a layer over ``seq_len`` steps of ``batch`` rows, with ``weights`` recurrent weights
     (4*hidden*state), should run on packed weights and padded gates (the plan's ``pack_weights``)."""
-    if not training:
-        for largest_batch, fewest, per_step in PACK_INFERENCE_STEPS:
-            if batch <= largest_batch:
-                return seq_len >= max(fewest, math.isqrt(weights) // per_step)
+    if training:
+        return seq_len >= PACK_MIN_STEPS or (batch >= PACK_TRAINING_ANY_STEPS_MIN_BATCH and
+                                             weights >= PACK_TRAINING_ANY_STEPS_MIN_WEIGHTS)
+    for largest_batch, fewest, per_step in PACK_INFERENCE_STEPS:
+        if batch <= largest_batch:
+            return seq_len >= max(fewest, math.isqrt(weights) // per_step)
     return seq_len >= PACK_MIN_STEPS
 
 

@@ -53,10 +53,10 @@ TILE_ROWS = 4 if VECTOR_BITS == 512 else 1
 # both in one process alternated 7x: batch 8, hidden 256: 1.08-1.10x at 1 step, 1.01-1.06x at 2,
 # 1.14x at 3; hidden 384-512: 1.02-1.07x at 2, 1.25x at 3; hidden 1024 0.99x at 1; batch 16-64:
 # 1.08-1.21x at 2-3 steps; but hidden 128 at batch 8: 0.90x at 2, and batch 1-4 0.85-0.98x.
-# Inference packs from 4 steps from batch 13.
-# Below, a step's product on plain weights runs on few rows (BLAS, or ``blas.gemm``'s SIMD dot
-# products, which stream the weights much as the packed product does), and packing pays from
-# about sqrt(weights) / per_step steps and at least ``fewest``: (largest batch, fewest, per_step).
+# Inference packs from 4 steps from batch 13.  Below, a step's product on plain weights runs on few
+# rows (BLAS, or ``blas.gemm``'s SIMD dot products, which stream the weights much as the packed
+# product does), and packing pays from about sqrt(weights) / per_step steps and at least
+# ``fewest``: PACK_INFERENCE_STEPS holds (largest batch, fewest, per_step).
 # Measured on 2 cores, the units split packed against plain (one process, alternated, whole
 # calls from no state; speed of plain / packed): batch 1: 1.03-1.07x at 4 steps up to hidden 128,
 # 1.10x at 8 at hidden 256, 1.06x at 16 at 512; batch 2-3: hidden 128 0.92x at 4 steps and 1.01x

@@ -153,6 +153,7 @@ NAMED = {
     "small": Case(50, 16, 64, 128),
     "medium": Case(100, 64, 256, 256),
     "stacked-bi": Case(20, 8, 32, 64, num_layers=2, bidirectional=True),
+    "short-stacked": Case(3, 8, 32, 512, num_layers=2),
     "tiny": Case(4, 2, 3, 5),
 }
 

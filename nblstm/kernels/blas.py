@@ -184,8 +184,9 @@ def flat_block(array, i):
 
 @njit(**JIT_OPTIONS)
 def _store(c_row, j, n, beta, sums):
-    """c_row[j + q] = sums[q] + beta * c_row[j + q] for the q < 4 with j + q < n (beta == 0 overwrites)."""
-    for q in range(min(4, n - j)):
+    """c_row[j + q] = sums[q] + beta * c_row[j + q] for the q < len(sums) with j + q < n (beta == 0
+    overwrites)."""
+    for q in range(min(len(sums), n - j)):
         c_row[j + q] = sums[q] if beta == 0.0 else sums[q] + beta * c_row[j + q]
 
 
@@ -247,15 +248,6 @@ def _fma_row(a_flat, offset, w0, w1, s0, s1):
 
 
 @njit(**JIT_OPTIONS)
-def _store_pair(c_flat, offset, second, beta, s0, s1):
-    """c_flat[offset] (and, with ``second``, c_flat[offset + 1]) = the sums + beta * themselves (beta == 0
-    overwrites)."""
-    c_flat[offset] = s0 if beta == 0.0 else s0 + beta * c_flat[offset]
-    if second:
-        c_flat[offset + 1] = s1 if beta == 0.0 else s1 + beta * c_flat[offset + 1]
-
-
-@njit(**JIT_OPTIONS)
 def _gemm_nt_vectors(a, b, c, beta):
     """c = a @ b.T + beta * c as SIMD dot products: a register tile of 4 rows of a by 2 rows of b
     holds 8 vector accumulators along k, summed across lanes at the end (``vsums``); the last
@@ -283,7 +275,8 @@ def _gemm_nt_vectors(a, b, c, beta):
                 s30, s31 = _fma_row(a_flat, a3 + p, w0, w1, s30, s31)
             sums = vsums((s00, s01, s10, s11, s20, s21, s30, s31))
             for r in range(min(4, m - i)):
-                _store_pair(c_flat, (i + r) * c_stride + j, j + 1 < n, beta, sums[2 * r], sums[2 * r + 1])
+                row = (i + r) * c_stride
+                _store(c_flat, row + j, row + n, beta, (sums[2 * r], sums[2 * r + 1]))
     if k_vectors < a.shape[1]:
         _gemm_nt_loops(a[:, k_vectors:], b[:, k_vectors:], c, 1.0)
 

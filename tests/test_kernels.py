@@ -9,7 +9,8 @@ from numba import njit, prange
 from nblstm._config import JIT_OPTIONS
 from nblstm.kernels import barrier, packed, simd
 from nblstm.kernels.activations import sigmoid, tanh
-from nblstm.kernels.blas import borrowed, gemm, single_threaded_blas, uses_vectors
+from nblstm.kernels.blas import gemm, single_threaded_blas, uses_vectors
+from nblstm.kernels.views import borrowed
 from nblstm.kernels.parallel import grid_share, part_range, share_first_rows, share_segment, shares_split_blocks
 
 

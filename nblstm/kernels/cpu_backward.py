@@ -22,17 +22,13 @@ from .._config import JIT_OPTIONS, PARALLEL_JIT_OPTIONS
 from ..params import NUM_GATES
 from .activations import tanh
 from .barrier import BARRIER_STATE_SIZE, arrive_together, wait_for_all
-from .blas import borrowed, gemm, row_of
+from .blas import gemm
 from .cpu_forward import gate_slices, in_gate_layout, time_index
-from .packed import (
-    PANEL_VECTORS,
-    TILE_ROWS,
-    add_from_padded_rows,
-    gemm_packed,
-    pack_columns,
-)
+from .packed import add_from_padded_rows, gemm_packed, pack_columns
 from .parallel import PART_BLOCK, empty_aligned, matmul, part_range
 from .simd import lanes_of
+from .tiles import PANEL_VECTORS, TILE_ROWS
+from .views import borrowed, row_of
 
 
 @njit(**JIT_OPTIONS)

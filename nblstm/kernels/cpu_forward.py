@@ -38,17 +38,12 @@ from .._config import JIT_OPTIONS, PARALLEL_JIT_OPTIONS
 from ..params import NUM_GATES
 from .activations import sigmoid, tanh
 from .barrier import BARRIER_STATE_SIZE, arrive_together, wait_for_all
-from .blas import borrowed, gemm, row_of
-from .packed import (
-    PANEL_VECTORS,
-    TILE_ROWS,
-    gemm_packed,
-    pack_gate_rows,
-    to_padded_rows,
-    weight_row,
-)
+from .blas import gemm
+from .packed import gemm_packed, pack_gate_rows, to_padded_rows, weight_row
 from .parallel import PART_BLOCK, grid_share, matmul, part_range, share_first_rows, share_segment, shares_split_blocks
 from .simd import lanes_of
+from .tiles import PANEL_VECTORS, TILE_ROWS
+from .views import borrowed, row_of
 
 # Threads that split the batch project their own rows' inputs with packed w_ih up to this input size,
 # rather than in one BLAS product split between them before: no parallel region and no BLAS calls

@@ -19,9 +19,9 @@ Packed weights.  ``c = a @ w.T`` (gates from inputs or states) and
 ``c = a @ w`` (state gradients from gate gradients) run over weights repacked
 once per call into panels of ``PANEL_VECTORS`` vectors of columns of c,
 contiguous along the reduction: ``packed[p, k, :]`` holds the weights that
-multiply ``a[:, k]`` into the columns of panel p.  The microkernel keeps a
-tile of c (rows x 4 vectors) in registers for the whole reduction, streaming
-one row of the panel per step; on this machine's AVX-512 it runs at 120-170
+multiply ``a[:, k]`` into the columns of panel p.  The microkernel
+(``tiles.py``) keeps a tile of c (rows x 4 vectors) in registers for the whole
+reduction, streaming one row of the panel per step; on this machine's AVX-512 it runs at 120-170
 GFLOP/s per core on LSTM shapes, where OpenBLAS manages 45 (8 rows) to 120 (64 rows).
 """
 import functools
@@ -32,19 +32,13 @@ from numba import njit
 
 from .._config import JIT_OPTIONS
 from ..params import NUM_GATES
-from .blas import borrowed, flat_block, flat_rows, row_of
-from .simd import VECTOR_BITS, lanes_of, transpose_block, vadd, vector_lanes, vfma, vload, vsplat, vstore
+from .simd import lanes_of, transpose_block, vector_lanes, vsplat, vstore
+from .tiles import K_BLOCK, PANEL_VECTORS, panel_product
+from .views import borrowed, flat_block, flat_rows
 
-PANEL_VECTORS = 4  # vectors of c per register tile row
-# Reduction steps per pass over a panel: 128 rows of 4 vectors (32 KiB) stay in the
-# L1 cache while every row tile of c uses them.
-K_BLOCK = 128
 # Rows of a per pass over all panels: 128 rows of up to a few hundred values stay in
 # the L2 cache while every panel uses them.
 ROW_BLOCK = 128
-# Rows of c per register tile: 4 x 4 vectors is 16 accumulators, which AVX-512's
-# 32 registers hold with room to spare; AVX2's 16 registers take one row.
-TILE_ROWS = 4 if VECTOR_BITS == 512 else 1
 
 # Repacking the weights (a transpose at 0.15-0.35 ns an element, split between the threads that
 # read them) pays for itself when the steps that follow run faster by more.  Training packs from 4
@@ -220,93 +214,6 @@ def add_from_padded_rows(rows, w):
 
 
 @njit(**JIT_OPTIONS)
-def _panel_row(panel, kk, lanes):
-    """Row kk of a panel: the PANEL_VECTORS vectors of weights that multiply a[:, kk]."""
-    base = kk * PANEL_VECTORS * lanes
-    return vload(panel, base), vload(panel, base + lanes), vload(panel, base + 2 * lanes), \
-        vload(panel, base + 3 * lanes)
-
-
-@njit(**JIT_OPTIONS)
-def _row_fma(a_value, weights, c0, c1, c2, c3):
-    """(c0..c3) + a_value * weights: one row of a register tile, one reduction step."""
-    x = vsplat(a_value)
-    return vfma(x, weights[0], c0), vfma(x, weights[1], c1), vfma(x, weights[2], c2), vfma(x, weights[3], c3)
-
-
-@njit(**JIT_OPTIONS)
-def _tile_4_rows(a, panel, c, r0, col, accumulate, k_start, k_stop):
-    """c[r0:r0+4, col:col+width] (+)= a[r0:r0+4, k_start:k_stop] @ panel[k_start:k_stop], the panel
-    (k * width,) packed rows of the weights."""
-    lanes = lanes_of(panel)
-    zero = vsplat(panel.dtype.type(0.0))
-    c00 = c01 = c02 = c03 = c10 = c11 = c12 = c13 = zero
-    c20 = c21 = c22 = c23 = c30 = c31 = c32 = c33 = zero
-    a0, a1, a2, a3 = a[r0], a[r0 + 1], a[r0 + 2], a[r0 + 3]
-    for kk in range(k_start, k_stop):
-        weights = _panel_row(panel, kk, lanes)
-        c00, c01, c02, c03 = _row_fma(a0[kk], weights, c00, c01, c02, c03)
-        c10, c11, c12, c13 = _row_fma(a1[kk], weights, c10, c11, c12, c13)
-        c20, c21, c22, c23 = _row_fma(a2[kk], weights, c20, c21, c22, c23)
-        c30, c31, c32, c33 = _row_fma(a3[kk], weights, c30, c31, c32, c33)
-    _store_row(row_of(c, r0), col, lanes, accumulate, c00, c01, c02, c03)
-    _store_row(row_of(c, r0 + 1), col, lanes, accumulate, c10, c11, c12, c13)
-    _store_row(row_of(c, r0 + 2), col, lanes, accumulate, c20, c21, c22, c23)
-    _store_row(row_of(c, r0 + 3), col, lanes, accumulate, c30, c31, c32, c33)
-
-
-@njit(**JIT_OPTIONS)
-def _tile_2_rows(a, panel, c, r0, col, accumulate, k_start, k_stop):
-    """``_tile_4_rows`` for rows r0 and r0 + 1: a batch of 2 or 3 rows reads each panel once."""
-    lanes = lanes_of(panel)
-    zero = vsplat(panel.dtype.type(0.0))
-    c00 = c01 = c02 = c03 = c10 = c11 = c12 = c13 = zero
-    a0, a1 = a[r0], a[r0 + 1]
-    for kk in range(k_start, k_stop):
-        weights = _panel_row(panel, kk, lanes)
-        c00, c01, c02, c03 = _row_fma(a0[kk], weights, c00, c01, c02, c03)
-        c10, c11, c12, c13 = _row_fma(a1[kk], weights, c10, c11, c12, c13)
-    _store_row(row_of(c, r0), col, lanes, accumulate, c00, c01, c02, c03)
-    _store_row(row_of(c, r0 + 1), col, lanes, accumulate, c10, c11, c12, c13)
-
-
-@njit(**JIT_OPTIONS)
-def _tile_1_row(a_row, panel, c_row, col, accumulate, k_start, k_stop):
-    """c_row[col:col+width] (+)= a_row[k_start:k_stop] @ panel[k_start:k_stop]; two accumulators per
-    vector (even and odd k) keep eight fused multiply-adds in flight."""
-    lanes = lanes_of(panel)
-    step = PANEL_VECTORS * lanes
-    zero = vsplat(panel.dtype.type(0.0))
-    e0 = e1 = e2 = e3 = o0 = o1 = o2 = o3 = zero
-    for kk in range(k_start, k_stop - 1, 2):
-        base = kk * step
-        x = vsplat(a_row[kk])
-        e0, e1 = vfma(x, vload(panel, base), e0), vfma(x, vload(panel, base + lanes), e1)
-        e2, e3 = vfma(x, vload(panel, base + 2 * lanes), e2), vfma(x, vload(panel, base + 3 * lanes), e3)
-        base += step
-        x = vsplat(a_row[kk + 1])
-        o0, o1 = vfma(x, vload(panel, base), o0), vfma(x, vload(panel, base + lanes), o1)
-        o2, o3 = vfma(x, vload(panel, base + 2 * lanes), o2), vfma(x, vload(panel, base + 3 * lanes), o3)
-    if (k_stop - k_start) % 2:
-        base = (k_stop - 1) * step
-        x = vsplat(a_row[k_stop - 1])
-        e0, e1 = vfma(x, vload(panel, base), e0), vfma(x, vload(panel, base + lanes), e1)
-        e2, e3 = vfma(x, vload(panel, base + 2 * lanes), e2), vfma(x, vload(panel, base + 3 * lanes), e3)
-    _store_row(c_row, col, lanes, accumulate, vadd(e0, o0), vadd(e1, o1), vadd(e2, o2), vadd(e3, o3))
-
-
-@njit(**JIT_OPTIONS)
-def _store_row(c_row, col, lanes, accumulate, v0, v1, v2, v3):
-    if accumulate:
-        v0, v1 = vadd(v0, vload(c_row, col)), vadd(v1, vload(c_row, col + lanes))
-        v2, v3 = vadd(v2, vload(c_row, col + 2 * lanes)), vadd(v3, vload(c_row, col + 3 * lanes))
-    vstore(c_row, col, v0)
-    vstore(c_row, col + lanes, v1)
-    vstore(c_row, col + 2 * lanes, v2)
-    vstore(c_row, col + 3 * lanes, v3)
-
-
-@njit(**JIT_OPTIONS)
 def gemm_packed(a, packed, c, accumulate, panel_start, panel_stop, row_start, row_stop, descending=False):
     """c[rows, panel columns] (+)= a[rows] @ (weights of the panels), for panels [panel_start, panel_stop)
     and rows [row_start, row_stop).
@@ -328,13 +235,5 @@ def gemm_packed(a, packed, c, accumulate, panel_start, panel_stop, row_start, ro
             col = p * width
             for k_start in range(0, max(k, 1), K_BLOCK):
                 k_stop = min(k, k_start + K_BLOCK)
-                add = accumulate or k_start > 0
-                r = block_start
-                while r + TILE_ROWS <= block_stop and TILE_ROWS > 1:
-                    _tile_4_rows(a, panel, c, r, col, add, k_start, k_stop)
-                    r += TILE_ROWS
-                if r + 2 <= block_stop and TILE_ROWS > 1:
-                    _tile_2_rows(a, panel, c, r, col, add, k_start, k_stop)
-                    r += 2
-                for row in range(r, block_stop):
-                    _tile_1_row(a[row], panel, row_of(c, row), col, add, k_start, k_stop)
+                panel_product(a, panel, 0, width, c, col, accumulate or k_start > 0, k_start, k_stop,
+                              block_start, block_stop)

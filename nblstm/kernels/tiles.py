@@ -1,0 +1,126 @@
+"""Register tiles of ``c = a @ w``: the microkernel of the CPU kernels' matrix products.
+
+A tile keeps rows x ``PANEL_VECTORS`` vectors of c in registers for a whole reduction, streaming
+one row of the weights per step: ``weights[offset + kk * stride:][:width]`` multiplies ``a[:, kk]``
+into columns col..col + width of c (width = PANEL_VECTORS vectors).  The weights are either a
+panel packed for it (``packed.py``: stride = width, contiguous along the reduction) or the rows of
+a plain matrix read in place (stride = its row stride, ``gemm_nn_panels``).
+"""
+from numba import njit
+
+from .._config import JIT_OPTIONS
+from .simd import VECTOR_BITS, lanes_of, vadd, vfma, vload, vsplat, vstore
+from .views import row_of
+
+PANEL_VECTORS = 4  # vectors of c per register tile row
+# Reduction steps per pass over a panel: 128 rows of 4 vectors (32 KiB) stay in the
+# L1 cache while every row tile of c uses them.
+K_BLOCK = 128
+# Rows of c per register tile: 4 x 4 vectors is 16 accumulators, which AVX-512's
+# 32 registers hold with room to spare; AVX2's 16 registers take one row.
+TILE_ROWS = 4 if VECTOR_BITS == 512 else 1
+
+
+@njit(**JIT_OPTIONS)
+def _weights_row(weights, base, lanes):
+    """The PANEL_VECTORS vectors of weights from ``base``: those that multiply one column of a."""
+    return vload(weights, base), vload(weights, base + lanes), vload(weights, base + 2 * lanes), \
+        vload(weights, base + 3 * lanes)
+
+
+@njit(**JIT_OPTIONS)
+def _row_fma(a_value, weights, c0, c1, c2, c3):
+    """(c0..c3) + a_value * weights: one row of a register tile, one reduction step."""
+    x = vsplat(a_value)
+    return vfma(x, weights[0], c0), vfma(x, weights[1], c1), vfma(x, weights[2], c2), vfma(x, weights[3], c3)
+
+
+@njit(**JIT_OPTIONS)
+def _store_row(c_row, col, lanes, accumulate, v0, v1, v2, v3):
+    if accumulate:
+        v0, v1 = vadd(v0, vload(c_row, col)), vadd(v1, vload(c_row, col + lanes))
+        v2, v3 = vadd(v2, vload(c_row, col + 2 * lanes)), vadd(v3, vload(c_row, col + 3 * lanes))
+    vstore(c_row, col, v0)
+    vstore(c_row, col + lanes, v1)
+    vstore(c_row, col + 2 * lanes, v2)
+    vstore(c_row, col + 3 * lanes, v3)
+
+
+@njit(**JIT_OPTIONS)
+def _tile_4_rows(a, weights, offset, stride, c, r0, col, accumulate, k_start, k_stop):
+    """c[r0:r0+4, col:col+width] (+)= a[r0:r0+4, k_start:k_stop] @ (rows k_start:k_stop of the
+    weights)."""
+    lanes = lanes_of(weights)
+    zero = vsplat(weights.dtype.type(0.0))
+    c00 = c01 = c02 = c03 = c10 = c11 = c12 = c13 = zero
+    c20 = c21 = c22 = c23 = c30 = c31 = c32 = c33 = zero
+    a0, a1, a2, a3 = a[r0], a[r0 + 1], a[r0 + 2], a[r0 + 3]
+    for kk in range(k_start, k_stop):
+        w = _weights_row(weights, offset + kk * stride, lanes)
+        c00, c01, c02, c03 = _row_fma(a0[kk], w, c00, c01, c02, c03)
+        c10, c11, c12, c13 = _row_fma(a1[kk], w, c10, c11, c12, c13)
+        c20, c21, c22, c23 = _row_fma(a2[kk], w, c20, c21, c22, c23)
+        c30, c31, c32, c33 = _row_fma(a3[kk], w, c30, c31, c32, c33)
+    _store_row(row_of(c, r0), col, lanes, accumulate, c00, c01, c02, c03)
+    _store_row(row_of(c, r0 + 1), col, lanes, accumulate, c10, c11, c12, c13)
+    _store_row(row_of(c, r0 + 2), col, lanes, accumulate, c20, c21, c22, c23)
+    _store_row(row_of(c, r0 + 3), col, lanes, accumulate, c30, c31, c32, c33)
+
+
+@njit(**JIT_OPTIONS)
+def _tile_2_rows(a, weights, offset, stride, c, r0, col, accumulate, k_start, k_stop):
+    """``_tile_4_rows`` for rows r0 and r0 + 1: a batch of 2 or 3 rows reads the weights once."""
+    lanes = lanes_of(weights)
+    zero = vsplat(weights.dtype.type(0.0))
+    c00 = c01 = c02 = c03 = c10 = c11 = c12 = c13 = zero
+    a0, a1 = a[r0], a[r0 + 1]
+    for kk in range(k_start, k_stop):
+        w = _weights_row(weights, offset + kk * stride, lanes)
+        c00, c01, c02, c03 = _row_fma(a0[kk], w, c00, c01, c02, c03)
+        c10, c11, c12, c13 = _row_fma(a1[kk], w, c10, c11, c12, c13)
+    _store_row(row_of(c, r0), col, lanes, accumulate, c00, c01, c02, c03)
+    _store_row(row_of(c, r0 + 1), col, lanes, accumulate, c10, c11, c12, c13)
+
+
+@njit(**JIT_OPTIONS)
+def _tile_1_row(a_row, weights, offset, stride, c_row, col, accumulate, k_start, k_stop):
+    """c_row[col:col+width] (+)= a_row[k_start:k_stop] @ (rows k_start:k_stop of the weights); two
+    accumulators per vector (even and odd k) keep eight fused multiply-adds in flight."""
+    lanes = lanes_of(weights)
+    zero = vsplat(weights.dtype.type(0.0))
+    e0 = e1 = e2 = e3 = o0 = o1 = o2 = o3 = zero
+    for kk in range(k_start, k_stop - 1, 2):
+        base = offset + kk * stride
+        x = vsplat(a_row[kk])
+        e0, e1 = vfma(x, vload(weights, base), e0), vfma(x, vload(weights, base + lanes), e1)
+        e2, e3 = vfma(x, vload(weights, base + 2 * lanes), e2), vfma(x, vload(weights, base + 3 * lanes), e3)
+        base += stride
+        x = vsplat(a_row[kk + 1])
+        o0, o1 = vfma(x, vload(weights, base), o0), vfma(x, vload(weights, base + lanes), o1)
+        o2, o3 = vfma(x, vload(weights, base + 2 * lanes), o2), vfma(x, vload(weights, base + 3 * lanes), o3)
+    if (k_stop - k_start) % 2:
+        base = offset + (k_stop - 1) * stride
+        x = vsplat(a_row[k_stop - 1])
+        e0, e1 = vfma(x, vload(weights, base), e0), vfma(x, vload(weights, base + lanes), e1)
+        e2, e3 = vfma(x, vload(weights, base + 2 * lanes), e2), vfma(x, vload(weights, base + 3 * lanes), e3)
+    _store_row(c_row, col, lanes, accumulate, vadd(e0, o0), vadd(e1, o1), vadd(e2, o2), vadd(e3, o3))
+
+
+@njit(**JIT_OPTIONS)
+def panel_product(a, weights, offset, stride, c, col, accumulate, k_start, k_stop, row_start, row_stop):
+    """c[rows, col:col + width] (+)= a[rows, k_start:k_stop] @ (rows k_start:k_stop of the weights)
+    for rows [row_start, row_stop), in register tiles of TILE_ROWS, 2 and 1 rows.
+
+    a: (m, >= k_stop) with contiguous rows; weights: flat, row kk of the panel at
+    offset + kk * stride; c: (m, >= col + width) with contiguous rows.  ``accumulate`` adds to c
+    instead of overwriting it.
+    """
+    r = row_start
+    while r + TILE_ROWS <= row_stop and TILE_ROWS > 1:
+        _tile_4_rows(a, weights, offset, stride, c, r, col, accumulate, k_start, k_stop)
+        r += TILE_ROWS
+    if r + 2 <= row_stop and TILE_ROWS > 1:
+        _tile_2_rows(a, weights, offset, stride, c, r, col, accumulate, k_start, k_stop)
+        r += 2
+    for row in range(r, row_stop):
+        _tile_1_row(a[row], weights, offset, stride, row_of(c, row), col, accumulate, k_start, k_stop)

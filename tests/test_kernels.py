@@ -9,7 +9,7 @@ from numba import njit, prange
 from nblstm._config import JIT_OPTIONS
 from nblstm.kernels import barrier, packed, simd
 from nblstm.kernels.activations import sigmoid, tanh
-from nblstm.kernels.blas import gemm, single_threaded_blas, uses_vectors
+from nblstm.kernels.blas import gemm, single_threaded_blas, uses_blas, uses_panels, uses_vectors
 from nblstm.kernels.views import borrowed
 from nblstm.kernels.parallel import grid_share, part_range, share_first_rows, share_segment, shares_split_blocks
 
@@ -91,12 +91,13 @@ def test_activation_special_values(dtype):
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("m,n,k", [(1, 1, 1), (3, 5, 7), (2, 9, 4), (1, 80, 20), (16, 300, 256),
                                    (17, 33, 5), (64, 300, 256), (5, 0, 3), (4, 6, 0),
-                                   (8, 520, 260), (3, 1031, 257), (13, 517, 256)])
+                                   (8, 520, 260), (3, 1031, 257), (13, 517, 256), (2, 700, 760), (6, 300, 900)])
 @pytest.mark.parametrize("trans_a,trans_b", [(False, False), (False, True), (True, False), (True, True)])
 @pytest.mark.parametrize("beta", [0.0, 0.5, 1.0])
 def test_gemm_matches_numpy(m, n, k, trans_a, trans_b, beta, dtype, rng):
-    """Loops, SIMD dot products (the last three shapes, a @ b.T) and BLAS alike, on column slices of
-    wider arrays; beta == 0 ignores NaN in c."""
+    """Loops, SIMD dot products (a @ b.T at 8 x 520 x 260, 3 x 1031 x 257, 13 x 517 x 256), register
+    tiles (a @ b at 8 x 520 x 260, 13 x 517 x 256 and the last two shapes) and BLAS alike, on column
+    slices of wider arrays; beta == 0 ignores NaN in c."""
     a = rng.standard_normal((k, m) if trans_a else (m, k)).astype(dtype)
     b = rng.standard_normal((n, k) if trans_b else (k, n)).astype(dtype)
     wide = rng.standard_normal((m, n + 10)).astype(dtype)
@@ -118,6 +119,16 @@ def test_few_rows_by_large_weights_run_as_simd_dot_products():
     for m, n, k in [(1, 4096, 512), (17, 2048, 512), (8, 4096, 64), (8, 128, 256), (4, 1024, 128), (4, 224, 448)]:
         assert not uses_vectors(m, n, k, False, True), (m, n, k)
     assert not uses_vectors(8, 2048, 512, False, False) and not uses_vectors(8, 2048, 512, True, True)
+
+
+def test_few_rows_by_large_weights_run_as_register_tiles():
+    """a @ b with 2-32 rows of a, 64 columns or more and b of 2^17 values or more (2^18 at 4-7 rows,
+    2^19 at 2-3): the shapes ``test_gemm_matches_numpy`` checks on that path, and the edges."""
+    for m, n, k in [(8, 520, 260), (13, 517, 256), (2, 700, 760), (6, 300, 900), (32, 64, 2048), (4, 256, 1024)]:
+        assert uses_panels(m, n, k, False, False) and not uses_blas(m, n, k, False, False), (m, n, k)
+    for m, n, k in [(1, 4096, 512), (33, 2048, 512), (8, 63, 4096), (8, 128, 512), (4, 256, 512), (3, 512, 512)]:
+        assert not uses_panels(m, n, k, False, False), (m, n, k)
+    assert not uses_panels(8, 2048, 512, True, False) and not uses_panels(8, 2048, 512, False, True)
 
 
 @njit(cache=False)

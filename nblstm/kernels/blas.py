@@ -4,9 +4,9 @@
 last axis is contiguous (any row stride, so column slices of a wider array are
 fine).  Large products call the ``sgemm``/``dgemm`` that SciPy exports through
 ``scipy.linalg.cython_blas`` (the BLAS Numba's own ``np.dot`` uses); small
-ones run as plain loops, which beat the BLAS call overhead, and a @ b.T with
-a few rows of a and a large b as SIMD dot products, which beat BLAS's
-repacking of b.
+ones run as plain loops, which beat the BLAS call overhead; with a few rows of
+a and a large b, a @ b.T runs as SIMD dot products and a @ b as register tiles
+over b's rows (``tiles.py``), both of which beat BLAS's repacking of b.
 
 The BLAS functions are bound by symbol name (``llvmlite.binding.add_symbol``)
 rather than by address, so kernels that call them can be cached on disk.
@@ -25,6 +25,7 @@ from numba.extending import intrinsic, overload
 
 from .._config import JIT_OPTIONS
 from .simd import lanes_of, vfma, vload, vsplat, vsums
+from .tiles import gemm_nn_panels
 from .views import flat_rows, row_of
 
 # Below this many multiply-adds a compiled loop beats the BLAS call overhead.
@@ -43,6 +44,16 @@ VECTORS_MIN_K = 128
 VECTORS_MAX_ROWS = 16
 VECTORS_MIN_WEIGHTS = 48 * 1024
 VECTORS_FEW_ROWS, VECTORS_MIN_WEIGHTS_FEW_ROWS = 4, 2**18
+# a @ b with few rows of a runs as register tiles over b's rows in place (``tiles.gemm_nn_panels``),
+# where BLAS repacks b at every call and slows down 3-7x once b has 2^17-2^18 values.  Measured on
+# AVX-512, float32, one thread, both alternated (medians of 5), BLAS time / theirs: b of 2^17
+# values: 0.9-1.0x at 2-4 rows, 2.4-2.6x at 8-12, 1.7x at 16-32; 2^18-2^19: 0.8-0.9x at 2 rows (b
+# 1024 x 256, 512 x 512), 5-7x at 2 rows from 2^19, 4.2-5.9x at 4, 2.1-3.4x at 8-16, 1.3-2.1x at
+# 24-32, 1.0-1.4x at 48-64, 0.8-0.9x at 128; b of 2^16 and less 0.9-1.1x.  float64 (the same
+# counts of values): 0.9-2.6x at 2-8 rows, 0.9-1.2x at 32.
+# PANELS_MIN_WEIGHTS: (largest rows of c, fewest values of b) for every row count that takes them.
+PANELS_MIN_COLUMNS = 64
+PANELS_MIN_WEIGHTS = ((3, 2**19), (7, 2**18), (32, 2**17))
 
 
 def _capsule_address(capsule):
@@ -258,6 +269,19 @@ def _gemm_nn_loops(a, b, c, trans_a, beta):
 
 
 @njit(**JIT_OPTIONS)
+def _gemm_nn_panels(a, b, c, beta):
+    """c = a @ b + beta * c: ``tiles.gemm_nn_panels`` over the whole panels of columns, the last
+    n % width columns as ``_gemm_nn_loops``."""
+    n = c.shape[1]
+    scaled = beta != 0.0 and beta != 1.0  # the panels overwrite c or add to it
+    if scaled:
+        _scale(c, beta)
+    whole = gemm_nn_panels(a, b, c, beta != 0.0)
+    if whole < n:
+        _gemm_nn_loops(a, b[:, whole:], c[:, whole:], False, 1.0 if scaled else beta)
+
+
+@njit(**JIT_OPTIONS)
 def uses_vectors(m, n, k, trans_a, trans_b):
     """Whether ``gemm`` runs an (m, k) by (k, n) product as ``_gemm_nt_vectors``: a @ b.T with few rows."""
     if trans_a or not trans_b or k < VECTORS_MIN_K or not LOOPS_MAX_ROWS < m <= VECTORS_MAX_ROWS:
@@ -266,10 +290,23 @@ def uses_vectors(m, n, k, trans_a, trans_b):
 
 
 @njit(**JIT_OPTIONS)
+def uses_panels(m, n, k, trans_a, trans_b):
+    """Whether ``gemm`` runs an (m, k) by (k, n) product as ``tiles.gemm_nn_panels``: a @ b with few
+    rows."""
+    if trans_a or trans_b or m <= LOOPS_MAX_ROWS or n < PANELS_MIN_COLUMNS:
+        return False
+    for largest_rows, fewest_weights in PANELS_MIN_WEIGHTS:
+        if m <= largest_rows:
+            return n * k >= fewest_weights
+    return False
+
+
+@njit(**JIT_OPTIONS)
 def uses_blas(m, n, k, trans_a, trans_b):
     """Whether ``gemm`` hands an (m, k) by (k, n) product to BLAS rather than to compiled loops."""
     small = m * n * k < BLAS_MIN_WORK or (m <= LOOPS_MAX_ROWS and not trans_a)
-    return (not small or (trans_a and trans_b)) and not uses_vectors(m, n, k, trans_a, trans_b)
+    return ((not small or (trans_a and trans_b)) and not uses_vectors(m, n, k, trans_a, trans_b)
+            and not uses_panels(m, n, k, trans_a, trans_b))
 
 
 @njit(**JIT_OPTIONS)
@@ -286,6 +323,8 @@ def gemm(a, b, c, trans_a=False, trans_b=False, beta=0.0):
         return
     if uses_vectors(m, n, k, trans_a, trans_b):
         _gemm_nt_vectors(a, b, c, beta)
+    elif uses_panels(m, n, k, trans_a, trans_b):
+        _gemm_nn_panels(a, b, c, beta)
     elif uses_blas(m, n, k, trans_a, trans_b):
         _gemm_blas(a, b, c, trans_a, trans_b, beta, m, n, k)
     elif trans_b:

@@ -421,14 +421,17 @@ def test_a_thread_moves_off_a_cpu_and_keeps_its_allowed_cpus():
 
 
 @pytest.mark.parametrize("seq_len, batch, hidden, training, expected", [
-    (1, 64, 128, True, False), (3, 4, 512, True, False), (1, 8, 256, True, True),  # short training: from hidden 256
+    (1, 64, 128, True, False), (3, 4, 128, True, False), (4, 4, 128, True, True),  # training below hidden 256
+    (7, 1, 512, True, False), (8, 1, 512, True, True), (15, 4, 256, True, False), (16, 2, 1024, True, True),
+    (7, 5, 256, True, False), (8, 16, 512, True, True), (3, 32, 256, True, False), (4, 17, 256, True, True),
+    (1, 33, 256, True, True),  # training from hidden 256
     (1, 4, 256, False, False),  # LSTMCell's steps in inference and the shortest sequences never pack
     (3, 64, 1024, False, False), (4, 16, 1024, False, True), (4, 1, 20, True, True),
     (3, 1, 20, False, False), (4, 1, 20, False, True), (7, 2, 20, False, False), (8, 2, 20, False, True),
     (15, 1, 512, False, False), (16, 1, 512, False, True), (31, 3, 1024, False, False),
     (32, 3, 1024, False, True), (41, 4, 512, False, False), (42, 5, 512, False, True), (7, 4, 20, False, False),
     (8, 4, 20, False, True), (9, 8, 256, False, False), (10, 12, 256, False, True), (20, 8, 1024, False, False),
-    (21, 8, 1024, False, True), (4, 13, 1024, False, True), (4, 8, 1024, True, True),
+    (21, 8, 1024, False, True), (4, 13, 1024, False, True), (4, 8, 1024, True, False),
 ])
 def test_weights_are_packed_where_it_was_measured_to_pay(seq_len, batch, hidden, training, expected):
     assert packed.packs_weights(seq_len, batch, 4 * hidden * hidden, training) == expected

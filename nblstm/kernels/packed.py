@@ -42,11 +42,20 @@ ROW_BLOCK = 128
 
 # Repacking the weights (a transpose at 0.15-0.35 ns an element, split between the threads that
 # read them) pays for itself when the steps that follow run faster by more.  Training packs from 4
-# steps (its backward runs 2-3x slower on plain products), and from the first at batch 8 and more
-# with 2^18 weights or more (hidden 256): training step (forward and backward) of plain / packed,
-# both in one process alternated 7x: batch 8, hidden 256: 1.08-1.10x at 1 step, 1.01-1.06x at 2,
-# 1.14x at 3; hidden 384-512: 1.02-1.07x at 2, 1.25x at 3; hidden 1024 0.99x at 1; batch 16-64:
-# 1.08-1.21x at 2-3 steps; but hidden 128 at batch 8: 0.90x at 2, and batch 1-4 0.85-0.98x.
+# steps below 2^18 weights (hidden 256).  From there the plain products of a step's few rows run as
+# ``blas.gemm``'s SIMD dot products (forward) and register tiles (backward), which read the weights
+# in place, and training packs from PACK_TRAINING_STEPS: (largest batch, fewest steps), and from the
+# first step beyond.  Training step (forward and backward), packed against plain, both in one
+# process alternated 7x; time packed / plain (above 1: plain is faster): batch 1: hidden 512 1.22
+# at 4 steps, 0.99 at 8, 0.89 at 12, 0.85 at 16; hidden 1024 1.10 at 8, 0.99 at 16; hidden 256
+# 1.00 at 8, 0.95 at 16.  Batch 2-4: hidden 256 1.31 at 4, 1.15-1.19 at 8-16, 1.07-1.11 at 32-64;
+# hidden 384 1.12 at 16; hidden 512 1.15 at 4, 0.98-0.99 at 12-16, 0.79 at 24-32 (0.65 at batch 2);
+# hidden 1024 1.26 at 4, 1.03-1.12 at 12-16, 0.97 at 32.  Batch 6-16: hidden 256 1.13 at 1 step,
+# 1.10-1.17 at 6-8 and 0.94 at 12 (batch 8), 0.99 at 8 (batch 12-16); hidden 384 1.17 at 4, 0.94 at
+# 8 (batch 6), 1.02 at 10 (batch 8); hidden 512 1.20 at 2, 1.08-1.09 at 4-6, 0.92 at 8 (batch 8),
+# 1.00 at 4, 0.97 at 6, 0.91 at 8 (batch 16); hidden 1024 1.32 at 4, 1.16 at 8 (batch 8).  Batch
+# 24-32: hidden 256 1.02 at 4, hidden 512 1.05-1.08 at 2.  Below hidden 256 (BLAS or loops on plain
+# weights): batch 4 hidden 128 1.05-1.09 at 8-16; batch 8 hidden 128 0.86 at 4, hidden 192 0.73 at 8.
 # Inference packs from 4 steps from batch 13.  Below, a step's product on plain weights runs on few
 # rows (BLAS, or ``blas.gemm``'s SIMD dot products, which stream the weights much as the packed
 # product does), and packing pays from about sqrt(weights) / per_step steps and at least
@@ -62,7 +71,8 @@ ROW_BLOCK = 128
 # 0.97x at 32; batch 16: hidden 512 1.05x at 4, 0.96x at 8; hidden 1024 0.93x at 8.  LSTMCell's
 # single inference steps never pack.
 PACK_MIN_STEPS = 4
-PACK_TRAINING_ANY_STEPS_MIN_BATCH, PACK_TRAINING_ANY_STEPS_MIN_WEIGHTS = 8, 2**18
+PACK_TRAINING_STEPS_MIN_WEIGHTS = 2**18
+PACK_TRAINING_STEPS = ((1, 8), (4, 16), (16, 8), (32, 4))
 PACK_INFERENCE_STEPS = ((1, 4, 64), (3, 8, 64), (5, 8, 24), (12, 10, 96))
 
 
@@ -70,8 +80,12 @@ def packs_weights(seq_len, batch, weights, training):
     """Whether a layer over ``seq_len`` steps of ``batch`` rows, with ``weights`` recurrent weights
     (4*hidden*state), should run on packed weights and padded gates (the plan's ``pack_weights``)."""
     if training:
-        return seq_len >= PACK_MIN_STEPS or (batch >= PACK_TRAINING_ANY_STEPS_MIN_BATCH and
-                                             weights >= PACK_TRAINING_ANY_STEPS_MIN_WEIGHTS)
+        if weights < PACK_TRAINING_STEPS_MIN_WEIGHTS:
+            return seq_len >= PACK_MIN_STEPS
+        for largest_batch, fewest in PACK_TRAINING_STEPS:
+            if batch <= largest_batch:
+                return seq_len >= fewest
+        return True
     for largest_batch, fewest, per_step in PACK_INFERENCE_STEPS:
         if batch <= largest_batch:
             return seq_len >= max(fewest, math.isqrt(weights) // per_step)

@@ -210,6 +210,24 @@ def test_truncated_bptt_stops_at_chunk_start(rng):
             np.testing.assert_allclose(model.grads[name], numpy(parameter.grad), rtol=1e-9, atol=1e-9)
 
 
+@pytest.mark.parametrize("infinite_upstream", [False, True])
+def test_gradients_from_zero_state_match_torch(infinite_upstream, rng):
+    """Without hx the initial state is zero and its pass over dw_hh adds nothing, so it is skipped,
+    unless the first step's gate gradients are not finite: 0 * inf is NaN, in torch too."""
+    model = LSTM(5, 8, num_layers=2, dtype="float64", seed=2)
+    x = rng.standard_normal((3, 4, 5))
+    output, _ = model(x)
+    grad_output = rng.standard_normal(output.shape)
+    if infinite_upstream:
+        grad_output[0, 1, 2] = np.inf
+    model.backward(grad_output)
+    zeros = np.zeros((2, 4, 8))
+    expected = torch_gradients(model, x, (zeros, zeros), grad_output, zeros, zeros)[3]
+    assert np.isnan(expected["weight_hh_l0"]).any() == infinite_upstream
+    for name, theirs in expected.items():
+        assert_close(model.grads[name], theirs, np.float64, grad=True, what=name)
+
+
 def test_gradients_accumulate_until_zero_grad(rng):
     model = LSTM(3, 4, dtype="float64", seed=0)
     x = rng.standard_normal((5, 2, 3))

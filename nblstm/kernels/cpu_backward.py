@@ -217,6 +217,22 @@ def _backward_steps_together(reverse, gates, c_seq, c0, w_hh, packed_hh, w_hr, d
 
 
 @njit(**JIT_OPTIONS)
+def _product_is_zero(d_gates, inputs):
+    """Whether d_gates.T @ inputs is zero for certain: inputs all zero (the initial state of a call
+    given none) and d_gates finite (0 * inf is NaN, which the product must carry).  A pass over dw
+    costs as much as zeroing it (0.12 ms at hidden 512), against a few us to tell."""
+    for row in range(inputs.shape[0]):
+        for value in inputs[row]:
+            if value != 0.0:
+                return False
+    for row in range(d_gates.shape[0]):
+        for value in d_gates[row]:
+            if not np.isfinite(value):
+                return False
+    return True
+
+
+@njit(**JIT_OPTIONS)
 def add_weight_gradient(d_gates, inputs, dw, n_parts):
     """dw (4*hidden, k) += d_gates.T @ inputs, d_gates (rows, 4*padded) in the padded gate layout,
     inputs (rows, k); padding rows are dropped."""
@@ -296,7 +312,8 @@ def lstm_layer_backward(x, w_ih, w_hh, w_hr, h0, c0, out, out_col, gates, c_seq,
     later, earlier = (0, batch) if reverse else (batch, 0)
     first = rows - batch if reverse else 0
     add_weight_gradient(d_gates[later:later + rows - batch], h_seq[earlier:earlier + rows - batch], dw_hh, n_parts)
-    add_weight_gradient(d_gates[first:first + batch], h0, dw_hh, n_parts)
+    if not _product_is_zero(d_gates[first:first + batch], h0):
+        add_weight_gradient(d_gates[first:first + batch], h0, dw_hh, n_parts)
     if d_bias.shape[0] > 0:
         bias_rows = np.zeros((gate_columns, 1), gates.dtype)
         if n_parts > 1:

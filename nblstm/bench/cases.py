@@ -154,6 +154,7 @@ NAMED = {
     "medium": Case(100, 64, 256, 256),
     "stacked-bi": Case(20, 8, 32, 64, num_layers=2, bidirectional=True),
     "short-stacked": Case(3, 8, 32, 512, num_layers=2),
+    "short-batch4": Case(3, 4, 32, 512),
     "tiny": Case(4, 2, 3, 5),
 }
 

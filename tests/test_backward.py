@@ -326,7 +326,7 @@ def test_thread_splits_match_torch(plan, extra, monkeypatch, rng):
 @pytest.mark.parametrize("plan", [(1, False, False, True), (2, True, False, True), (2, False, True, True)],
                          ids=["one-thread", "units-one-region", "batch-split"])
 def test_short_training_on_packed_weights_matches_torch(seq_len, plan, monkeypatch, rng):
-    """Training packs the weights for calls of 1-3 steps too at batch 8 and hidden 256 up
+    """Training packs the weights for calls of 1-3 steps too beyond batch 32 from hidden 256
     (``packed.packs_weights``): the same plans forced at a smaller size give PyTorch's gradients."""
     from nblstm import engine
 
@@ -334,3 +334,23 @@ def test_short_training_on_packed_weights_matches_torch(seq_len, plan, monkeypat
     model = LSTM(24, 72, dtype="float64", seed=4, num_layers=2)
     x = rng.standard_normal((seq_len, 9, 24))
     check_against_torch(model, x, _random_state(model, 9, rng), rng)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("plan", [(1, False, False, False), (2, True, False, False), (2, False, False, False)],
+                         ids=["one-thread", "units-one-region", "units-region-per-step"])
+def test_training_on_plain_weights_with_few_rows_matches_torch(plan, dtype, monkeypatch, rng):
+    """Short training calls at batch 2-32 from hidden 256 run on plain weights (``packed.packs_weights``):
+    the backward's state-gradient products, d_gates @ w_hh on a few rows, and the input gradient run
+    as register tiles over the weights' rows in place (``blas.uses_panels``; hidden 520: whole
+    panels of columns and a tail), and give PyTorch's gradients."""
+    from nblstm import engine
+    from nblstm.kernels.blas import uses_panels
+
+    monkeypatch.setattr(engine.CPUBackend, "plan", staticmethod(lambda *args: plan))
+    seq_len, batch, input_size, hidden = 2, 6, 256, 520
+    assert uses_panels(batch, hidden // plan[0], 4 * hidden, False, False)
+    assert uses_panels(seq_len * batch, input_size // plan[0], 4 * hidden, False, False)
+    model = LSTM(input_size, hidden, dtype=dtype, seed=6)
+    x = rng.standard_normal((seq_len, batch, input_size)).astype(dtype)
+    check_against_torch(model, x, _random_state(model, batch, rng), rng)

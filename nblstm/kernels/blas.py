@@ -51,7 +51,8 @@ VECTORS_FEW_ROWS, VECTORS_MIN_WEIGHTS_FEW_ROWS = 4, 2**18
 # 1024 x 256, 512 x 512), 5-7x at 2 rows from 2^19, 4.2-5.9x at 4, 2.1-3.4x at 8-16, 1.3-2.1x at
 # 24-32, 1.0-1.4x at 48-64, 0.8-0.9x at 128; b of 2^16 and less 0.9-1.1x.  float64 (the same
 # counts of values): 0.9-2.6x at 2-8 rows, 0.9-1.2x at 32.
-# PANELS_MIN_WEIGHTS: (largest rows of c, fewest values of b) for every row count that takes them.
+# PANELS_MIN_WEIGHTS: (largest rows of c, fewest values of b) for every row count that takes them;
+# c needs a whole panel of columns or more (a panel: 64 float32 or 32 float64 columns on AVX-512).
 PANELS_MIN_COLUMNS = 64
 PANELS_MIN_WEIGHTS = ((3, 2**19), (7, 2**18), (32, 2**17))
 

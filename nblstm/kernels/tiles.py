@@ -132,7 +132,7 @@ def gemm_nn_panels(a, b, c, accumulate):
     width, returned), b's rows read in place: nothing is repacked, which pays where few rows of a
     share each weight (``blas.uses_panels``).
 
-    a: (m, k), b: (k, n), c: (m, n), each with contiguous rows.  Blocks of K_BLOCK rows of b go
+    a: (m, k), b: (k, n), c: (m, n), each with a contiguous last axis.  Blocks of K_BLOCK rows of b go
     outermost, each read once by every panel: panel after panel over all of k reads b with its
     row stride and ran 0.5-0.6x as fast once b left the caches.
     """

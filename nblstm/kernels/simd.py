@@ -1,4 +1,4 @@
-"""SIMD vectors in Numba: LLVM vector values, for the kernels that need them (``packed.py``, ``blas.py``).
+"""SIMD vectors in Numba: LLVM vector values, for the kernels that need them (``tiles.py``, ``packed.py``, ``blas.py``).
 
 LLVM's auto-vectoriser handles element-wise loops well, but a matrix-product
 microkernel needs its accumulators held in registers across the whole

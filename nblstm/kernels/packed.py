@@ -241,13 +241,22 @@ def gemm_packed(a, packed, c, accumulate, panel_start, panel_stop, row_start, ro
     k, width = packed.shape[1], packed.shape[2]
     if k == 0 and accumulate:
         return
+    visits = panel_stop - panel_start
     for block_start in range(row_start, row_stop, ROW_BLOCK):
         block_stop = min(row_stop, block_start + ROW_BLOCK)
-        for visit in range(panel_stop - panel_start):
+        for visit in range(visits):
             p = panel_stop - 1 - visit if descending else panel_start + visit
             panel = flat_block(packed, p)
             col = p * width
             for k_start in range(0, max(k, 1), K_BLOCK):
                 k_stop = min(k, k_start + K_BLOCK)
+                # prefetched meanwhile: the block of weights read next
+                if k_stop < k:  # this panel's next rows
+                    ahead, ahead_start, ahead_stop = panel, k_stop * width, min(k, k_stop + K_BLOCK) * width
+                elif visit + 1 < visits:  # the next panel's first
+                    ahead, ahead_start, ahead_stop = flat_block(packed, p - 1 if descending else p + 1), 0, \
+                        min(k, K_BLOCK) * width
+                else:
+                    ahead, ahead_start, ahead_stop = panel, 0, 0
                 panel_product(a, panel, 0, width, c, col, accumulate or k_start > 0, k_start, k_stop,
-                              block_start, block_stop)
+                              block_start, block_stop, ahead, ahead_start, ahead_stop)

@@ -5,7 +5,8 @@ microkernel needs its accumulators held in registers across the whole
 reduction, which Numba arrays cannot express.  A ``Vector`` is an LLVM vector
 value (``<16 x float>`` / ``<8 x double>`` on AVX-512 machines, half that
 otherwise) that lives in a register like any scalar; the intrinsics below load,
-store, broadcast, add and fused-multiply-add them, and sum the lanes of several.
+store, broadcast, add and fused-multiply-add them, and sum the lanes of several; ``prefetch``
+asks for a cache line ahead of its use.
 
 ``vector_lanes(dtype)`` gives the lane count from Python; inside kernels
 ``lanes_of(array)`` is the same number as a compile-time constant.
@@ -142,6 +143,26 @@ def vfma(typingctx, a, b, c):
         return builder.call(function, args)
 
     return a(a, b, c), codegen
+
+
+@intrinsic
+def prefetch(typingctx, row, index):
+    """Ask for the cache line that holds row[index] to be loaded into the L1 cache (a hint, no
+    bounds check: it never faults and does not wait for the line)."""
+    if not _check_row(row):
+        return None
+
+    def codegen(context, builder, signature, args):
+        pointer = builder.bitcast(_element_pointer(context, builder, signature.args[0], args[0], args[1]),
+                                  ir.IntType(8).as_pointer())
+        i32 = ir.IntType(32)
+        function = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(ir.VoidType(), [pointer.type, i32, i32, i32]), "llvm.prefetch.p0")
+        # read (0), keep in every cache level (locality 3), data cache (1)
+        builder.call(function, [pointer, ir.Constant(i32, 0), ir.Constant(i32, 3), ir.Constant(i32, 1)])
+        return context.get_dummy_value()
+
+    return types.none(row, index), codegen
 
 
 @intrinsic

@@ -9,7 +9,7 @@ a plain matrix read in place (stride = its row stride, ``gemm_nn_panels``).
 from numba import njit
 
 from .._config import JIT_OPTIONS
-from .simd import VECTOR_BITS, lanes_of, vadd, vfma, vload, vsplat, vstore
+from .simd import VECTOR_BITS, lanes_of, prefetch, vadd, vfma, vload, vsplat, vstore
 from .views import flat_rows, row_of
 
 PANEL_VECTORS = 4  # vectors of c per register tile row
@@ -47,15 +47,20 @@ def _store_row(c_row, col, lanes, accumulate, v0, v1, v2, v3):
 
 
 @njit(**JIT_OPTIONS)
-def _tile_4_rows(a, weights, offset, stride, c, r0, col, accumulate, k_start, k_stop):
+def _tile_4_rows(a, weights, offset, stride, c, r0, col, accumulate, k_start, k_stop, ahead, ahead_start,
+                 ahead_stop):
     """c[r0:r0+4, col:col+width] (+)= a[r0:r0+4, k_start:k_stop] @ (rows k_start:k_stop of the
-    weights)."""
+    weights), prefetching a cache line of ahead[ahead_start:ahead_stop] at each reduction step."""
     lanes = lanes_of(weights)
     zero = vsplat(weights.dtype.type(0.0))
     c00 = c01 = c02 = c03 = c10 = c11 = c12 = c13 = zero
     c20 = c21 = c22 = c23 = c30 = c31 = c32 = c33 = zero
     a0, a1, a2, a3 = a[r0], a[r0 + 1], a[r0 + 2], a[r0 + 3]
+    line = ahead_start  # a vector is one 64-byte cache line on AVX-512
     for kk in range(k_start, k_stop):
+        if line < ahead_stop:
+            prefetch(ahead, line)
+            line += lanes
         w = _weights_row(weights, offset + kk * stride, lanes)
         c00, c01, c02, c03 = _row_fma(a0[kk], w, c00, c01, c02, c03)
         c10, c11, c12, c13 = _row_fma(a1[kk], w, c10, c11, c12, c13)
@@ -107,17 +112,23 @@ def _tile_1_row(a_row, weights, offset, stride, c_row, col, accumulate, k_start,
 
 
 @njit(**JIT_OPTIONS)
-def panel_product(a, weights, offset, stride, c, col, accumulate, k_start, k_stop, row_start, row_stop):
+def panel_product(a, weights, offset, stride, c, col, accumulate, k_start, k_stop, row_start, row_stop,
+                  ahead, ahead_start, ahead_stop):
     """c[rows, col:col + width] (+)= a[rows, k_start:k_stop] @ (rows k_start:k_stop of the weights)
     for rows [row_start, row_stop), in register tiles of TILE_ROWS, 2 and 1 rows.
 
     a: (m, >= k_stop) with contiguous rows; weights: flat, row kk of the panel at
     offset + kk * stride; c: (m, >= col + width) with contiguous rows.  ``accumulate`` adds to c
-    instead of overwriting it.
+    instead of overwriting it.  The row tiles prefetch ahead[ahead_start:ahead_stop] (flat, the
+    weights the caller reads next), a line a reduction step, while they work on weights
+    that the first tile brought into the L1 cache: the next block then arrives in time
+    where the first tile over it would wait for memory.
     """
     r = row_start
     while r + TILE_ROWS <= row_stop and TILE_ROWS > 1:
-        _tile_4_rows(a, weights, offset, stride, c, r, col, accumulate, k_start, k_stop)
+        _tile_4_rows(a, weights, offset, stride, c, r, col, accumulate, k_start, k_stop, ahead, ahead_start,
+                     ahead_stop)
+        ahead_start += (k_stop - k_start) * lanes_of(weights)
         r += TILE_ROWS
     if r + 2 <= row_stop and TILE_ROWS > 1:
         _tile_2_rows(a, weights, offset, stride, c, r, col, accumulate, k_start, k_stop)
@@ -144,5 +155,6 @@ def gemm_nn_panels(a, b, c, accumulate):
     for k_start in range(0, k, K_BLOCK):
         k_stop = min(k, k_start + K_BLOCK)
         for col in range(0, whole, width):
-            panel_product(a, b_flat, col, stride, c, col, accumulate or k_start > 0, k_start, k_stop, 0, m)
+            panel_product(a, b_flat, col, stride, c, col, accumulate or k_start > 0, k_start, k_stop, 0, m,
+                          b_flat, 0, 0)
     return whole

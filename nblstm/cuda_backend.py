@@ -19,6 +19,7 @@ from .engine import CPUBackend
 from .kernels.cuda_backward import lstm_layer_backward
 from .kernels.cuda_common import (
     ADD,
+    COPY,
     MULTIPLY,
     as_rows,
     elementwise,
@@ -101,8 +102,12 @@ class CUDABackend:
     def add(self, a, b):
         return self._apply(ADD, a, b, cuda.device_array(a.shape, a.dtype))
 
-    def add_into(self, total, term):
-        self._apply(ADD, total, term, total)
+    def add_into(self, total, term, beta):
+        """total = term + beta * total, beta 0 or 1."""
+        if beta:
+            self._apply(ADD, total, term, total)
+        else:
+            self._apply(COPY, term, term, total)
 
     def multiply(self, a, b):
         return self._apply(MULTIPLY, a, b, cuda.device_array(a.shape, a.dtype))

@@ -232,8 +232,12 @@ class CPUBackend:
         return a + b
 
     @staticmethod
-    def add_into(total, term):
-        total += term
+    def add_into(total, term, beta):
+        """total = term + beta * total, beta 0 or 1."""
+        if beta:
+            total += term
+        else:
+            total[...] = term
 
     @staticmethod
     def multiply(a, b):
@@ -453,12 +457,13 @@ def forward(params, config, x, h0, c0, training=False, dropout_rng=None, backend
     return layer_input, h_n, c_n, tape
 
 
-def backward(params, config, tape, grad_output, grad_h_n, grad_c_n, grads):
+def backward(params, config, tape, grad_output, grad_h_n, grad_c_n, grads, grads_beta):
     """Backpropagation through time for a training-mode ``forward``.
 
     grad_output: (seq_len, batch, D*state); grad_h_n, grad_c_n: like h_n, c_n.
-    Accumulates the parameter gradients into ``grads`` ({name: array}) and
-    returns grad_x (seq_len, batch, input_size), grad_h0, grad_c0.
+    Sets each array of ``grads`` ({name: array}) to its parameter's gradient + grads_beta * itself
+    (1 accumulates, 0 overwrites what zero_grad left to be zeros) and returns grad_x
+    (seq_len, batch, input_size), grad_h0, grad_c0.
     """
     hidden, state, num_dirs = config.hidden_size, config.state_size, config.num_directions
     seq_len, batch, _ = grad_output.shape
@@ -487,10 +492,10 @@ def backward(params, config, tape, grad_output, grad_h_n, grad_c_n, grads):
                     d_out, grad_h_n[k], grad_c_n[k], dh, dc, dh_cell, dh_seq,
                     dx, 0.0 if direction == 0 else 1.0, grad_h0[k], grad_c0[k],
                     grads[names.weight_ih], grads[names.weight_hh], d_bias,
-                    grads[names.weight_hr] if names.weight_hr else no_weight_hr)
+                    grads[names.weight_hr] if names.weight_hr else no_weight_hr, grads_beta)
                 if config.bias:
-                    backend.add_into(grads[names.bias_ih], d_bias)
-                    backend.add_into(grads[names.bias_hh], d_bias)
+                    backend.add_into(grads[names.bias_ih], d_bias, grads_beta)
+                    backend.add_into(grads[names.bias_hh], d_bias, grads_beta)
             if layer > 0 and tape.dropout_masks:
                 backend.multiply_into(dx, tape.dropout_masks[layer - 1])
             d_out = dx

@@ -100,7 +100,8 @@ class Module:
         self.dtype = _model_dtype(dtype)
         self._rng = _generator(seed)
         self._parameters = init_parameters(shapes, hidden_size, self.dtype, self._rng)
-        self.grads = {name: np.zeros_like(value) for name, value in self._parameters.items()}
+        self._grads = {name: np.zeros_like(value) for name, value in self._parameters.items()}
+        self._zeros_pending = False  # zero_grad() called, zeros not yet written (see there)
         self.training = True
         self._tapes = []
         self.device, self._backend = "cpu", engine.CPU
@@ -122,7 +123,7 @@ class Module:
         backend = engine.CPU if device == "cpu" else cuda_backend()
         place = (lambda array: array) if device == "cpu" else backend.from_host
         self._parameters = {name: place(_host_copy(value)) for name, value in self._parameters.items()}
-        self.grads = {name: place(_host_copy(value)) for name, value in self.grads.items()}
+        self._grads = {name: place(_host_copy(value)) for name, value in self._grads.items()}
         self._tapes = []
         self._workspace = engine.Workspace()
         self.device, self._backend = device, backend
@@ -221,10 +222,32 @@ class Module:
         for name, array in arrays.items():
             self._set_parameter(name, array)
 
+    @property
+    def grads(self):
+        """{name: gradient}: the live gradient arrays, under the parameter names."""
+        if self._zeros_pending:
+            self._zeros_pending = False
+            for grad in self._grads.values():
+                grad[:] = 0
+        return self._grads
+
     def zero_grad(self):
-        """Reset every accumulated gradient to zero."""
-        for grad in self.grads.values():
-            grad[:] = 0
+        """Reset every accumulated gradient to zero.
+
+        The zeros are written lazily: the next ``backward`` overwrites the gradients instead of
+        adding to them, which saves writing and then reading every gradient once (a 4 MiB memset
+        at hidden 512, a quarter of a one-step training call); reading ``grads`` before that
+        writes the zeros.  An array taken from ``grads`` before ``zero_grad()`` and read before
+        either keeps its old values, as a tensor held from before PyTorch's ``zero_grad()`` does.
+        """
+        self._zeros_pending = True
+
+    def _grads_for_backward(self):
+        """(grads, beta) for a backward pass: it sets each gradient to its new part + beta * itself,
+        beta 0 where ``zero_grad`` left them to be zeros, else 1."""
+        beta = 0.0 if self._zeros_pending else 1.0
+        self._zeros_pending = False
+        return self._grads, beta
 
     def train(self, mode=True):
         """Training mode: dropout on, and forward keeps what backward needs."""

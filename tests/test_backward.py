@@ -241,6 +241,32 @@ def test_gradients_accumulate_until_zero_grad(rng):
         np.testing.assert_allclose(grad, 2 * once[name], rtol=1e-12)
     model.zero_grad()
     assert all(not grad.any() for grad in model.grads.values())
+    model(x)
+    model.backward(grad_output)  # onto the zeros written when grads was read
+    for name, grad in model.grads.items():
+        np.testing.assert_allclose(grad, once[name], rtol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("sizes", [
+    (1, 3, 5, 13, {}),  # one step from a zero state: no pass over dw_hh at all
+    (6, 4, 7, 13, {"num_layers": 2, "bidirectional": True, "proj_size": 5}),
+    (5, 2, 6, 10, {"bias": False}),
+    (4, 8, 260, 520, {}),  # two threads, packed weights
+], ids=lambda s: "x".join(map(str, s[:4])) + "".join(s[4]))
+def test_backward_after_zero_grad_overwrites_old_gradients(sizes, dtype, rng):
+    """zero_grad() leaves the zeros to the next backward, which overwrites the gradients: whatever
+    they held before (NaN here) must not show through, in any layer, direction or parameter."""
+    seq_len, batch, input_size, hidden, extra = sizes
+    model = LSTM(input_size, hidden, dtype=dtype, seed=4, **extra)
+    for grad in model.grads.values():
+        grad[...] = np.nan
+    model.zero_grad()
+    x = rng.standard_normal((seq_len, batch, input_size)).astype(dtype)
+    zeros = tuple(np.zeros_like(state) for state in _random_state(model, batch, rng))
+    check_against_torch(model, x, zeros if seq_len == 1 else _random_state(model, batch, rng), rng)
+    if seq_len == 1:
+        assert not model.grads["weight_hh_l0"].any()
 
 
 def test_backward_needs_a_training_forward(rng):

@@ -341,8 +341,11 @@ def test_padded_rows_round_trip(dtype, rng):
     packed.to_padded_rows(w, rows)
     np.testing.assert_array_equal(rows, to_padded_layout(w.T, 37, padded).T)
     total = np.ones_like(w)
-    packed.add_from_padded_rows(rows, total)
+    packed.add_from_padded_rows(rows, total, True)
     np.testing.assert_array_equal(total, w + 1)
+    total[...] = np.nan
+    packed.add_from_padded_rows(rows, total, False)
+    np.testing.assert_array_equal(total, w)
 
 
 @njit(parallel=True)

@@ -64,6 +64,13 @@ def test_linear_init_accumulate_and_zero_grad(rng):
     assert_close(linear.grads["weight"], 2 * once, np.float32)
     linear.zero_grad()
     assert not any(grad.any() for grad in linear.grads.values())
+    for grad in linear.grads.values():
+        grad[...] = np.nan
+    linear.zero_grad()
+    linear(x)
+    linear.backward(grad_y)  # overwrites what zero_grad left to be zeros
+    assert_close(linear.grads["weight"], once, np.float32)
+    assert_close(linear.grads["bias"], grad_y.sum(axis=0), np.float32)
     with pytest.raises(RuntimeError, match="forward pass in training mode"):
         linear.backward(grad_y)
     linear.eval()(x)
@@ -263,6 +270,20 @@ def test_optimizer_follows_replaced_parameters(rng):
         grad[...] = 1.0
     opt.step()
     assert all((value == -1.0).all() for value in model.parameters())
+
+
+def test_step_after_zero_grad_without_backward_sees_zeros(rng):
+    """zero_grad() writes its zeros lazily; an optimizer step before any backward must still read
+    zeros, in every layer of a Sequential (here: NaN before, so any leak shows)."""
+    model = Sequential(LSTM(3, 4, seed=0), LastStep(), Linear(4, 2, seed=0))
+    for grad in model.grads.values():
+        grad[...] = np.nan
+    opt = SGD(model, lr=1.0)
+    opt.zero_grad()
+    before = {name: value.copy() for name, value in model.named_parameters()}
+    opt.step()
+    for name, value in model.named_parameters():
+        np.testing.assert_array_equal(value, before[name], err_msg=name)
 
 
 def test_optimizer_arguments():

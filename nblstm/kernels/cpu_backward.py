@@ -231,21 +231,24 @@ def _product_is_zero(d_gates, inputs):
 
 
 @njit(**JIT_OPTIONS)
-def add_weight_gradient(d_gates, inputs, dw, n_parts):
-    """dw (4*hidden, k) += d_gates.T @ inputs, d_gates (rows, 4*padded) in the padded gate layout,
-    inputs (rows, k); padding rows are dropped."""
-    if d_gates.shape[1] == dw.shape[0]:
-        matmul(d_gates, inputs, dw, True, False, 1.0, n_parts)
+def add_weight_gradient(d_gates, inputs, dw, beta, n_parts):
+    """dw (4*hidden, k) = d_gates.T @ inputs + beta * dw (beta 0 or 1), d_gates (rows, 4*padded) in the
+    padded gate layout, inputs (rows, k); padding rows are dropped."""
+    if d_gates.shape[0] == 0:
+        if beta == 0.0:
+            dw[:, :] = 0.0
+    elif d_gates.shape[1] == dw.shape[0]:
+        matmul(d_gates, inputs, dw, True, False, beta, n_parts)
     else:
         padded_rows = empty_aligned(d_gates.shape[1], dw.shape[1], d_gates)
         matmul(d_gates, inputs, padded_rows, True, False, 0.0, n_parts)
-        add_from_padded_rows(padded_rows, dw)
+        add_from_padded_rows(padded_rows, dw, beta != 0.0)
 
 
 @njit(**JIT_OPTIONS)
 def lstm_layer_backward(x, w_ih, w_hh, w_hr, h0, c0, out, out_col, gates, c_seq, h_cell_seq,
                         reverse, plan, d_out, dh_n, dc_n, dh, dc, dh_cell, dh_seq,
-                        dx, dx_beta, dh0, dc0, dw_ih, dw_hh, d_bias, dw_hr):
+                        dx, dx_beta, dh0, dc0, dw_ih, dw_hh, d_bias, dw_hr, dw_beta):
     """Backward pass of ``lstm_layer_forward`` (training mode) for one layer and direction.
 
     Forward inputs and saved state, as given to ``lstm_layer_forward``:
@@ -261,9 +264,9 @@ def lstm_layer_backward(x, w_ih, w_hh, w_hr, h0, c0, out, out_col, gates, c_seq,
     Work space: dh (batch, state); dc, dh_cell (batch, hidden); dh_seq (seq_len, batch, state)
       with projection, else unused.
     Results: dx (seq_len, batch, input_size) = d_gates @ w_ih + dx_beta * dx;
-      dh0 (batch, state); dc0 (batch, hidden); and accumulated (+=) into
-      dw_ih, dw_hh, d_bias (4*hidden,) (or (0,) without bias), dw_hr like w_hr ((0, hidden)
-      without projection).
+      dh0 (batch, state); dc0 (batch, hidden); d_bias (4*hidden,) (or (0,) without bias) +=
+      the bias gradient; dw_ih, dw_hh, dw_hr (like w_hr, (0, hidden) without projection) = their
+      gradient + dw_beta * themselves (dw_beta 1 accumulates, 0 overwrites).
     """
     n_parts, together, by_batch, pack_weights = plan
     seq_len, batch = x.shape[0], x.shape[1]
@@ -304,22 +307,23 @@ def lstm_layer_backward(x, w_ih, w_hh, w_hr, h0, c0, out, out_col, gates, c_seq,
 
     rows = seq_len * batch
     d_gates = gates.reshape((rows, gate_columns))
-    add_weight_gradient(d_gates, x.reshape((rows, x.shape[2])), dw_ih, n_parts)
+    add_weight_gradient(d_gates, x.reshape((rows, x.shape[2])), dw_ih, dw_beta, n_parts)
     # h_{t-1} of every step is the output row of the step before it (h0 for the first step).
     h_seq = out.reshape((rows, out.shape[2]))[:, out_col:out_col + state]
     later, earlier = (0, batch) if reverse else (batch, 0)
     first = rows - batch if reverse else 0
-    add_weight_gradient(d_gates[later:later + rows - batch], h_seq[earlier:earlier + rows - batch], dw_hh, n_parts)
+    add_weight_gradient(d_gates[later:later + rows - batch], h_seq[earlier:earlier + rows - batch], dw_hh, dw_beta,
+                        n_parts)
     if not _product_is_zero(d_gates[first:first + batch], h0):
-        add_weight_gradient(d_gates[first:first + batch], h0, dw_hh, n_parts)
+        add_weight_gradient(d_gates[first:first + batch], h0, dw_hh, 1.0, n_parts)
     if d_bias.shape[0] > 0:
         bias_rows = np.zeros((gate_columns, 1), gates.dtype)
         if n_parts > 1:
             column_sums_into_parallel(bias_rows[:, 0], d_gates, n_parts)
         else:
             _column_sums_into(bias_rows[:, 0], d_gates, 0, gate_columns)
-        add_from_padded_rows(bias_rows, d_bias.reshape((d_bias.shape[0], 1)))
+        add_from_padded_rows(bias_rows, d_bias.reshape((d_bias.shape[0], 1)), True)
     if projecting:
         matmul(dh_seq.reshape((rows, state)), h_cell_seq.reshape((rows, h_cell_seq.shape[2])),
-               dw_hr, True, False, 1.0, n_parts)
+               dw_hr, True, False, dw_beta, n_parts)
     matmul(d_gates, in_gate_layout(w_ih, padded), dx.reshape((rows, dx.shape[2])), False, False, dx_beta, n_parts)

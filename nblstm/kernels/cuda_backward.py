@@ -187,7 +187,7 @@ def _steps_per_launch(w_hh, w_hr, c0, gates, c_seq, reverse, plan, d_out, out_co
 
 def lstm_layer_backward(x, w_ih, w_hh, w_hr, h0, c0, out, out_col, gates, c_seq, h_cell_seq,
                         reverse, plan, d_out, dh_n, dc_n, dh, dc, dh_cell, dh_seq,
-                        dx, dx_beta, dh0, dc0, dw_ih, dw_hh, d_bias, dw_hr):
+                        dx, dx_beta, dh0, dc0, dw_ih, dw_hh, d_bias, dw_hr, dw_beta):
     """Backward pass of ``lstm_layer_forward`` (training mode) for one layer and direction.
 
     The numba.cuda twin of ``cpu_backward.lstm_layer_backward``: the same arguments, shapes and
@@ -211,15 +211,16 @@ def lstm_layer_backward(x, w_ih, w_hh, w_hr, h0, c0, out, out_col, gates, c_seq,
 
     rows = seq_len * batch
     d_gates = gates.reshape((rows, gates.shape[2]))
-    matmul(d_gates, x.reshape((rows, x.shape[2])), dw_ih, True, False, 1.0, plan)
+    matmul(d_gates, x.reshape((rows, x.shape[2])), dw_ih, True, False, dw_beta, plan)
     # h_{t-1} of every step is the output row of the step before it (h0 for the first step).
     h_seq = out.reshape((rows, out.shape[2]))[:, out_col:out_col + state]
     later, earlier = (0, batch) if reverse else (batch, 0)
-    matmul(d_gates[later:later + rows - batch], h_seq[earlier:earlier + rows - batch], dw_hh, True, False, 1.0, plan)
+    matmul(d_gates[later:later + rows - batch], h_seq[earlier:earlier + rows - batch], dw_hh, True, False, dw_beta,
+           plan)
     first = rows - batch if reverse else 0
     matmul(d_gates[first:first + batch], h0, dw_hh, True, False, 1.0, plan)
     if d_bias.shape[0] > 0:
         column_sums_into_parallel[blocks_for(d_bias.shape[0], plan.tile), (plan.tile, plan.tile)](d_bias, d_gates)
     if projecting:
-        matmul(dh_seq.reshape((rows, state)), h_cell_seq.reshape((rows, hidden)), dw_hr, True, False, 1.0, plan)
+        matmul(dh_seq.reshape((rows, state)), h_cell_seq.reshape((rows, hidden)), dw_hr, True, False, dw_beta, plan)
     matmul(d_gates, w_ih, dx.reshape((rows, dx.shape[2])), False, False, dx_beta, plan)

@@ -216,15 +216,18 @@ def to_padded_rows(w, rows):
 
 
 @njit(**JIT_OPTIONS)
-def add_from_padded_rows(rows, w):
-    """w[weight_row(c)] += rows[c] for every padded-gate column c: the inverse of to_padded_rows,
-    accumulating (padding rows are dropped)."""
+def add_from_padded_rows(rows, w, accumulate):
+    """w[weight_row(c)] (+)= rows[c] for every padded-gate column c: the inverse of to_padded_rows
+    (padding rows are dropped), adding to w with ``accumulate``, else overwriting it."""
     hidden, padded = w.shape[0] // NUM_GATES, rows.shape[0] // NUM_GATES
     for column in range(rows.shape[0]):
         row = weight_row(column, hidden, padded)
         if row >= 0:
-            for j in range(rows.shape[1]):
-                w[row, j] += rows[column, j]
+            if accumulate:
+                for j in range(rows.shape[1]):
+                    w[row, j] += rows[column, j]
+            else:
+                w[row, :] = rows[column, :]
 
 
 @njit(**JIT_OPTIONS)

@@ -60,9 +60,13 @@ class Linear(Module):
         grad = self._check_grad(grad_output, "grad_output", x.shape[:-1] + (self.out_features,))
         self._pop_tape()
         rows = grad.reshape(-1, self.out_features)
-        matmul(rows, x.reshape(-1, self.in_features), self.grads["weight"], trans_a=True, beta=1.0)
+        grads, beta = self._grads_for_backward()
+        matmul(rows, x.reshape(-1, self.in_features), grads["weight"], trans_a=True, beta=beta)
         if self.bias_enabled:
-            self.grads["bias"] += rows.sum(axis=0)
+            if beta:
+                grads["bias"] += rows.sum(axis=0)
+            else:
+                grads["bias"][...] = rows.sum(axis=0)
         grad_input = np.empty((rows.shape[0], self.in_features), self.dtype)
         matmul(rows, self._parameters["weight"], grad_input)
         return grad_input.reshape(x.shape)
@@ -86,6 +90,9 @@ class LastStep:
 
     def __repr__(self):
         return f"LastStep(batch_first={self.batch_first})" if self.batch_first else "LastStep()"
+
+    def zero_grad(self):
+        """Nothing to reset: no parameters."""
 
     def _time_axis(self, ndim):
         return 1 if self.batch_first and ndim == 3 else 0
@@ -189,8 +196,8 @@ class Sequential:
                 for name, grad in layer.grads.items()}
 
     def zero_grad(self):
-        for grad in self.grads.values():
-            grad[...] = 0
+        for layer in self.layers:
+            layer.zero_grad()
 
     def train(self, mode=True):
         self.training = bool(mode)

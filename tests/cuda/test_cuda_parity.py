@@ -79,6 +79,24 @@ def test_lstm_matches_cpu_and_torch(case, recurrence, rng):
     assert_same_results(ours, forward_backward(cpu, *inputs), dtype, "cpu engine")
 
 
+def test_gradients_overwrite_after_zero_grad_and_accumulate_after_that(recurrence, rng):
+    """After zero_grad() the next backward overwrites the device gradients (NaN before must not show
+    through); a second backward adds to them."""
+    options = dict(num_layers=2, bidirectional=True, proj_size=2)
+    gpu = LSTM(INPUT, HIDDEN, dtype=np.float64, seed=6, device="cuda", **options)
+    cpu = LSTM(INPUT, HIDDEN, dtype=np.float64, seed=6, **options)
+    for grad in gpu.grads.values():
+        grad[:] = np.nan
+    inputs = _inputs(cpu, rng, batched=True)
+    once = forward_backward(gpu, *inputs)  # zero_grad() first
+    assert_same_results(once, forward_backward(cpu, *inputs), np.float64, "after zero_grad")
+    x, hx, grad_output, grad_state = inputs
+    gpu(x, hx)
+    gpu.backward(grad_output, grad_state)
+    for name, grad in gpu.grads.items():
+        assert_close(host(grad), 2 * once[1][name], np.float64, grad=True, what=name)
+
+
 def test_dropout_matches_cpu_with_the_same_seed(recurrence, rng):
     """The CUDA backend draws its dropout masks from the model's host generator, as the CPU does."""
     options = dict(num_layers=2, dropout=0.5)

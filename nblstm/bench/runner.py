@@ -26,7 +26,12 @@ For each case and mode:
    is reported apart (``idle_call_s``, the median over the rounds) and is not
    part of the sample: waking a sleeping thread pool can cost milliseconds on a
    virtual machine, which in a throughput sample of 100 short calls would
-   count as a slower kernel.
+   count as a slower kernel.  Nor are the calls right after it: as many calls
+   as a sample runs untimed before the sample.  On this project's 2-core VM
+   the calls after a pause ran slower for a while (nblstm at L10 N1 H512, 2
+   threads: the 2nd to 30th call after 0.15 s idle 0.95-1.3 ms, against
+   0.7-0.9 ms without the pause; ``tools/idle_calls.py``), which a sample of
+   0.02 s (about 25 such calls) took in whole.
 
 Every backend runs on the same thread count (``threads.thread_limit``).
 Per backend the row holds the median and the quartiles, minimum and maximum
@@ -164,6 +169,7 @@ def _time_interleaved(ready, repeats):
                 per_call, idle_calls = samples[name]
                 time.sleep(SETTLE_S)
                 idle_calls.append(_timed(run))
+                _timed(run, calls)  # back up to speed, untimed
                 per_call.append(_timed(run, calls))
     return samples
 

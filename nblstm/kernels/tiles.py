@@ -119,10 +119,11 @@ def panel_product(a, weights, offset, stride, c, col, accumulate, k_start, k_sto
 
     a: (m, >= k_stop) with contiguous rows; weights: flat, row kk of the panel at
     offset + kk * stride; c: (m, >= col + width) with contiguous rows.  ``accumulate`` adds to c
-    instead of overwriting it.  The row tiles prefetch ahead[ahead_start:ahead_stop] (flat, the
-    weights the caller reads next), a line a reduction step, while they work on weights
-    that the first tile brought into the L1 cache: the next block then arrives in time
-    where the first tile over it would wait for memory.
+    instead of overwriting it.  The TILE_ROWS-row tiles prefetch ahead[ahead_start:ahead_stop]
+    (flat, the weights the caller reads next), a line a reduction step each, while they work on
+    weights that the first tile brought into the L1 cache: the next block then arrives in time
+    where the first tile over it would wait for memory.  (The 2- and 1-row tiles, over weights
+    that few rows share, do not.)
     """
     r = row_start
     while r + TILE_ROWS <= row_stop and TILE_ROWS > 1:

@@ -233,11 +233,9 @@ def _product_is_zero(d_gates, inputs):
 @njit(**JIT_OPTIONS)
 def add_weight_gradient(d_gates, inputs, dw, beta, n_parts):
     """dw (4*hidden, k) = d_gates.T @ inputs + beta * dw (beta 0 or 1), d_gates (rows, 4*padded) in the
-    padded gate layout, inputs (rows, k); padding rows are dropped."""
-    if d_gates.shape[0] == 0:
-        if beta == 0.0:
-            dw[:, :] = 0.0
-    elif d_gates.shape[1] == dw.shape[0]:
+    padded gate layout, inputs (rows, k); padding rows are dropped.  With no rows and beta 0, dw is
+    zero (``gemm`` over an empty reduction)."""
+    if d_gates.shape[1] == dw.shape[0]:
         matmul(d_gates, inputs, dw, True, False, beta, n_parts)
     else:
         padded_rows = empty_aligned(d_gates.shape[1], dw.shape[1], d_gates)

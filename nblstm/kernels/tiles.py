@@ -95,19 +95,12 @@ def _tile_1_row(a_row, weights, offset, stride, c_row, col, accumulate, k_start,
     zero = vsplat(weights.dtype.type(0.0))
     e0 = e1 = e2 = e3 = o0 = o1 = o2 = o3 = zero
     for kk in range(k_start, k_stop - 1, 2):
-        base = offset + kk * stride
-        x = vsplat(a_row[kk])
-        e0, e1 = vfma(x, vload(weights, base), e0), vfma(x, vload(weights, base + lanes), e1)
-        e2, e3 = vfma(x, vload(weights, base + 2 * lanes), e2), vfma(x, vload(weights, base + 3 * lanes), e3)
-        base += stride
-        x = vsplat(a_row[kk + 1])
-        o0, o1 = vfma(x, vload(weights, base), o0), vfma(x, vload(weights, base + lanes), o1)
-        o2, o3 = vfma(x, vload(weights, base + 2 * lanes), o2), vfma(x, vload(weights, base + 3 * lanes), o3)
+        e0, e1, e2, e3 = _row_fma(a_row[kk], _weights_row(weights, offset + kk * stride, lanes), e0, e1, e2, e3)
+        o0, o1, o2, o3 = _row_fma(a_row[kk + 1], _weights_row(weights, offset + (kk + 1) * stride, lanes),
+                                  o0, o1, o2, o3)
     if (k_stop - k_start) % 2:
-        base = offset + (k_stop - 1) * stride
-        x = vsplat(a_row[k_stop - 1])
-        e0, e1 = vfma(x, vload(weights, base), e0), vfma(x, vload(weights, base + lanes), e1)
-        e2, e3 = vfma(x, vload(weights, base + 2 * lanes), e2), vfma(x, vload(weights, base + 3 * lanes), e3)
+        e0, e1, e2, e3 = _row_fma(a_row[k_stop - 1], _weights_row(weights, offset + (k_stop - 1) * stride, lanes),
+                                  e0, e1, e2, e3)
     _store_row(c_row, col, lanes, accumulate, vadd(e0, o0), vadd(e1, o1), vadd(e2, o2), vadd(e3, o3))
 
 

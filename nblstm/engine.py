@@ -19,9 +19,9 @@ import numpy as np
 
 from .kernels.blas import single_threaded_blas, uses_blas
 from .kernels.cpu_backward import lstm_layer_backward
-from .kernels.cpu_forward import calls_blas, lstm_layer_forward
+from .kernels.cpu_forward import PROJECT_BY_BATCH_MAX_INPUT, calls_blas, lstm_layer_forward
 from .kernels.packed import gate_columns, packs_weights
-from .kernels.parallel import CACHE_LINE
+from .kernels.parallel import CACHE_LINE, cache_line_offset
 from .kernels.parallel import matmul as parallel_matmul
 from .params import NUM_GATES
 
@@ -54,6 +54,20 @@ BATCH_SPLIT_ROWS_PER_THREAD = 8
 # 2^17 at L1 N8 H128 27.2-29.3 -> 23.1-23.6 us, 2^18 at L1 N16 H128 34.0-35.1 -> 29.6-29.7 and L1 N64
 # H32 30.9-31.7 -> 27.2-27.3; even at 2^19, L1 N32 H128, N64 H64, N16 H256).
 ONE_STEP_SPLIT_MIN_WORK = 1 << 19
+
+# Threads that split the batch each take at least this many rows (a register tile).
+BATCH_PART_MIN_ROWS = 4
+# An inference call whose steps are too small to split (``thread_parts``) still splits its batch from
+# this many multiply-adds in all (seq_len x batch x 4 hidden x (input + state)): each thread runs its
+# rows through every step without meeting the other, so only the call's one parallel region is paid.
+# Measured on 2 cores, input 32, one process, both plans alternated 9x (medians of 100-200 calls):
+# hidden 32, batch 8: 0.95-1.00x at 10 steps (655K), 1.01-1.04x at 15 (983K), 1.07-1.12x at 20,
+# 1.17x at 30, 1.27-1.33x at 100 (122 -> 96 us); batch 12 1.25x and batch 16 1.48x at 100 steps, 1.18x
+# at 10; batch 32 1.18x at 5 steps; hidden 16, batch 8: 1.20x at 50 steps; hidden 64 1.12x at 10 steps;
+# hidden 80 1.49x at 100.  Only where the threads project their own inputs (``PROJECT_BY_BATCH_MAX_INPUT``;
+# input 128, hidden 32, batch 8: 0.83x at 10 steps, 1.04x at 100).  Training keeps one thread: its
+# backward splits every step (batch 8, hidden 32-64, 100 steps: 0.70-0.73x).
+SMALL_STEPS_BATCH_SPLIT_MIN_WORK = 1 << 20
 
 # In inference the input projection runs over blocks of time steps holding
 # about this many (time, batch) rows, so memory does not grow with seq_len.
@@ -129,8 +143,7 @@ def empty_aligned(shape, dtype):
     if nbytes < ALIGN_MIN_BYTES:
         return np.empty(shape, dtype)
     raw = np.empty(nbytes + CACHE_LINE, np.uint8)
-    start = -raw.ctypes.data % CACHE_LINE
-    return raw[start:start + nbytes].view(dtype).reshape(shape)
+    return np.ndarray(shape, dtype, raw, cache_line_offset(raw))
 
 
 def zeros_aligned(shape, dtype):
@@ -167,7 +180,8 @@ class CPUBackend:
         weights fit in its cache and, in inference, the call has enough rows to repay every thread
         loading all of them: they then never wait for each other (measured on 2 cores:
         1.2-1.5x faster at batch 8-64 with hidden 128-256; slower when each thread must stream
-        weights of several MiB from memory, as at hidden 512-1024).
+        weights of several MiB from memory, as at hidden 512-1024); in inference also where the
+        steps are too small to split but the whole call is not (``SMALL_STEPS_BATCH_SPLIT_MIN_WORK``).
         Otherwise they split every step's hidden units, and may run many steps in one parallel
         region ("together"), which needs every part of a parallel loop on its own thread at the
         same time, as Numba's OpenMP layer provides (the kernels check, and fall back, anyway).
@@ -185,16 +199,22 @@ class CPUBackend:
         n_parts = thread_parts(batch, hidden, state)
         if not reads_weights and batch * NUM_GATES * hidden * input_size < ONE_STEP_SPLIT_MIN_WORK:
             n_parts = 1
+        together = numba.threading_layer() == "omp" and numba.get_parallel_chunksize() == 0
+        if n_parts == 1 and not training:
+            call_work = seq_len * batch * NUM_GATES * hidden * (input_size + (state if reads_weights else 0))
+            batch_parts = min(numba.get_num_threads(), batch // BATCH_PART_MIN_ROWS)
+            if (call_work >= SMALL_STEPS_BATCH_SPLIT_MIN_WORK and batch_parts > 1
+                    and input_size <= PROJECT_BY_BATCH_MAX_INPUT):
+                return batch_parts, together, True, True
         if n_parts == 1:
             return 1, False, False, pack_weights
         weights_fit = weights * 4 <= CACHE_BYTES_PER_THREAD
-        together = numba.threading_layer() == "omp" and numba.get_parallel_chunksize() == 0
         # A short inference call reads the weights too few times to repay every thread loading all
         # of them, where the units can be split in one region instead; from two steps, threads with
         # BATCH_SPLIT_ROWS_PER_THREAD rows each repay it anyway.
         enough_rows = (training or not together or seq_len * batch >= (weights / BATCH_SPLIT_WEIGHTS_SCALE) ** 2
                        or (seq_len >= 2 and batch >= BATCH_SPLIT_ROWS_PER_THREAD * n_parts))
-        by_batch = batch >= 4 * n_parts and weights_fit and enough_rows
+        by_batch = batch >= BATCH_PART_MIN_ROWS * n_parts and weights_fit and enough_rows
         # Each thread that splits the batch in inference packs its own copy, which beat BLAS's
         # products on its rows from the first step (hidden 128, batch 8, one step: 29 against 48 us).
         return n_parts, together, by_batch, pack_weights or (by_batch and not training)
@@ -202,9 +222,9 @@ class CPUBackend:
     @staticmethod
     def plan_settings(batch, hidden, state):
         """The thread settings that ``plan`` reads for this size, which the caller may change between
-        calls (``numba.set_num_threads``, ``set_parallel_chunksize``): none when a step is too small
-        to split."""
-        if not splits_steps(batch, hidden, state):
+        calls (``numba.set_num_threads``, ``set_parallel_chunksize``): none when neither a step nor the
+        batch can be split."""
+        if not splits_steps(batch, hidden, state) and batch < 2 * BATCH_PART_MIN_ROWS:
             return ()
         return numba.get_num_threads(), numba.get_parallel_chunksize()
 

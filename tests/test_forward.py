@@ -75,7 +75,8 @@ ODD_SIZES = [
     (17, 1, 5, 9, dict(bidirectional=True, proj_size=4)),  # batch 1 on packed weights (from 16 steps)
     (7, 37, 13, 1, {}),
     (2000, 2, 3, 5, {}),
-    (9, 16, 37, 37, dict(bidirectional=True)),          # parallel split, BLAS products
+    (9, 16, 37, 37, dict(bidirectional=True)),          # steps too small to split, the batch split in inference
+    (100, 12, 30, 24, {}),                              # ... into 8 and 4 rows, over several inference blocks
     (9, 16, 20, 64, dict(proj_size=17, bidirectional=True)),
     (37, 64, 5, 48, dict(bidirectional=True)),          # several inference blocks, threads split steps
     (6, 32, 24, 96, dict(bidirectional=True, proj_size=40, num_layers=2)),  # threads, padding, projection

@@ -486,6 +486,29 @@ def test_short_inference_calls_split_the_units_and_longer_ones_the_batch():
     assert engine.CPU.plan(1, 16, 128, 128, True)[2:] == (True, False)
 
 
+def test_inference_with_steps_too_small_to_split_splits_a_large_enough_call_by_batch():
+    """Steps under PARALLEL_MIN_WORK run on one thread, but an inference call of at least
+    SMALL_STEPS_BATCH_SPLIT_MIN_WORK multiply-adds splits its batch, where every thread gets a
+    register tile of rows and projects its own inputs; training, short calls, batch 4 and input 128 do
+    not.  The thread settings then key the prepared forward from batch 8."""
+    import numba
+
+    from nblstm import engine
+
+    if numba.get_num_threads() < 2:
+        pytest.skip("needs two threads")
+    assert not engine.splits_steps(8, 32, 32)
+    assert engine.CPU.plan(100, 8, 32, 32, False, input_size=32)[0::2] == (2, True)
+    assert engine.CPU.plan(100, 8, 32, 32, False, input_size=32)[3]  # packed weights
+    assert engine.CPU.plan(100, 8, 16, 16, False, input_size=32)[0::2] == (2, True)  # one panel of units
+    assert engine.CPU.plan(100, 8, 32, 32, True, input_size=32)[0] == 1
+    assert engine.CPU.plan(10, 8, 32, 32, False, input_size=32)[0] == 1  # 655K multiply-adds
+    assert engine.CPU.plan(10, 16, 32, 32, False, input_size=32)[0::2] == (2, True)
+    assert engine.CPU.plan(100, 4, 32, 32, False, input_size=32)[0] == 1
+    assert engine.CPU.plan(100, 8, 32, 32, False, input_size=128)[0] == 1
+    assert engine.CPU.plan_settings(8, 32, 32) and engine.CPU.plan_settings(4, 32, 32) == ()
+
+
 def test_one_step_inference_from_no_state_splits_the_batch_or_runs_on_one_thread():
     """A one-step inference call from zero states never reads w_hh: its threads split the batch
     whatever the recurrent weights, or one thread runs it when its inputs are few; with a state, in

@@ -87,12 +87,18 @@ def shares_split_blocks(n_parts, blocks, rows, row_tile):
 
 
 @njit(**JIT_OPTIONS)
+def cache_line_offset(raw):
+    """Bytes from the start of the array ``raw`` to the next cache-line boundary (0 on one)."""
+    return -raw.ctypes.data % CACHE_LINE
+
+
+@njit(**JIT_OPTIONS)
 def empty_aligned(rows, cols, dtype_of):
     """np.empty((rows, cols)) of ``dtype_of``'s dtype, starting on a cache-line boundary, so that
     threads writing neighbouring parts of a row do not share a cache line."""
     per_line = CACHE_LINE // dtype_of.itemsize
     raw = np.empty(rows * cols + per_line, dtype_of.dtype)
-    start = -(raw.ctypes.data // dtype_of.itemsize) % per_line
+    start = cache_line_offset(raw) // dtype_of.itemsize
     return raw[start:start + rows * cols].reshape((rows, cols))
 
 

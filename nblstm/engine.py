@@ -368,12 +368,11 @@ class Workspace:
         self._zeros = {}
 
     @staticmethod
-    def _kept(cache, key, make):
-        value = cache.get(key)
-        if value is None:
-            if len(cache) >= Workspace.KEPT:
-                cache.clear()
-            value = cache[key] = make()
+    def _keep(cache, key, value):
+        """``value``, kept in ``cache`` under ``key`` (emptied first once it holds KEPT values)."""
+        if len(cache) >= Workspace.KEPT:
+            cache.clear()
+        cache[key] = value
         return value
 
     def prepare(self, backend, config, params, seq_len, batch, dtype, training, zero_start=False):
@@ -384,10 +383,11 @@ class Workspace:
         a new workspace too)."""
         key = (backend.name, seq_len, batch, dtype, training, reads_recurrent_weights(seq_len, training, zero_start),
                backend.plan_settings(batch, config.hidden_size, config.state_size))
-        args = (backend, config, params, seq_len, batch, dtype, training, zero_start)
-        prepared = self._kept(self._prepared, key, lambda: prepare(*args))
-        if prepared.params is not params and prepared.weights[0][0] is not params[config.names(0, 0).weight_ih]:
-            prepared = self._prepared[key] = prepare(*args)
+        prepared = self._prepared.get(key)
+        if prepared is None or (prepared.params is not params
+                                and prepared.weights[0][0] is not params[config.names(0, 0).weight_ih]):
+            prepared = self._keep(self._prepared, key, prepare(backend, config, params, seq_len, batch, dtype,
+                                                               training, zero_start))
         return prepared
 
     def take(self, backend, shapes, dtype):
@@ -409,8 +409,11 @@ class Workspace:
     def zeros(self, backend, shapes, dtype):
         """Zero arrays of ``shapes`` (a tuple of shapes) on ``backend``, the same arrays at every call:
         the caller must only read them (the kernels only read initial states)."""
-        return self._kept(self._zeros, (backend.name, shapes, dtype),
-                          lambda: tuple(backend.zeros(shape, dtype) for shape in shapes))
+        key = (backend.name, shapes, dtype)
+        zeros = self._zeros.get(key)
+        if zeros is None:
+            zeros = self._keep(self._zeros, key, tuple(backend.zeros(shape, dtype) for shape in shapes))
+        return zeros
 
 
 @functools.cache

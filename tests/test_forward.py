@@ -193,6 +193,25 @@ def test_repeated_inference_calls_of_changing_shapes_match_torch(rng):
     assert not any(np.shares_memory(a, b) for a, b in itertools.combinations(outputs, 2))
 
 
+def test_a_model_keeps_what_it_prepared_for_the_latest_few_shapes(rng):
+    """A model called with more input shapes than Workspace.KEPT keeps at most that many prepared
+    forwards and zero states, and its results stay right when it meets a forgotten shape again."""
+    from nblstm.engine import Workspace
+
+    model = LSTM(4, 5, seed=2).eval()
+    twin = torch_twin(model)
+    inputs = [rng.standard_normal((seq_len, batch, 4)).astype(np.float32)
+              for seq_len, batch in itertools.product([1, 3, 7], [1, 2, 5])]
+    for x in inputs + inputs[:2]:
+        output, (h_n, c_n) = model(x)
+        expected, (e_h, e_c) = twin(tensor(x))
+        for a, b in ((output, expected), (h_n, e_h), (c_n, e_c)):
+            assert_close(a, numpy(b), np.float32)
+        workspace = model._workspace
+        assert 0 < len(workspace._prepared) <= Workspace.KEPT and 0 < len(workspace._zeros) <= Workspace.KEPT
+    assert len(inputs) > Workspace.KEPT
+
+
 def test_threads_share_one_model_in_inference(rng):
     """Threads calling one eval-mode model at once (the kernels release the GIL) each get their own
     work arrays, so each gets its own right answer."""

@@ -90,7 +90,7 @@ def test_activation_special_values(dtype):
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("m,n,k", [(1, 1, 1), (3, 5, 7), (2, 9, 4), (1, 80, 20), (16, 300, 256),
-                                   (17, 33, 5), (64, 300, 256), (5, 0, 3), (4, 6, 0),
+                                   (17, 33, 5), (64, 300, 256), (5, 0, 3), (4, 6, 0), (4, 70, 0),
                                    (8, 520, 260), (3, 1031, 257), (13, 517, 256), (2, 700, 760), (6, 300, 900)])
 @pytest.mark.parametrize("trans_a,trans_b", [(False, False), (False, True), (True, False), (True, True)])
 @pytest.mark.parametrize("beta", [0.0, 0.5, 1.0])
@@ -128,7 +128,16 @@ def test_few_rows_by_large_weights_run_as_register_tiles():
         assert uses_panels(m, n, k, False, False) and not uses_blas(m, n, k, False, False), (m, n, k)
     for m, n, k in [(1, 4096, 512), (33, 2048, 512), (8, 63, 4096), (8, 128, 512), (4, 256, 512), (3, 512, 512)]:
         assert not uses_panels(m, n, k, False, False), (m, n, k)
-    assert not uses_panels(8, 2048, 512, True, False) and not uses_panels(8, 2048, 512, False, True)
+    assert not uses_panels(8, 2048, 512, False, True) and not uses_panels(8, 2048, 512, True, True)
+
+
+def test_weight_gradient_products_run_as_register_tiles():
+    """a.T @ b (d_gates.T @ inputs) with 64 columns or more runs on the tiles whatever the rows of c,
+    a read in place: the shapes ``test_gemm_matches_numpy`` checks with trans_a; fewer columns, or an
+    empty reduction, stay with BLAS or the loops."""
+    for m, n, k in [(1, 80, 20), (16, 300, 256), (64, 300, 256), (2048, 512, 800), (3, 1031, 257), (4, 64, 1)]:
+        assert uses_panels(m, n, k, True, False) and not uses_blas(m, n, k, True, False), (m, n, k)
+    assert not uses_panels(2048, 63, 800, True, False) and not uses_panels(4, 70, 0, True, False)
 
 
 @njit(cache=False)

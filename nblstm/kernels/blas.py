@@ -53,6 +53,12 @@ VECTORS_FEW_ROWS, VECTORS_MIN_WEIGHTS_FEW_ROWS = 4, 2**18
 # counts of values): 0.9-2.6x at 2-8 rows, 0.9-1.2x at 32.
 # PANELS_MIN_WEIGHTS: (largest rows of c, fewest values of b) for every row count that takes them;
 # c needs a whole panel of columns or more (a panel: 64 float32 or 32 float64 columns on AVX-512).
+# a.T @ b (the weight gradients, d_gates.T @ inputs) runs on the same tiles whatever the rows, a read
+# in place by columns: BLAS time / theirs, one thread, alternated (medians of 5), as (k, m, n):
+# float32 800 x 512 x 128 1.73x, 800 x 2048 x 512 1.20x, 6400 x 1024 x 256 1.15x, 3200 x 4096 x 1024
+# 1.15x, 80 x 512 x 128 2.19x, 800 x 2048 x 64 1.90x, 8 x 2048 x 512 1.78x, 2 x 2048 x 512 1.38x,
+# 1 x 512 x 128 1.08x, 800 x 8 x 128 4.63x; float64 800 x 512 x 128 1.22x, 800 x 2048 x 512 1.12x,
+# 6400 x 1024 x 256 1.15x, 8 x 512 x 128 1.72x, 800 x 8 x 128 2.46x.
 PANELS_MIN_COLUMNS = 64
 PANELS_MIN_WEIGHTS = ((3, 2**19), (7, 2**18), (32, 2**17))
 
@@ -270,16 +276,19 @@ def _gemm_nn_loops(a, b, c, trans_a, beta):
 
 
 @njit(**JIT_OPTIONS)
-def _gemm_nn_panels(a, b, c, beta):
-    """c = a @ b + beta * c: ``tiles.gemm_nn_panels`` over the whole panels of columns, the last
-    n % width columns as ``_gemm_nn_loops``."""
+def _gemm_nn_panels(a, b, c, trans_a, beta):
+    """c = op(a) @ b + beta * c: ``tiles.gemm_nn_panels`` over the whole panels of columns (a.T read
+    in place), the last n % width columns as ``_gemm_nn_loops``."""
     n = c.shape[1]
     scaled = beta != 0.0 and beta != 1.0  # the panels overwrite c or add to it
     if scaled:
         _scale(c, beta)
-    whole = gemm_nn_panels(a, b, c, beta != 0.0)
+    if trans_a:
+        whole = gemm_nn_panels(a.T, b, c, beta != 0.0)
+    else:
+        whole = gemm_nn_panels(a, b, c, beta != 0.0)
     if whole < n:
-        _gemm_nn_loops(a, b[:, whole:], c[:, whole:], False, 1.0 if scaled else beta)
+        _gemm_nn_loops(a, b[:, whole:], c[:, whole:], trans_a, 1.0 if scaled else beta)
 
 
 @njit(**JIT_OPTIONS)
@@ -293,8 +302,12 @@ def uses_vectors(m, n, k, trans_a, trans_b):
 @njit(**JIT_OPTIONS)
 def uses_panels(m, n, k, trans_a, trans_b):
     """Whether ``gemm`` runs an (m, k) by (k, n) product as ``tiles.gemm_nn_panels``: a @ b with few
-    rows."""
-    if trans_a or trans_b or m <= LOOPS_MAX_ROWS or n < PANELS_MIN_COLUMNS:
+    rows, a.T @ b whatever the rows (over a reduction: an empty one leaves c to the loops)."""
+    if trans_b or n < PANELS_MIN_COLUMNS:
+        return False
+    if trans_a:
+        return k > 0
+    if m <= LOOPS_MAX_ROWS:
         return False
     for largest_rows, fewest_weights in PANELS_MIN_WEIGHTS:
         if m <= largest_rows:
@@ -325,7 +338,7 @@ def gemm(a, b, c, trans_a=False, trans_b=False, beta=0.0):
     if uses_vectors(m, n, k, trans_a, trans_b):
         _gemm_nt_vectors(a, b, c, beta)
     elif uses_panels(m, n, k, trans_a, trans_b):
-        _gemm_nn_panels(a, b, c, beta)
+        _gemm_nn_panels(a, b, c, trans_a, beta)
     elif uses_blas(m, n, k, trans_a, trans_b):
         _gemm_blas(a, b, c, trans_a, trans_b, beta, m, n, k)
     elif trans_b:

@@ -548,3 +548,26 @@ def test_gates_are_padded_to_panels_only_where_threads_split_the_units():
     assert engine.CPU.gate_columns(32, np.float32, (2, True, False, True)) == 4 * width
     assert engine.CPU.gate_columns(32, np.float32, (1, False, False, True)) == 4 * 32
     assert engine.CPU.gate_columns(20, np.float32, (2, True, False, False)) == 4 * 20  # no packing: no padding
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("inputs_size", [5, 63, 64, 100])
+@pytest.mark.parametrize("rows", [0, 7, 300])
+@pytest.mark.parametrize("n_parts", [1, 2])
+def test_add_weight_gradient_matches_numpy(dtype, inputs_size, rows, n_parts, rng):
+    """dw = d_gates.T @ inputs + beta * dw, padding columns of d_gates dropped: under a panel of inputs
+    and from TRANSPOSED_GRADIENT_MIN_ROWS rows as inputs.T @ d_gates added transposed, else directly;
+    beta 0 overwrites NaN, beta 1 adds."""
+    from nblstm.kernels.cpu_backward import add_weight_gradient
+
+    hidden, padded = 20, 32  # 4 * 32 = 128 gate columns, two panels of float32
+    d_gates = rng.standard_normal((rows, 4 * padded)).astype(dtype)
+    d_gates.reshape(rows, 4, padded)[:, :, hidden:] = 0.0
+    inputs = rng.standard_normal((rows, inputs_size)).astype(dtype)
+    gradient = np.concatenate([d_gates[:, gate * padded:gate * padded + hidden] for gate in range(4)], axis=1).T @ inputs
+    dw = np.full((4 * hidden, inputs_size), np.nan, dtype)
+    add_weight_gradient(d_gates, inputs, dw, 0.0, n_parts)
+    tolerance = 1e-4 if dtype == np.float32 else 1e-12
+    np.testing.assert_allclose(dw, gradient, rtol=tolerance, atol=tolerance * max(rows, 1))
+    add_weight_gradient(d_gates, inputs, dw, 1.0, n_parts)
+    np.testing.assert_allclose(dw, 2 * gradient, rtol=tolerance, atol=tolerance * max(rows, 1))

@@ -263,24 +263,26 @@ def test_cell_weights_changed_between_calls_are_used(rng):
 
 def test_prepared_forward_follows_the_thread_count():
     """The plan kept for an input shape is remade when numba.set_num_threads changes how many
-    threads a step of that size may use."""
+    threads a step of that size may use, or a call of steps too small to split
+    (SMALL_STEPS_BATCH_SPLIT_MIN_WORK)."""
     import numba
 
     from nblstm import engine
 
     if numba.config.NUMBA_NUM_THREADS < 2:
         pytest.skip("needs two threads")
-    model = LSTM(32, 256).eval()
-    workspace, params, config = model._workspace, model._parameters, model.config
     previous = numba.get_num_threads()
-    try:
-        parts = []
-        for threads in (1, 2, 1):
-            numba.set_num_threads(threads)
-            parts.append(workspace.prepare(engine.CPU, config, params, 20, 64, np.float32, False).plan[0])
-        assert parts == [1, 2, 1]
-    finally:
-        numba.set_num_threads(previous)
+    for hidden, seq_len, batch in [(256, 20, 64), (32, 100, 8)]:
+        model = LSTM(32, hidden).eval()
+        workspace, params, config = model._workspace, model._parameters, model.config
+        try:
+            parts = []
+            for threads in (1, 2, 1):
+                numba.set_num_threads(threads)
+                parts.append(workspace.prepare(engine.CPU, config, params, seq_len, batch, np.float32, False).plan[0])
+            assert parts == [1, 2, 1]
+        finally:
+            numba.set_num_threads(previous)
 
 
 def test_default_zero_states_are_shared_and_stay_zero(rng):

@@ -93,13 +93,13 @@ def thread_parts(batch, hidden, state):
     return max(1, min(numba.get_num_threads(), math.ceil(hidden / 16)))
 
 
-def _thread_settings_reader():
+def _thread_settings_reader(c_functions=numba_parallel):
     """A function returning (numba.get_num_threads(), numba.get_parallel_chunksize()): the two C
-    functions behind them where this Numba has them, 0.18 us against 1.0 (the public functions
-    take two locks each time to make sure the threads were launched, which ``kernels.parallel``
-    did at import)."""
-    get_threads = getattr(numba_parallel, "_get_num_threads", None)
-    get_chunksize = getattr(numba_parallel, "_get_parallel_chunksize", None)
+    functions behind them where this Numba has them (in ``c_functions``, its module), 0.18 us against
+    1.0 (the public functions take two locks each time to make sure the threads were launched,
+    which ``kernels.parallel`` did at import)."""
+    get_threads = getattr(c_functions, "_get_num_threads", None)
+    get_chunksize = getattr(c_functions, "_get_parallel_chunksize", None)
     if callable(get_threads) and callable(get_chunksize):
         return lambda: (get_threads(), get_chunksize())
     return lambda: (numba.get_num_threads(), numba.get_parallel_chunksize())

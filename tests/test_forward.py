@@ -285,6 +285,27 @@ def test_prepared_forward_follows_the_thread_count():
             numba.set_num_threads(previous)
 
 
+def test_thread_settings_read_what_numba_reports_with_or_without_its_c_functions():
+    """engine.thread_settings reads (threads, chunk size) through Numba's C functions, and through the
+    public getters where a Numba lacks them; both follow set_num_threads and parallel_chunksize."""
+    import types
+
+    import numba
+
+    from nblstm import engine
+
+    readers = [engine.thread_settings, engine._thread_settings_reader(types.SimpleNamespace())]
+    previous = numba.get_num_threads()
+    try:
+        for threads in {1, numba.config.NUMBA_NUM_THREADS}:
+            numba.set_num_threads(threads)
+            with numba.parallel_chunksize(3):
+                assert [read() for read in readers] == [(threads, 3)] * 2
+            assert [read() for read in readers] == [(threads, 0)] * 2
+    finally:
+        numba.set_num_threads(previous)
+
+
 def test_default_zero_states_are_shared_and_stay_zero(rng):
     """Calls without hx share one kept array of zeros per shape (engine.Workspace.zeros): after
     training steps and calls of other batch sizes, a call without hx still matches one given

@@ -30,7 +30,6 @@ from .simd import lanes_of
 from .tiles import PANEL_VECTORS, TILE_ROWS
 from .views import borrowed, row_of
 
-
 # The weight gradient of fewer inputs than a panel (d_gates.T @ inputs) runs as inputs.T @ d_gates on the
 # register tiles, added to dw transposed, from this many rows (seq_len x batch): the transposed add costs
 # about 1 ns a value of dw.  One thread, BLAS time / the tiles' with the add: 800 rows by 512 x 32 1.84x

@@ -110,7 +110,7 @@ def panel_product(a, weights, offset, stride, c, col, accumulate, k_start, k_sto
     """c[rows, col:col + width] (+)= a[rows, k_start:k_stop] @ (rows k_start:k_stop of the weights)
     for rows [row_start, row_stop), in register tiles of TILE_ROWS, 2 and 1 rows.
 
-    a: (m, >= k_stop) with contiguous rows; weights: flat, row kk of the panel at
+    a: (m, >= k_stop), its rows contiguous or not (``gemm_nn_panels``); weights: flat, row kk of the panel at
     offset + kk * stride; c: (m, >= col + width) with contiguous rows.  ``accumulate`` adds to c
     instead of overwriting it.  The TILE_ROWS-row tiles prefetch ahead[ahead_start:ahead_stop]
     (flat, the weights the caller reads next), a line a reduction step each, while they work on
@@ -135,11 +135,13 @@ def panel_product(a, weights, offset, stride, c, col, accumulate, k_start, k_sto
 def gemm_nn_panels(a, b, c, accumulate):
     """c[:, :whole] (+)= a @ b[:, :whole] over the whole panels of b's columns (whole = n - n %
     width, returned), b's rows read in place: nothing is repacked, which pays where few rows of a
-    share each weight (``blas.uses_panels``).
+    share each weight, and for a transposed a whatever its rows (``blas.uses_panels``).
 
-    a: (m, k), b: (k, n), c: (m, n), each with a contiguous last axis.  Blocks of K_BLOCK rows of b go
-    outermost, each read once by every panel: panel after panel over all of k reads b with its
-    row stride and ran 0.5-0.6x as fast once b left the caches.
+    a: (m, k), or the transpose of a (k, m) array (the tiles read a value by value, and a tile's
+    four values of one reduction step are then neighbours); b: (k, n), c: (m, n), each with a
+    contiguous last axis.  Blocks of K_BLOCK rows of b go outermost, each read once by every panel:
+    panel after panel over all of k reads b with its row stride and ran 0.5-0.6x as fast once b
+    left the caches.
     """
     m, n = c.shape
     k = b.shape[0]

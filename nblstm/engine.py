@@ -20,7 +20,7 @@ from numba.np.ufunc import parallel as numba_parallel
 
 from .kernels.blas import single_threaded_blas, uses_blas
 from .kernels.cpu_backward import lstm_layer_backward
-from .kernels.cpu_forward import PROJECT_BY_BATCH_MAX_INPUT, calls_blas, lstm_layer_forward
+from .kernels.cpu_forward import calls_blas, lstm_layer_forward
 from .kernels.packed import gate_columns, packs_weights
 from .kernels.parallel import CACHE_LINE, cache_line_offset
 from .kernels.parallel import matmul as parallel_matmul
@@ -65,10 +65,12 @@ BATCH_PART_MIN_ROWS = 4
 # hidden 32, batch 8: 0.95-1.00x at 10 steps (655K), 1.01-1.04x at 15 (983K), 1.07-1.12x at 20,
 # 1.17x at 30, 1.27-1.33x at 100 (122 -> 96 us); batch 12 1.25x and batch 16 1.48x at 100 steps, 1.18x
 # at 10; batch 32 1.18x at 5 steps; hidden 16, batch 8: 1.20x at 50 steps; hidden 64 1.12x at 10 steps;
-# hidden 80 1.49x at 100.  Only where the threads project their own inputs (``PROJECT_BY_BATCH_MAX_INPUT``;
-# input 128, hidden 32, batch 8: 0.83x at 10 steps, 1.04x at 100).  Training keeps one thread: its
-# backward splits every step (batch 8, hidden 32-64, 100 steps: 0.70-0.73x).
+# hidden 80 1.49x at 100.  Only up to SMALL_STEPS_BATCH_SPLIT_MAX_INPUT inputs (input 128, hidden 32,
+# batch 8: 0.83x at 10 steps and 1.04x at 100 with the projection in BLAS; 0.68x and 0.79x with each
+# thread projecting its own rows).  Training keeps one thread: its backward splits every step (batch 8,
+# hidden 32-64, 100 steps: 0.70-0.73x).
 SMALL_STEPS_BATCH_SPLIT_MIN_WORK = 1 << 20
+SMALL_STEPS_BATCH_SPLIT_MAX_INPUT = 64
 
 # In inference the input projection runs over blocks of time steps holding
 # about this many (time, batch) rows, so memory does not grow with seq_len.
@@ -220,7 +222,7 @@ class CPUBackend:
             call_work = seq_len * batch * NUM_GATES * hidden * (input_size + (state if reads_weights else 0))
             batch_parts = min(numba.get_num_threads(), batch // BATCH_PART_MIN_ROWS)
             if (call_work >= SMALL_STEPS_BATCH_SPLIT_MIN_WORK and batch_parts > 1
-                    and input_size <= PROJECT_BY_BATCH_MAX_INPUT):
+                    and input_size <= SMALL_STEPS_BATCH_SPLIT_MAX_INPUT):
                 return batch_parts, together, True, True
         if n_parts == 1:
             return 1, False, False, pack_weights

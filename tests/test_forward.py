@@ -77,6 +77,7 @@ ODD_SIZES = [
     (2000, 2, 3, 5, {}),
     (9, 16, 37, 37, dict(bidirectional=True)),          # steps too small to split, the batch split in inference
     (100, 12, 30, 24, {}),                              # ... into 8 and 4 rows, over several inference blocks
+    (12, 16, 200, 96, {}),                              # threads split the batch, each projects 200 inputs
     (9, 16, 20, 64, dict(proj_size=17, bidirectional=True)),
     (37, 64, 5, 48, dict(bidirectional=True)),          # several inference blocks, threads split steps
     (6, 32, 24, 96, dict(bidirectional=True, proj_size=40, num_layers=2)),  # threads, padding, projection

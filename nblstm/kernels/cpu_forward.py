@@ -47,10 +47,14 @@ from .views import borrowed, row_of
 
 # Threads that split the batch project their own rows' inputs with packed w_ih up to this input size,
 # rather than in one BLAS product split between them before: no parallel region and no BLAS calls
-# of its own (measured on 2 cores, forward, alternating processes: L10 N8 H128 input 32 0.14-0.16 ->
-# 0.13-0.145 ms, L100 N64 H128 input 64 6.2-6.7 -> 5.5-6.3 ms; even at input 128 and 256; 0.75x at
-# L100 N8 input 512 hidden 256, where packed w_ih (2 MiB) no longer stays in cache).
-PROJECT_BY_BATCH_MAX_INPUT = 64
+# of its own (measured on 2 cores of a Xeon, forward, alternating processes: L10 N8 H128 input 32
+# 0.14-0.16 -> 0.13-0.145 ms, L100 N64 H128 input 64 6.2-6.7 -> 5.5-6.3 ms; even at input 128 and 256;
+# 0.75x at L100 N8 input 512 hidden 256, where packed w_ih (2 MiB) no longer stays in cache).  On an
+# AMD EPYC, where OpenBLAS runs its AVX2 (Haswell) kernels, in-process A/B against 64, forward: L100
+# N64 I256 H256 22.6 -> 15.7 ms, L100 N16 I256 H64 1.56x, L10 N8 I128 H128 1.29x, L100 N8 I512 H256
+# 1.24x (so 512 there), L10 N64 I256 H256 0.90x (each thread packs 1 MiB of w_ih for 10 steps);
+# training L100 N64 I256 H256 72.1 -> 65.5 ms, L100 N16 I256 H64 1.13x.
+PROJECT_BY_BATCH_MAX_INPUT = 256
 # Threads that split the hidden units share a panel by batch rows where they do not divide the panels
 # (``unit_share``) from this many steps: the thread without the panel's first rows waits for it to be
 # packed and reads it from the other core's cache, which only later steps repay (measured on 2 cores,

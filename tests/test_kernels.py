@@ -468,7 +468,7 @@ def test_blas_is_set_to_one_thread_only_around_forwards_that_call_it():
     assert not calls_blas(by_batch, PROJECT_BY_BATCH_MAX_INPUT, 40)
     assert calls_blas(by_batch, PROJECT_BY_BATCH_MAX_INPUT + 1, 40)
     assert calls_blas(by_batch, 32, 40, proj_size=20)
-    assert calls_blas(by_batch, 32, 40, num_layers=2, bidirectional=True)
+    assert calls_blas(by_batch, 32, PROJECT_BY_BATCH_MAX_INPUT // 2 + 1, num_layers=2, bidirectional=True)
     assert not calls_blas(by_batch, 32, 20, num_layers=2, bidirectional=True)
     assert calls_blas(units, PROJECT_BY_BATCH_MAX_INPUT, 40)
     assert calls_blas((2, True, True, False), PROJECT_BY_BATCH_MAX_INPUT, 40)

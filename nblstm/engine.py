@@ -387,8 +387,8 @@ class Workspace:
 
     @staticmethod
     def _keep(cache, key, value):
-        """``value``, kept in ``cache`` under ``key`` (emptied first once it holds KEPT values)."""
-        if len(cache) >= Workspace.KEPT:
+        """``value``, kept in ``cache`` under ``key`` (emptied first once it holds KEPT other values)."""
+        if key not in cache and len(cache) >= Workspace.KEPT:
             cache.clear()
         cache[key] = value
         return value

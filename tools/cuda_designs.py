@@ -56,36 +56,33 @@ def main(argv=None):
     rng = np.random.default_rng(0)
     print(f"{'L':>5} {'N':>4} {'I':>5} {'H':>5}  mode   persistent ms  per-step ms  ratio  nblstm picks")
     for hidden in args.hidden_size or [128, 512]:
-        model = LSTM(args.input_size, hidden, dtype=args.dtype, seed=0, device="cuda")
         for batch in args.batch or [1, 8, 64]:
             x = cuda.to_device(rng.standard_normal((args.seq_len, batch, args.input_size)).astype(args.dtype))
             grad = cuda.to_device(np.ones((args.seq_len, batch, hidden), args.dtype))
+            for mode in ("fwd", "train"):
+                # A model per design: a model keeps the plan of its first call for each input shape.
+                models = {design: LSTM(args.input_size, hidden, dtype=args.dtype, seed=0, device="cuda")
+                          for design in DESIGNS}
 
-            def forward(model=model, x=x):
-                model.eval()
-                model(x)
+                def call(design, mode=mode, models=models, x=x, grad=grad):
+                    cuda_backend.PERSISTENT_MAX_BATCH = DESIGNS[design]
+                    model = models[design].train(mode == "train")
+                    model.zero_grad()
+                    model(x)
+                    if mode == "train":
+                        model.backward(grad)
 
-            def train(model=model, x=x, grad=grad):
-                model.train()
-                model.zero_grad()
-                model(x)
-                model.backward(grad)
-
-            for mode, call in (("fwd", forward), ("train", train)):
+                before = counted.launches
+                timed(lambda: call("persistent"))  # compile and warm up
+                launched = counted.launches > before
+                timed(lambda: call("per_step"))
                 samples = {design: [] for design in DESIGNS}
-                launched = {}
-                for design, max_batch in DESIGNS.items():  # compile and warm up
-                    cuda_backend.PERSISTENT_MAX_BATCH = max_batch
-                    before = counted.launches
-                    timed(call)
-                    launched[design] = counted.launches > before
                 for _ in range(args.repeats):
-                    for design, max_batch in DESIGNS.items():
-                        cuda_backend.PERSISTENT_MAX_BATCH = max_batch
-                        samples[design].append(timed(call))
+                    for design in DESIGNS:
+                        samples[design].append(timed(lambda design=design: call(design)))
                 persistent, per_step = (float(np.median(samples[design])) * 1e3 for design in DESIGNS)
-                picks = "persistent" if batch <= default_max_batch and launched["persistent"] else "per_step"
-                note = "" if launched["persistent"] else " (persistent did not fit: per-step ran)"
+                picks = "persistent" if batch <= default_max_batch and launched else "per_step"
+                note = "" if launched else " (persistent did not fit: per-step ran)"
                 print(f"{args.seq_len:>5} {batch:>4} {args.input_size:>5} {hidden:>5}  {mode:<5} {persistent:>13.3f} "
                       f"{per_step:>12.3f} {per_step / persistent:>6.2f}  {picks}{note}")
     cuda_backend.PERSISTENT_MAX_BATCH = default_max_batch

@@ -12,7 +12,13 @@ set -u
 out="$(realpath -m "${1:?usage: tools/gpu_check.sh OUT_DIR}")"
 mkdir -p "$out"
 cd "$(dirname "$0")/.."
-export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+# numba-cuda releases before NumPy 2.5 register an overload of np.row_stack, which NumPy 2.5 removed:
+# their CUDA target then fails to import (seen on the lent H200's image: numba-cuda with NumPy 2.5.2).
+# A sitecustomize on the path puts the alias back for every Python process of this run, test workers too.
+shim="$(mktemp -d)"
+printf '%s\n' 'import numpy' 'if not hasattr(numpy, "row_stack"):' '    numpy.row_stack = numpy.vstack' \
+    >"$shim/sitecustomize.py"
+export PYTHONPATH="$PWD:$shim${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 python="${PYTHON:-python3}"
 bench=("$python" -c "from nblstm.bench.cli import main; main()" run -b numba-cuda -b torch-cuda --repeats 5)
 
@@ -22,8 +28,14 @@ stage() {  # stage NAME SECONDS COMMAND...: run COMMAND with a time limit, outpu
     timeout "$limit" "$@" >"$out/$name.log" 2>&1
     echo "== $name: exit $? after $((SECONDS - start)) s" | tee -a "$out/summary.txt"
 }
+cleanup() {
+    rm -rf "$shim"
+}
+trap cleanup EXIT
 
 stage versions 60 "$python" - <<'EOF'
+import numpy
+print("np.row_stack restored by tools/gpu_check.sh's sitecustomize:", numpy.row_stack is numpy.vstack)
 import platform, sys
 import numba, numpy
 print("python", sys.version.split()[0], platform.machine(), "numba", numba.__version__, "numpy", numpy.__version__)
@@ -42,7 +54,7 @@ from nblstm.kernels.cuda_common import cooperative_launch_supported
 print("cooperative launch (grid sync) supported:", cooperative_launch_supported())
 EOF
 
-"$python" - >"$out/cpu_compile.log" 2>&1 <<'EOF' &
+"$python" - >"$shim/cpu_compile.log" 2>&1 <<'EOF' &
 # The CPU engine's kernels for the parity tests' calls, compiled into Numba's cache, one process per dtype.
 import multiprocessing, sys, time
 sys.path[:0] = ["tests", "tests/cuda"]
@@ -73,17 +85,19 @@ stage bench_seeds 200 "${bench[@]}" --preset seeds --mode both --json "$out/benc
 stage bench_small 150 "${bench[@]}" --seq-len 100 --batch 1 --batch 8 --batch 64 --input-size 128 \
     --hidden-size 128 --hidden-size 512 --mode both --json "$out/bench_small.json"
 wait "$cpu_compile"
-echo "== cpu_compile: $(tail -n 1 "$out/cpu_compile.log")" | tee -a "$out/summary.txt"
+echo "== cpu_compile: $(tail -n 1 "$shim/cpu_compile.log")" | tee -a "$out/summary.txt"
 workers=()
 "$python" -c "import xdist" 2>/dev/null && workers=(-n 8)
 stage tests 300 "$python" -m pytest tests/cuda -q -p no:cacheprovider "${workers[@]}"
 
+# At most 8 files come back from the device tool: the versions go into the summary.
+cat "$out/versions.log" >>"$out/summary.txt" && rm "$out/versions.log"
 echo
-for name in versions designs bench_seeds bench_small; do
+for name in designs bench_seeds bench_small; do
     echo "---- $name"
     grep -v -e '^\s*$' -e 'it/s\]' -e '%|' "$out/$name.log" | tail -n 40
 done
 echo "---- tests"
 tail -n 30 "$out/tests.log"
-echo "---- summary"
+echo "---- summary, versions"
 cat "$out/summary.txt"

@@ -33,9 +33,11 @@ from .cuda_common import (
     ZERO,
     blocks_for,
     elementwise,
+    group_lanes,
     matmul,
     persistent_grid,
     slice_length,
+    sum_groups,
 )
 from .cuda_forward import step_time, time_index
 
@@ -79,16 +81,18 @@ def cell_backward_parallel(gates_t, c_t, c_prev, dh, dc_in, dc_out):
 
 @cuda.jit(**CUDA_JIT_OPTIONS)
 def backward_persistent(w_hh, w_hr, c0, gates, c_seq, reverse, d_out, out_col, dc_n,
-                        dh, dc, dh_seq, dh0, dc0, units, state_units):
+                        dh, dc, dh_seq, dh0, dc0, units, state_units, lanes):
     """The whole backward chain of one layer and direction in one cooperative launch.
 
     Arguments as ``lstm_layer_backward``.  On entry the gradient of the last visited h_t
     (dh_n plus its output gradient) must be in dh, or in dh_seq[t] with projection.
     Block k owns hidden units [k*units, (k+1)*units) in the gate phase and columns
-    [k*state_units, (k+1)*state_units) of dh in the product phase.  Dynamic shared
-    memory, state_units*4*hidden + units*proj elements, holds the block's columns of
-    w_hh and of w_hr, each column contiguous.
-    Launch: a 1-D grid of co-resident blocks (cooperative), any block size.
+    [k*state_units, (k+1)*state_units) of dh in the product phase, where each (batch row,
+    column) is a dot product over the 4*hidden gate rows shared by a group of ``lanes``
+    threads (``group_lanes``, ``sum_groups``).  Dynamic shared memory, state_units*4*hidden
+    + units*proj + threads elements, holds the block's columns of w_hh and of w_hr, each
+    column contiguous, and the groups' partial sums.
+    Launch: a 1-D grid of co-resident blocks (cooperative), any block size that lanes divides.
     """
     weights = cuda.shared.array(0, gates.dtype)
     seq_len, batch, gate_rows = gates.shape
@@ -98,12 +102,15 @@ def backward_persistent(w_hh, w_hr, c0, gates, c_seq, reverse, d_out, out_col, d
     n_units = slice_length(unit0, units, hidden)
     n_cols = slice_length(col0, state_units, state)
     proj_base = state_units * gate_rows
+    partial_base = proj_base + units * proj
     for e in range(thread, n_cols * gate_rows, threads):
         weights[e] = w_hh[e % gate_rows, col0 + e // gate_rows]
     for e in range(thread, n_units * proj, threads):
         weights[proj_base + e] = w_hr[e % proj, unit0 + e // proj]
     cuda.syncthreads()
     grid = cuda.cg.this_grid()
+    items, groups = batch * n_cols, threads // lanes
+    group, lane = thread // lanes, thread % lanes
     for step in range(seq_len - 1, -1, -1):
         t = time_index(step, seq_len, reverse)
         t_prev = time_index(step - 1, seq_len, reverse)
@@ -122,14 +129,21 @@ def backward_persistent(w_hh, w_hr, c0, gates, c_seq, reverse, d_out, out_col, d
             cell_backward_unit(gates[t], c_seq[t], c_prev, dh_value, dc_in, dc_out, b, unit0 + jj)
         grid.sync()
         dh_next = dh0 if step == 0 else dh_seq[t_prev] if proj > 0 else dh
-        for item in range(thread, batch * n_cols, threads):
-            b, kk = item // n_cols, item % n_cols
+        for first in range(0, items, groups):  # the same rounds in every thread of the block
+            item = first + group
             total = ZERO
-            for r in range(gate_rows):
-                total += gates[t, b, r] * weights[kk * gate_rows + r]
-            if step > 0:
-                total += d_out[t_prev, b, out_col + col0 + kk]
-            dh_next[b, col0 + kk] = total
+            if item < items:
+                b, kk = item // n_cols, item % n_cols
+                for r in range(lane, gate_rows, lanes):
+                    total += gates[t, b, r] * weights[kk * gate_rows + r]
+            weights[partial_base + thread] = total
+            sum_groups(weights, partial_base, 1, thread, threads, lanes)
+            if lane == 0 and item < items:
+                b, kk = item // n_cols, item % n_cols
+                total = weights[partial_base + thread]
+                if step > 0:
+                    total += d_out[t_prev, b, out_col + col0 + kk]
+                dh_next[b, col0 + kk] = total
         grid.sync()
 
 
@@ -158,7 +172,7 @@ def column_sums_into_parallel(total, matrix):
 def _persistent_shape(plan, args, hidden, state, proj, itemsize):
     """(blocks, shared bytes) of ``backward_persistent``, (0, 0) when its weights do not fit."""
     def shared_elements(blocks):
-        return math.ceil(state / blocks) * NUM_GATES * hidden + math.ceil(hidden / blocks) * proj
+        return math.ceil(state / blocks) * NUM_GATES * hidden + math.ceil(hidden / blocks) * proj + plan.threads
 
     return persistent_grid(backward_persistent, args, plan.threads, itemsize, shared_elements, hidden)
 
@@ -199,12 +213,14 @@ def lstm_layer_backward(x, w_ih, w_hh, w_hr, h0, c0, out, out_col, gates, c_seq,
     projecting = proj > 0
     t_first = step_time(seq_len - 1, seq_len, reverse)
     elementwise(ADD, dh_n, d_out[t_first, :, out_col:out_col + state], dh_seq[t_first] if projecting else dh, plan)
-    persistent_args = (w_hh, w_hr, c0, gates, c_seq, reverse, d_out, out_col, dc_n, dh, dc, dh_seq, dh0, dc0, 1, 1)
+    persistent_args = (w_hh, w_hr, c0, gates, c_seq, reverse, d_out, out_col, dc_n, dh, dc, dh_seq, dh0, dc0, 1, 1, 1)
     blocks, shared_bytes = (_persistent_shape(plan, persistent_args, hidden, state, proj, gates.dtype.itemsize)
                             if plan.persistent else (0, 0))
     if blocks:
+        state_units = math.ceil(state / blocks)
         backward_persistent[blocks, plan.threads, 0, shared_bytes](
-            *persistent_args[:-2], math.ceil(hidden / blocks), math.ceil(state / blocks))
+            *persistent_args[:-3], math.ceil(hidden / blocks), state_units,
+            group_lanes(plan.threads, batch * state_units, NUM_GATES * hidden))
     else:
         _steps_per_launch(w_hh, w_hr, c0, gates, c_seq, reverse, plan, d_out, out_col, dc_n,
                           dh, dc, dh_cell, dh_seq, dh0, dc0)

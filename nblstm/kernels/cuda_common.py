@@ -168,6 +168,41 @@ def elementwise(op, a, b, out, plan):
         elementwise_kernel[flat_launch(out.size, plan)](a, a if b is None else b, out, op)
 
 
+def group_lanes(threads, items, terms):
+    """Threads that share one sum of ``terms`` products when a block of ``threads`` computes ``items`` sums.
+
+    A power of two that divides ``threads``, as large as leaves a group of threads for each
+    item (up to ``threads`` items) and no larger than ``terms``: a block computing one or a
+    few long dot products spreads each over many threads instead of one thread looping.
+    """
+    lanes = 1
+    while threads % (2 * lanes) == 0 and 2 * lanes * min(items, threads) <= threads and 2 * lanes <= terms:
+        lanes *= 2
+    return lanes
+
+
+@cuda.jit(device=True)
+def sum_groups(partial, base, sums, thread, threads, lanes):
+    """Add up the values of each group of ``lanes`` consecutive threads, for ``sums`` sums at once.
+
+    partial: shared memory; partial[base + s*threads + thread] holds the thread's term of sum s.
+    On return the first thread of each group (thread % lanes == 0) holds the group's totals in
+    its own slots.  A tree of log2(lanes) rounds; lanes is a power of two dividing ``threads``.
+    Every thread of the block must call it: it meets the block's barrier (none when lanes is 1:
+    then each thread holds its own total).
+    """
+    if lanes == 1:
+        return
+    stride = lanes // 2
+    while stride > 0:
+        cuda.syncthreads()
+        if thread % lanes < stride:
+            for s in range(sums):
+                partial[base + s * threads + thread] += partial[base + s * threads + thread + stride]
+        stride //= 2
+    cuda.syncthreads()
+
+
 @functools.cache
 def cooperative_launch_supported():
     """Grid-wide sync needs CUDA's static device runtime (libcudadevrt.a) at link time."""

@@ -14,8 +14,10 @@ training; a fixed-size block in inference, as on the CPU):
      one more tiled product);
    * persistent, for small batches: one ``forward_persistent`` launch runs the
      whole block of steps.  Each thread block keeps the rows of w_hh (and w_hr)
-     of its slice of hidden units in shared memory for every step, and the
-     blocks meet at a grid-wide barrier (cooperative groups) after each step.
+     of its slice of hidden units in shared memory for every step, a group of
+     threads shares each unit's dot products (as many threads as leave one
+     group per (batch row, unit)), and the blocks meet at a grid-wide barrier
+     (cooperative groups) after each step.
      It is used when the plan asks for it and the weights fit on chip;
      otherwise the per-step launches run.
 
@@ -39,9 +41,11 @@ from .cuda_common import (
     element_or_zero,
     as_rows,
     elementwise,
+    group_lanes,
     matmul,
     persistent_grid,
     slice_length,
+    sum_groups,
     zeros,
 )
 
@@ -117,15 +121,18 @@ def cell_forward_parallel(gates_t, bias, h_prev, w_hh, c_prev, c_t, h_dst, h_dst
 
 @cuda.jit(**CUDA_JIT_OPTIONS)
 def forward_persistent(gates, bias, w_hh, w_hr, h0, c0, reverse, step0, step1,
-                       c_seq, h_cell_seq, out, out_col, units, proj_units):
+                       c_seq, h_cell_seq, out, out_col, units, proj_units, lanes):
     """Loop steps [step0, step1) of one layer and direction in one cooperative launch.
 
     Arguments as ``lstm_layer_forward``; the steps' input projections must be in ``gates``.
     Block k owns hidden units [k*units, (k+1)*units) and projected features
-    [k*proj_units, (k+1)*proj_units).  Dynamic shared memory, 4*units*state +
-    proj_units*hidden elements, holds the block's rows of w_hh (gate rows of one
-    unit side by side: row jj*4 + gate) and of w_hr.
-    Launch: a 1-D grid of co-resident blocks (cooperative), any block size.
+    [k*proj_units, (k+1)*proj_units).  Each (batch row, unit) of the block is computed by a
+    group of ``lanes`` threads (``group_lanes``): each thread takes every lanes-th term of the
+    unit's four dot products h_prev @ w_hh rows, the group adds them up (``sum_groups``) and
+    its first thread applies the gate math.  Dynamic shared memory, 4*units*state +
+    proj_units*hidden + 4*threads elements, holds the block's rows of w_hh (gate rows of one
+    unit side by side: row jj*4 + gate), of w_hr, and the groups' partial sums.
+    Launch: a 1-D grid of co-resident blocks (cooperative), any block size that lanes divides.
     """
     weights = cuda.shared.array(0, gates.dtype)
     seq_len, batch = out.shape[0], out.shape[1]
@@ -135,6 +142,7 @@ def forward_persistent(gates, bias, w_hh, w_hr, h0, c0, reverse, step0, step1,
     n_units = slice_length(unit0, units, hidden)
     n_proj = slice_length(p0, proj_units, proj)
     proj_base = NUM_GATES * units * state
+    partial_base = proj_base + proj_units * hidden
     for e in range(thread, NUM_GATES * n_units * state, threads):
         row, k = e // state, e % state
         weights[e] = w_hh[(row % NUM_GATES) * hidden + unit0 + row // NUM_GATES, k]
@@ -143,6 +151,8 @@ def forward_persistent(gates, bias, w_hh, w_hr, h0, c0, reverse, step0, step1,
     cuda.syncthreads()
     grid = cuda.cg.this_grid()
     recurrent = cuda.local.array(NUM_GATES, gates.dtype)
+    items, groups = batch * n_units, threads // lanes
+    group, lane = thread // lanes, thread % lanes
     for step in range(step0, step1):
         t = time_index(step, seq_len, reverse)
         t_prev = time_index(step - 1, seq_len, reverse)
@@ -150,16 +160,24 @@ def forward_persistent(gates, bias, w_hh, w_hr, h0, c0, reverse, step0, step1,
         c_prev = c0 if step == 0 else c_seq[t_prev % c_seq.shape[0]]
         h_dst = h_cell_seq[t % c_seq.shape[0]] if proj > 0 else out[t]
         h_dst_col = 0 if proj > 0 else out_col
-        for item in range(thread, batch * n_units, threads):
-            b, jj = item // n_units, item % n_units
+        for first in range(0, items, groups):  # the same rounds in every thread of the block
+            item = first + group
             for gate in range(NUM_GATES):
-                row = (jj * NUM_GATES + gate) * state
-                total = ZERO
-                for k in range(state):
-                    total += h_prev[b, k] * weights[row + k]
-                recurrent[gate] = total
-            cell_forward_unit(gates[t % gates.shape[0]], bias, c_prev, c_seq[t % c_seq.shape[0]], h_dst, h_dst_col,
-                              b, unit0 + jj, recurrent)
+                recurrent[gate] = ZERO
+            if item < items:
+                b, jj = item // n_units, item % n_units
+                for k in range(lane, state, lanes):
+                    h = h_prev[b, k]
+                    for gate in range(NUM_GATES):
+                        recurrent[gate] += h * weights[(jj * NUM_GATES + gate) * state + k]
+            for gate in range(NUM_GATES):
+                weights[partial_base + gate * threads + thread] = recurrent[gate]
+            sum_groups(weights, partial_base, NUM_GATES, thread, threads, lanes)
+            if lane == 0 and item < items:
+                for gate in range(NUM_GATES):
+                    recurrent[gate] = weights[partial_base + gate * threads + thread]
+                cell_forward_unit(gates[t % gates.shape[0]], bias, c_prev, c_seq[t % c_seq.shape[0]], h_dst,
+                                  h_dst_col, item // n_units, unit0 + item % n_units, recurrent)
         grid.sync()
         if proj > 0:
             for item in range(thread, batch * n_proj, threads):
@@ -174,7 +192,8 @@ def forward_persistent(gates, bias, w_hh, w_hr, h0, c0, reverse, step0, step1,
 def _persistent_shape(plan, args, hidden, state, proj, itemsize):
     """(blocks, shared bytes) of ``forward_persistent``, (0, 0) when its weights do not fit."""
     def shared_elements(blocks):
-        return NUM_GATES * math.ceil(hidden / blocks) * state + math.ceil(proj / blocks) * hidden
+        return (NUM_GATES * math.ceil(hidden / blocks) * state + math.ceil(proj / blocks) * hidden
+                + NUM_GATES * plan.threads)
 
     return persistent_grid(forward_persistent, args, plan.threads, itemsize, shared_elements, hidden)
 
@@ -221,7 +240,7 @@ def lstm_layer_forward(x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, reverse, plan,
     hidden, state, proj = c0.shape[1], h0.shape[1], w_hr.shape[0]
     gate_slots = gates.shape[0]
     bias = gate_bias(b_ih, b_hh, NUM_GATES * hidden, gates.dtype, plan)
-    persistent_args = [gates, bias, w_hh, w_hr, h0, c0, reverse, 0, 0, c_seq, h_cell_seq, out, out_col, 1, 1]
+    persistent_args = [gates, bias, w_hh, w_hr, h0, c0, reverse, 0, 0, c_seq, h_cell_seq, out, out_col, 1, 1, 1]
     blocks, shared_bytes = (_persistent_shape(plan, persistent_args, hidden, state, proj, gates.dtype.itemsize)
                             if plan.persistent else (0, 0))
     block_starts = range(0, seq_len, gate_slots)
@@ -233,7 +252,8 @@ def lstm_layer_forward(x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, reverse, plan,
         step0, step1 = (seq_len - t1, seq_len - t0) if reverse else (t0, t1)
         if blocks:
             persistent_args[7:9] = step0, step1
-            persistent_args[13:15] = math.ceil(hidden / blocks), math.ceil(proj / blocks)
+            units = math.ceil(hidden / blocks)
+            persistent_args[13:16] = units, math.ceil(proj / blocks), group_lanes(plan.threads, batch * units, state)
             forward_persistent[blocks, plan.threads, 0, shared_bytes](*persistent_args)
         else:
             _steps_per_launch(x, w_hh, bias, w_hr, h0, c0, reverse, plan, gates, c_seq, h_cell_seq, out, out_col,

@@ -136,3 +136,16 @@ def test_without_gpu_or_simulator_the_package_imports_and_refuses_cuda():
     run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=False)
     assert run.returncode == 0, run.stderr
     assert run.stdout.startswith("RuntimeError: device 'cuda' was requested but no CUDA device is available")
+
+
+@pytest.mark.parametrize(("threads", "items", "terms", "lanes"), [
+    (256, 1, 128, 128),   # one long dot product: spread over as many threads as it has terms
+    (256, 1, 1000, 256),  # ... up to the whole block
+    (256, 8, 512, 32),    # 8 of them: a group of 32 threads each
+    (256, 300, 512, 1),   # more items than threads: one thread each
+    (100, 1, 1000, 4),    # lanes divide the block (100 = 4 * 25)
+    (4, 1, 5, 4),
+    (256, 1, 1, 1),
+])
+def test_group_lanes(threads, items, terms, lanes):
+    assert cuda_common.group_lanes(threads, items, terms) == lanes

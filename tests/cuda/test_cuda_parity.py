@@ -6,11 +6,12 @@ that every kernel still runs several blocks.
 """
 import numpy as np
 import pytest
-from cuda_helpers import RESULT_NAMES, forward_backward, host
+from cuda_helpers import RESULT_NAMES, force_recurrence, forward_backward, host
 from oracle import assert_close, numpy, tensor, torch, torch_twin
 
 from nblstm import engine
 from nblstm.api import LSTM, LSTMCell
+from nblstm.kernels import cuda_backward, cuda_forward
 
 SEQ_LEN, BATCH, INPUT, HIDDEN = 3, 3, 3, 5
 
@@ -70,6 +71,21 @@ def assert_same_results(ours, theirs, dtype, what):
 
 @pytest.mark.parametrize("case", MATRIX, ids=_case_id)
 def test_lstm_matches_cpu_and_torch(case, recurrence, rng):
+    _check_against_cpu_and_torch(case, rng)
+
+
+@pytest.mark.parametrize("lanes", [2, 4])
+@pytest.mark.parametrize("case", [MATRIX[0], MATRIX[4]], ids=_case_id)
+def test_persistent_dot_products_shared_between_threads(case, lanes, monkeypatch, rng):
+    """Groups of threads sharing each dot product of the persistent kernels (``group_lanes`` > 1, as
+    for small batches on a GPU; the tests' blocks of 4 threads and batch 3 would give 1)."""
+    force_recurrence(monkeypatch, "persistent")
+    for module in (cuda_forward, cuda_backward):
+        monkeypatch.setattr(module, "group_lanes", lambda threads, items, terms: lanes)
+    _check_against_cpu_and_torch(case, rng)
+
+
+def _check_against_cpu_and_torch(case, rng):
     options, dtype, batched = case
     gpu = LSTM(INPUT, HIDDEN, dtype=dtype, seed=3, device="cuda", **options)
     cpu = LSTM(INPUT, HIDDEN, dtype=dtype, seed=3, **options)

@@ -79,6 +79,29 @@ with multiprocessing.Pool(2) as pool:
 EOF
 cpu_compile=$!
 
+stage profile 90 "$python" - <<'EOF'
+# Where the host's time goes in a call: the 20 functions of most own time over 20 eval calls.
+import cProfile, pstats
+import numpy as np
+from numba import cuda
+from nblstm import LSTM, cuda_backend
+
+for seq_len, batch, inputs, hidden, max_batch in [(10, 1, 20, 20, 64), (100, 64, 128, 128, -1)]:
+    cuda_backend.PERSISTENT_MAX_BATCH = max_batch
+    model = LSTM(inputs, hidden, device="cuda").eval()
+    x = cuda.to_device(np.random.default_rng(0).standard_normal((seq_len, batch, inputs)).astype(np.float32))
+    model(x)
+    cuda.synchronize()
+    profile = cProfile.Profile()
+    profile.enable()
+    for _ in range(20):
+        model(x)
+    cuda.synchronize()
+    profile.disable()
+    design = "persistent" if max_batch >= batch else "per-step launches"
+    print(f"---- L{seq_len} N{batch} I{inputs} H{hidden} ({design}), 20 eval calls")
+    pstats.Stats(profile).sort_stats("tottime").print_stats(20)
+EOF
 stage designs 120 "$python" tools/cuda_designs.py --hidden-size 128 --hidden-size 512 --batch 1 --batch 8 \
     --batch 32 --batch 64
 stage bench_seeds 200 "${bench[@]}" --preset seeds --mode both --json "$out/bench_seeds.json"
@@ -93,7 +116,7 @@ stage tests 300 "$python" -m pytest tests/cuda -q -p no:cacheprovider "${workers
 # At most 8 files come back from the device tool: the versions go into the summary.
 cat "$out/versions.log" >>"$out/summary.txt" && rm "$out/versions.log"
 echo
-for name in designs bench_seeds bench_small; do
+for name in profile designs bench_seeds bench_small; do
     echo "---- $name"
     grep -v -e '^\s*$' -e 'it/s\]' -e '%|' "$out/$name.log" | tail -n 40
 done

@@ -35,12 +35,12 @@ TILE = 16
 # Threads per block of the persistent and element-wise kernels.
 THREADS = 256
 # Batches up to this size run the recurrence as persistent kernels when their weights fit
-# in shared memory.  On an H200 (tools/gpu_check.sh, a78c44e, float32, L100 I128) the
-# persistent kernels at batch 64 took 6.3 ms forward and 11.3 ms training at hidden 128,
-# 15.8 and 42.4 ms at hidden 512, where launches per step took 91, 78, 61 and 140 ms: those
-# are bound by the host's work for each launch and each device-array view.  Larger batches
-# were not measured; the crossover lies above 64.
-PERSISTENT_MAX_BATCH = 64
+# in shared memory; larger ones launch kernels per step, whose cost is mostly the host's
+# (about 0.6 ms a step on an H200 forward, whatever the batch).  Measured there with
+# tools/cuda_designs.py (e7c5d8d, float32, L100 I128, persistent against per-step ms):
+# batch 256 hidden 128 fwd 18.7 / 56.2, train 21.2 / 92.2; hidden 512 fwd 35.3 / 48.9,
+# train 137 / 166; batch 512 hidden 512 train 271 / 206 (per-step ahead), fwd 69.5 / 87.9.
+PERSISTENT_MAX_BATCH = 256
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,6 @@ from numba import cuda
 from ..params import NUM_GATES
 from .cuda_activations import sigmoid, tanh
 from .cuda_common import (
-    ADD,
     COPY,
     CUDA_JIT_OPTIONS,
     MAX_TILE,
@@ -39,14 +38,12 @@ from .cuda_common import (
     ZERO,
     blocks_for,
     element_or_zero,
-    as_rows,
     elementwise,
     group_lanes,
     matmul,
     persistent_grid,
     slice_length,
     sum_groups,
-    zeros,
 )
 
 
@@ -60,12 +57,18 @@ time_index = cuda.jit(device=True)(step_time)
 
 
 @cuda.jit(device=True)
-def cell_forward_unit(gates_t, bias, c_prev, c_t, h_dst, h_dst_col, b, j, recurrent):
+def bias_of(b_ih, b_hh, row):
+    """b_ih[row] + b_hh[row], or 0 when the layer has no bias (b_ih, b_hh of shape (0,))."""
+    return b_ih[row] + b_hh[row] if b_ih.shape[0] > 0 else ZERO
+
+
+@cuda.jit(device=True)
+def cell_forward_unit(gates_t, b_ih, b_hh, c_prev, c_t, h_dst, h_dst_col, b, j, recurrent):
     """The gate math of hidden unit j in batch row b.
 
     gates_t:   (batch, 4*hidden) input projection of this step (without bias);
                on return gates_t[b, gate*hidden + j] hold the activations i, f, g, o
-    bias:      (4*hidden,) b_ih + b_hh
+    b_ih, b_hh: (4*hidden,) the biases, added here (or (0,) for a layer without)
     recurrent: (4,) the unit's h_prev @ w_hh.T for each gate
     c_prev:    (batch, hidden) previous cell state
     c_t:       (batch, hidden) receives the new cell state at [b, j] (may be c_prev itself)
@@ -73,10 +76,10 @@ def cell_forward_unit(gates_t, bias, c_prev, c_t, h_dst, h_dst_col, b, j, recurr
     """
     hidden = c_t.shape[1]
     f_rows, g_rows, o_rows = hidden, 2 * hidden, 3 * hidden
-    i_gate = sigmoid(gates_t[b, j] + bias[j] + recurrent[0])
-    f_gate = sigmoid(gates_t[b, f_rows + j] + bias[f_rows + j] + recurrent[1])
-    g_gate = tanh(gates_t[b, g_rows + j] + bias[g_rows + j] + recurrent[2])
-    o_gate = sigmoid(gates_t[b, o_rows + j] + bias[o_rows + j] + recurrent[3])
+    i_gate = sigmoid(gates_t[b, j] + bias_of(b_ih, b_hh, j) + recurrent[0])
+    f_gate = sigmoid(gates_t[b, f_rows + j] + bias_of(b_ih, b_hh, f_rows + j) + recurrent[1])
+    g_gate = tanh(gates_t[b, g_rows + j] + bias_of(b_ih, b_hh, g_rows + j) + recurrent[2])
+    o_gate = sigmoid(gates_t[b, o_rows + j] + bias_of(b_ih, b_hh, o_rows + j) + recurrent[3])
     c = f_gate * c_prev[b, j] + i_gate * g_gate
     c_t[b, j] = c
     h_dst[b, h_dst_col + j] = o_gate * tanh(c)
@@ -87,7 +90,7 @@ def cell_forward_unit(gates_t, bias, c_prev, c_t, h_dst, h_dst_col, b, j, recurr
 
 
 @cuda.jit(**CUDA_JIT_OPTIONS)
-def cell_forward_parallel(gates_t, bias, h_prev, w_hh, c_prev, c_t, h_dst, h_dst_col):
+def cell_forward_parallel(gates_t, b_ih, b_hh, h_prev, w_hh, c_prev, c_t, h_dst, h_dst_col):
     """One time step: the recurrent product tiled through shared memory, fused with the gate math.
 
     Arguments as ``cell_forward_unit``, plus h_prev (batch, state) and w_hh (4*hidden, state).
@@ -116,11 +119,11 @@ def cell_forward_parallel(gates_t, bias, h_prev, w_hh, c_prev, c_t, h_dst, h_dst
         cuda.syncthreads()
     b, j = row0 + ty, unit0 + tx
     if b < c_t.shape[0] and j < hidden:
-        cell_forward_unit(gates_t, bias, c_prev, c_t, h_dst, h_dst_col, b, j, recurrent)
+        cell_forward_unit(gates_t, b_ih, b_hh, c_prev, c_t, h_dst, h_dst_col, b, j, recurrent)
 
 
 @cuda.jit(**CUDA_JIT_OPTIONS)
-def forward_persistent(gates, bias, w_hh, w_hr, h0, c0, reverse, step0, step1,
+def forward_persistent(gates, b_ih, b_hh, w_hh, w_hr, h0, c0, reverse, step0, step1,
                        c_seq, h_cell_seq, out, out_col, units, proj_units, lanes):
     """Loop steps [step0, step1) of one layer and direction in one cooperative launch.
 
@@ -176,7 +179,7 @@ def forward_persistent(gates, bias, w_hh, w_hr, h0, c0, reverse, step0, step1,
             if lane == 0 and item < items:
                 for gate in range(NUM_GATES):
                     recurrent[gate] = weights[partial_base + gate * threads + thread]
-                cell_forward_unit(gates[t % gates.shape[0]], bias, c_prev, c_seq[t % c_seq.shape[0]], h_dst,
+                cell_forward_unit(gates[t % gates.shape[0]], b_ih, b_hh, c_prev, c_seq[t % c_seq.shape[0]], h_dst,
                                   h_dst_col, item // n_units, unit0 + item % n_units, recurrent)
         grid.sync()
         if proj > 0:
@@ -198,7 +201,7 @@ def _persistent_shape(plan, args, hidden, state, proj, itemsize):
     return persistent_grid(forward_persistent, args, plan.threads, itemsize, shared_elements, hidden)
 
 
-def _steps_per_launch(x, w_hh, bias, w_hr, h0, c0, reverse, plan, gates, c_seq, h_cell_seq, out, out_col,
+def _steps_per_launch(x, w_hh, b_ih, b_hh, w_hr, h0, c0, reverse, plan, gates, c_seq, h_cell_seq, out, out_col,
                       step0, step1):
     """Loop steps [step0, step1) with one ``cell_forward_parallel`` launch (and a projection) per step."""
     seq_len, batch = x.shape[0], x.shape[1]
@@ -214,18 +217,9 @@ def _steps_per_launch(x, w_hh, bias, w_hr, h0, c0, reverse, plan, gates, c_seq, 
             h_prev, c_prev = out[t_prev, :, out_col:out_col + state], c_seq[t_prev % c_slots]
         h_dst, h_dst_col = (h_cell_seq[t % c_slots], 0) if projecting else (out[t], out_col)
         cell_forward_parallel[grid, (plan.tile, plan.tile)](
-            gates[t % gates.shape[0]], bias, h_prev, w_hh, c_prev, c_seq[t % c_slots], h_dst, h_dst_col)
+            gates[t % gates.shape[0]], b_ih, b_hh, h_prev, w_hh, c_prev, c_seq[t % c_slots], h_dst, h_dst_col)
         if projecting:
             matmul(h_dst, w_hr, out[t, :, out_col:out_col + state], False, True, 0.0, plan)
-
-
-def gate_bias(b_ih, b_hh, size, dtype, plan):
-    """b_ih + b_hh as a new (size,) device array; zeros when the layer has no bias (b_ih, b_hh (0,))."""
-    if not b_ih.size:
-        return zeros(size, dtype, plan)
-    bias = cuda.device_array(size, dtype)
-    elementwise(ADD, as_rows(b_ih), as_rows(b_hh), as_rows(bias), plan)
-    return bias
 
 
 def lstm_layer_forward(x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, reverse, plan,
@@ -239,8 +233,7 @@ def lstm_layer_forward(x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, reverse, plan,
     seq_len, batch = x.shape[0], x.shape[1]
     hidden, state, proj = c0.shape[1], h0.shape[1], w_hr.shape[0]
     gate_slots = gates.shape[0]
-    bias = gate_bias(b_ih, b_hh, NUM_GATES * hidden, gates.dtype, plan)
-    persistent_args = [gates, bias, w_hh, w_hr, h0, c0, reverse, 0, 0, c_seq, h_cell_seq, out, out_col, 1, 1, 1]
+    persistent_args = [gates, b_ih, b_hh, w_hh, w_hr, h0, c0, reverse, 0, 0, c_seq, h_cell_seq, out, out_col, 1, 1, 1]
     blocks, shared_bytes = (_persistent_shape(plan, persistent_args, hidden, state, proj, gates.dtype.itemsize)
                             if plan.persistent else (0, 0))
     block_starts = range(0, seq_len, gate_slots)
@@ -251,12 +244,12 @@ def lstm_layer_forward(x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, reverse, plan,
                False, True, 0.0, plan)
         step0, step1 = (seq_len - t1, seq_len - t0) if reverse else (t0, t1)
         if blocks:
-            persistent_args[7:9] = step0, step1
+            persistent_args[8:10] = step0, step1
             units = math.ceil(hidden / blocks)
-            persistent_args[13:16] = units, math.ceil(proj / blocks), group_lanes(plan.threads, batch * units, state)
+            persistent_args[14:17] = units, math.ceil(proj / blocks), group_lanes(plan.threads, batch * units, state)
             forward_persistent[blocks, plan.threads, 0, shared_bytes](*persistent_args)
         else:
-            _steps_per_launch(x, w_hh, bias, w_hr, h0, c0, reverse, plan, gates, c_seq, h_cell_seq, out, out_col,
+            _steps_per_launch(x, w_hh, b_ih, b_hh, w_hr, h0, c0, reverse, plan, gates, c_seq, h_cell_seq, out, out_col,
                               step0, step1)
     t_last = step_time(seq_len - 1, seq_len, reverse)
     elementwise(COPY, out[t_last, :, out_col:out_col + state], None, h_n, plan)

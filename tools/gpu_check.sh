@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU checks of the CUDA path in one run, on a machine with an NVIDIA GPU and nblstm's dependencies
-# installed (or on PYTHONPATH): versions, the designs side by side, the GPU benchmark, then tests/cuda on
-# the real kernels.  While the GPU stages run, two processes compile the CPU engine's kernels that the
+# installed (or on PYTHONPATH): versions, a host profile of a few calls, the designs side by side, the GPU
+# benchmark, then tests/cuda on the real kernels.  While the GPU stages run, two processes compile the CPU engine's kernels that the
 # parity tests compare with, one per dtype, into Numba's cache.
 #
 #   tools/gpu_check.sh OUT_DIR        (PYTHON=... to use another interpreter than python3)
@@ -12,8 +12,8 @@ set -u
 out="$(realpath -m "${1:?usage: tools/gpu_check.sh OUT_DIR}")"
 mkdir -p "$out"
 cd "$(dirname "$0")/.."
-# numba-cuda releases before NumPy 2.5 register an overload of np.row_stack, which NumPy 2.5 removed:
-# their CUDA target then fails to import (seen on the lent H200's image: numba-cuda with NumPy 2.5.2).
+# numba-cuda 0.30.4 (the lent H200's image, with NumPy 2.5.2) registers an overload of np.row_stack, which
+# NumPy 2.5 removed: its CUDA target then fails to import.
 # A sitecustomize on the path puts the alias back for every Python process of this run, test workers too.
 shim="$(mktemp -d)"
 printf '%s\n' 'import numpy' 'if not hasattr(numpy, "row_stack"):' '    numpy.row_stack = numpy.vstack' \
@@ -34,10 +34,9 @@ cleanup() {
 trap cleanup EXIT
 
 stage versions 60 "$python" - <<'EOF'
-import numpy
-print("np.row_stack restored by tools/gpu_check.sh's sitecustomize:", numpy.row_stack is numpy.vstack)
 import platform, sys
 import numba, numpy
+print("np.row_stack restored by tools/gpu_check.sh's sitecustomize:", numpy.row_stack is numpy.vstack)
 print("python", sys.version.split()[0], platform.machine(), "numba", numba.__version__, "numpy", numpy.__version__)
 try:
     import numba_cuda

@@ -124,10 +124,11 @@ def cell_forward_parallel(gates_t, b_ih, b_hh, h_prev, w_hh, c_prev, c_t, h_dst,
 
 @cuda.jit(**CUDA_JIT_OPTIONS)
 def forward_persistent(gates, b_ih, b_hh, w_hh, w_hr, h0, c0, reverse, step0, step1,
-                       c_seq, h_cell_seq, out, out_col, units, proj_units, lanes):
+                       c_seq, h_cell_seq, out, out_col, h_n, c_n, units, proj_units, lanes):
     """Loop steps [step0, step1) of one layer and direction in one cooperative launch.
 
-    Arguments as ``lstm_layer_forward``; the steps' input projections must be in ``gates``.
+    Arguments as ``lstm_layer_forward``; the steps' input projections must be in ``gates``;
+    h_n and c_n are written at the last step of the sequence.
     Block k owns hidden units [k*units, (k+1)*units) and projected features
     [k*proj_units, (k+1)*proj_units).  Each (batch row, unit) of the block is computed by a
     group of ``lanes`` threads (``group_lanes``): each thread takes every lanes-th term of the
@@ -179,8 +180,13 @@ def forward_persistent(gates, b_ih, b_hh, w_hh, w_hr, h0, c0, reverse, step0, st
             if lane == 0 and item < items:
                 for gate in range(NUM_GATES):
                     recurrent[gate] = weights[partial_base + gate * threads + thread]
+                b, j = item // n_units, unit0 + item % n_units
                 cell_forward_unit(gates[t % gates.shape[0]], b_ih, b_hh, c_prev, c_seq[t % c_seq.shape[0]], h_dst,
-                                  h_dst_col, item // n_units, unit0 + item % n_units, recurrent)
+                                  h_dst_col, b, j, recurrent)
+                if step == seq_len - 1:
+                    c_n[b, j] = c_seq[t % c_seq.shape[0], b, j]
+                    if proj == 0:
+                        h_n[b, j] = out[t, b, out_col + j]
         grid.sync()
         if proj > 0:
             for item in range(thread, batch * n_proj, threads):
@@ -189,6 +195,8 @@ def forward_persistent(gates, b_ih, b_hh, w_hh, w_hr, h0, c0, reverse, step0, st
                 for j in range(hidden):
                     total += h_dst[b, j] * weights[proj_base + pp * hidden + j]
                 out[t, b, out_col + p0 + pp] = total
+                if step == seq_len - 1:
+                    h_n[b, p0 + pp] = total
             grid.sync()
 
 
@@ -233,7 +241,8 @@ def lstm_layer_forward(x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, reverse, plan,
     seq_len, batch = x.shape[0], x.shape[1]
     hidden, state, proj = c0.shape[1], h0.shape[1], w_hr.shape[0]
     gate_slots = gates.shape[0]
-    persistent_args = [gates, b_ih, b_hh, w_hh, w_hr, h0, c0, reverse, 0, 0, c_seq, h_cell_seq, out, out_col, 1, 1, 1]
+    persistent_args = [gates, b_ih, b_hh, w_hh, w_hr, h0, c0, reverse, 0, 0, c_seq, h_cell_seq, out, out_col, h_n, c_n,
+                       1, 1, 1]
     blocks, shared_bytes = (_persistent_shape(plan, persistent_args, hidden, state, proj, gates.dtype.itemsize)
                             if plan.persistent else (0, 0))
     block_starts = range(0, seq_len, gate_slots)
@@ -246,11 +255,12 @@ def lstm_layer_forward(x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, reverse, plan,
         if blocks:
             persistent_args[8:10] = step0, step1
             units = math.ceil(hidden / blocks)
-            persistent_args[14:17] = units, math.ceil(proj / blocks), group_lanes(plan.threads, batch * units, state)
+            persistent_args[16:19] = units, math.ceil(proj / blocks), group_lanes(plan.threads, batch * units, state)
             forward_persistent[blocks, plan.threads, 0, shared_bytes](*persistent_args)
         else:
             _steps_per_launch(x, w_hh, b_ih, b_hh, w_hr, h0, c0, reverse, plan, gates, c_seq, h_cell_seq, out, out_col,
                               step0, step1)
-    t_last = step_time(seq_len - 1, seq_len, reverse)
-    elementwise(COPY, out[t_last, :, out_col:out_col + state], None, h_n, plan)
-    elementwise(COPY, c_seq[t_last % c_seq.shape[0]], None, c_n, plan)
+    if not blocks:  # the persistent kernel wrote h_n and c_n itself
+        t_last = step_time(seq_len - 1, seq_len, reverse)
+        elementwise(COPY, out[t_last, :, out_col:out_col + state], None, h_n, plan)
+        elementwise(COPY, c_seq[t_last % c_seq.shape[0]], None, c_n, plan)

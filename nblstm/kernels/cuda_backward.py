@@ -131,15 +131,14 @@ def backward_persistent(w_hh, w_hr, c0, gates, c_seq, reverse, d_out, out_col, d
         dh_next = dh0 if step == 0 else dh_seq[t_prev] if proj > 0 else dh
         for first in range(0, items, groups):  # the same rounds in every thread of the block
             item = first + group
+            b, kk = item // n_cols, item % n_cols  # past the last row for the round's idle groups
             total = ZERO
             if item < items:
-                b, kk = item // n_cols, item % n_cols
                 for r in range(lane, gate_rows, lanes):
                     total += gates[t, b, r] * weights[kk * gate_rows + r]
             weights[partial_base + thread] = total
             sum_groups(weights, partial_base, 1, thread, threads, lanes)
             if lane == 0 and item < items:
-                b, kk = item // n_cols, item % n_cols
                 total = weights[partial_base + thread]
                 if step > 0:
                     total += d_out[t_prev, b, out_col + col0 + kk]

@@ -166,10 +166,10 @@ def forward_persistent(gates, b_ih, b_hh, w_hh, w_hr, h0, c0, reverse, step0, st
         h_dst_col = 0 if proj > 0 else out_col
         for first in range(0, items, groups):  # the same rounds in every thread of the block
             item = first + group
+            b, jj = item // n_units, item % n_units  # past the last row for the round's idle groups
             for gate in range(NUM_GATES):
                 recurrent[gate] = ZERO
             if item < items:
-                b, jj = item // n_units, item % n_units
                 for k in range(lane, state, lanes):
                     h = h_prev[b, k]
                     for gate in range(NUM_GATES):
@@ -180,7 +180,7 @@ def forward_persistent(gates, b_ih, b_hh, w_hh, w_hr, h0, c0, reverse, step0, st
             if lane == 0 and item < items:
                 for gate in range(NUM_GATES):
                     recurrent[gate] = weights[partial_base + gate * threads + thread]
-                b, j = item // n_units, unit0 + item % n_units
+                j = unit0 + jj
                 cell_forward_unit(gates[t % gates.shape[0]], b_ih, b_hh, c_prev, c_seq[t % c_seq.shape[0]], h_dst,
                                   h_dst_col, b, j, recurrent)
                 if step == seq_len - 1:
@@ -245,6 +245,9 @@ def lstm_layer_forward(x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, reverse, plan,
                        1, 1, 1]
     blocks, shared_bytes = (_persistent_shape(plan, persistent_args, hidden, state, proj, gates.dtype.itemsize)
                             if plan.persistent else (0, 0))
+    if blocks:
+        units = math.ceil(hidden / blocks)
+        persistent_args[16:19] = units, math.ceil(proj / blocks), group_lanes(plan.threads, batch * units, state)
     block_starts = range(0, seq_len, gate_slots)
     for t0 in reversed(block_starts) if reverse else block_starts:
         t1 = min(seq_len, t0 + gate_slots)
@@ -254,8 +257,6 @@ def lstm_layer_forward(x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, reverse, plan,
         step0, step1 = (seq_len - t1, seq_len - t0) if reverse else (t0, t1)
         if blocks:
             persistent_args[8:10] = step0, step1
-            units = math.ceil(hidden / blocks)
-            persistent_args[16:19] = units, math.ceil(proj / blocks), group_lanes(plan.threads, batch * units, state)
             forward_persistent[blocks, plan.threads, 0, shared_bytes](*persistent_args)
         else:
             _steps_per_launch(x, w_hh, b_ih, b_hh, w_hr, h0, c0, reverse, plan, gates, c_seq, h_cell_seq, out, out_col,

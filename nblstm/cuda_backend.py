@@ -13,6 +13,7 @@ shrink them and make tiny inputs span several blocks.
 import contextlib
 from dataclasses import dataclass
 
+import numpy as np
 from numba import cuda
 
 from .engine import CPUBackend
@@ -41,6 +42,10 @@ THREADS = 256
 # batch 256 hidden 128 fwd 18.7 / 56.2, train 21.2 / 92.2; hidden 512 fwd 35.3 / 48.9,
 # train 137 / 166; batch 512 hidden 512 train 271 / 206 (per-step ahead), fwd 69.5 / 87.9.
 PERSISTENT_MAX_BATCH = 256
+# In inference the input projection runs over blocks of time steps whose gates take at most
+# this many bytes (every step at once for most inputs): each block costs the host a launch of
+# the product and one of the recurrence, about 0.2 ms each on an H200, whatever its size.
+INFERENCE_BLOCK_BYTES = 64 << 20
 
 
 @dataclass(frozen=True)
@@ -84,6 +89,11 @@ class CUDABackend:
     def plan_settings(batch, hidden, state):
         """``plan`` reads no settings the caller may change."""
         return ()
+
+    @staticmethod
+    def inference_block_rows(gate_columns, dtype):
+        """(time, batch) rows of a block of inference steps: as many as ``INFERENCE_BLOCK_BYTES`` of gates hold."""
+        return INFERENCE_BLOCK_BYTES // (gate_columns * np.dtype(dtype).itemsize)
 
     @staticmethod
     def gate_columns(hidden, dtype, plan):

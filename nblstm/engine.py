@@ -72,7 +72,7 @@ BATCH_PART_MIN_ROWS = 4
 SMALL_STEPS_BATCH_SPLIT_MIN_WORK = 1 << 20
 SMALL_STEPS_BATCH_SPLIT_MAX_INPUT = 64
 
-# In inference the input projection runs over blocks of time steps holding
+# In inference the CPU's input projection runs over blocks of time steps holding
 # about this many (time, batch) rows, so memory does not grow with seq_len.
 INFERENCE_BLOCK_ROWS = 512
 
@@ -247,6 +247,11 @@ class CPUBackend:
         return thread_settings()
 
     @staticmethod
+    def inference_block_rows(gate_columns, dtype):
+        """(time, batch) rows of a block of inference steps: ``INFERENCE_BLOCK_ROWS``, a few cache-sized blocks."""
+        return INFERENCE_BLOCK_ROWS
+
+    @staticmethod
     def gate_columns(hidden, dtype, plan):
         """Width of a row of gates: the kernels pad them (``kernels.packed``), to whole panels only
         where threads split the hidden units (threads that split the batch each run all of them)."""
@@ -331,11 +336,12 @@ def layout(backend, config, seq_len, batch, dtype, plan, training):
     """The ``Layout`` of a forward over (seq_len, batch, features) input: training keeps every step's
     gates and cell states for backward, inference a block of steps' gates and two cell states."""
     hidden = config.hidden_size
-    gate_slots = seq_len if training else min(seq_len, max(1, INFERENCE_BLOCK_ROWS // batch))
+    gate_columns = backend.gate_columns(hidden, dtype, plan)
+    gate_slots = seq_len if training else min(seq_len, max(1, backend.inference_block_rows(gate_columns, dtype) // batch))
     # Inference keeps two cell states, c_{t-1} and c_t, in alternating slots: never
     # one slot read and written in place, which would stop LLVM vectorising the step.
     c_slots = seq_len if training else min(seq_len, 2)
-    return Layout(gates=(gate_slots, batch, backend.gate_columns(hidden, dtype, plan)),
+    return Layout(gates=(gate_slots, batch, gate_columns),
                   c_seq=(c_slots, batch, hidden),
                   h_cell_seq=(c_slots if config.proj_size > 0 else 0, batch, hidden),
                   out=(seq_len, batch, config.num_directions * config.state_size))

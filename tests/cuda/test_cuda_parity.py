@@ -9,9 +9,10 @@ import pytest
 from cuda_helpers import RESULT_NAMES, force_recurrence, forward_backward, host
 from oracle import assert_close, numpy, tensor, torch, torch_twin
 
-from nblstm import engine
+from nblstm import cuda_backend, engine
 from nblstm.api import LSTM, LSTMCell
 from nblstm.kernels import cuda_backward, cuda_forward
+from nblstm.params import NUM_GATES, LSTMConfig
 
 SEQ_LEN, BATCH, INPUT, HIDDEN = 3, 3, 3, 5
 
@@ -124,7 +125,9 @@ def test_dropout_matches_cpu_with_the_same_seed(recurrence, rng):
 
 def test_inference_blocks_match_cpu(recurrence, monkeypatch, rng):
     """Eval mode projects the input in blocks of time steps that need not divide seq_len."""
-    monkeypatch.setattr(engine, "INFERENCE_BLOCK_ROWS", 2 * 2)  # two steps of a batch of two
+    # two steps of a batch of two: gate rows of 4 * HIDDEN float64 values
+    monkeypatch.setattr(cuda_backend, "INFERENCE_BLOCK_BYTES", 2 * 2 * NUM_GATES * HIDDEN * 8)
+    assert cuda_backend.CUDA.inference_block_rows(NUM_GATES * HIDDEN, np.float64) == 2 * 2
     options = dict(bidirectional=True, proj_size=2)
     gpu = LSTM(INPUT, HIDDEN, dtype=np.float64, seed=5, device="cuda", **options).eval()
     cpu = LSTM(INPUT, HIDDEN, dtype=np.float64, seed=5, **options).eval()
@@ -133,6 +136,17 @@ def test_inference_blocks_match_cpu(recurrence, monkeypatch, rng):
     expected, (e_h, e_c) = cpu(x)
     for a, b in ((output, expected), (h_n, e_h), (c_n, e_c)):
         assert_close(a, b, np.float64)
+
+
+@pytest.mark.parametrize(("hidden", "dtype", "block_steps"), [(128, np.float32, 100), (1024, np.float32, 64),
+                                                            (1024, np.float64, 32)])
+def test_inference_blocks_hold_64_mib_of_gates(hidden, dtype, block_steps):
+    """Each block of steps costs the host two launches: the GPU projects whole sequences of batch 64
+    and seq_len 100 at once up to 64 MiB of gates (the CPU takes 512 (time, batch) rows)."""
+    config = LSTMConfig(INPUT, hidden)
+    plan = cuda_backend.CUDA.plan(100, 64, hidden, hidden, training=False)
+    assert engine.layout(cuda_backend.CUDA, config, 100, 64, dtype, plan, training=False).gates == (
+        block_steps, 64, NUM_GATES * hidden)
 
 
 @pytest.mark.parametrize("bias", [True, False])

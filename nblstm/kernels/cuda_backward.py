@@ -9,7 +9,7 @@ The per-step chain runs backwards in time.  Each step:
    that step's output gradient is added in the same kernel.
 
 As in the forward pass this runs either as per-step launches (a tiled product
-for 1 and 3, ``cell_backward_parallel`` for 2) or, for small batches, as one
+for 1, ``cell_backward_parallel`` for 2, ``recurrent_gradient_parallel`` for 3) or, for small batches, as one
 cooperative ``backward_persistent`` launch whose blocks keep their columns of
 w_hh and w_hr in shared memory and meet at a grid-wide barrier between phases.
 
@@ -33,6 +33,7 @@ from .cuda_common import (
     ZERO,
     blocks_for,
     elementwise,
+    gemm_tile,
     group_lanes,
     matmul,
     persistent_grid,
@@ -68,15 +69,52 @@ def cell_backward_unit(gates_t, c_t, c_prev, dh, dc_in, dc_out, b, j):
     dc_out[b, j] = dc_t * f_gate
 
 
-@cuda.jit(**CUDA_JIT_OPTIONS)
-def cell_backward_parallel(gates_t, c_t, c_prev, dh, dc_in, dc_out):
-    """``cell_backward_unit`` for every (batch row, hidden unit) of one step; dh: (batch, hidden).
+@cuda.jit(device=True)
+def backward_step_state(step, reverse, c0, c_seq, dc_n, dc, dc0):
+    """What backward loop step ``step`` (seq_len - 1 down to 0) reads and writes of the cell state,
+    as (t, t_prev, c_prev, dc_in, dc_out): the time it visits and the one before it (meaningless
+    at the first step), the cell state before the step (c0 at the first), where the gradient of
+    c_t comes from (dc_n at the last step, else dc) and where that of c_prev goes (dc0 at the
+    first step, else dc).  Arguments as ``lstm_layer_backward``.
+    """
+    seq_len = c_seq.shape[0]
+    t = time_index(step, seq_len, reverse)
+    t_prev = time_index(step - 1, seq_len, reverse)
+    c_prev = c0 if step == 0 else c_seq[t_prev]
+    dc_in = dc_n if step == seq_len - 1 else dc
+    dc_out = dc0 if step == 0 else dc
+    return t, t_prev, c_prev, dc_in, dc_out
 
+
+@cuda.jit(**CUDA_JIT_OPTIONS)
+def cell_backward_parallel(gates, c_seq, c0, dh_cell, dc_n, dc, dc0, reverse, step):
+    """``cell_backward_unit`` for every (batch row, hidden unit) of backward loop step ``step``.
+
+    dh_cell: (batch, hidden) the gradient of the step's o * tanh(c_t); the other arguments as
+    ``lstm_layer_backward``, whole arrays (``backward_step_state`` takes the step's slots:
+    views built on the host cost it tens of microseconds each).
     Launch: blocks of (tile, tile) threads over (hidden units, batch rows).
     """
+    t, _, c_prev, dc_in, dc_out = backward_step_state(step, reverse, c0, c_seq, dc_n, dc, dc0)
     j, b = cuda.grid(2)
-    if b < c_t.shape[0] and j < c_t.shape[1]:
-        cell_backward_unit(gates_t, c_t, c_prev, dh[b, j], dc_in, dc_out, b, j)
+    if b < c0.shape[0] and j < c0.shape[1]:
+        cell_backward_unit(gates[t], c_seq[t], c_prev, dh_cell[b, j], dc_in, dc_out, b, j)
+
+
+@cuda.jit(**CUDA_JIT_OPTIONS)
+def recurrent_gradient_parallel(gates, w_hh, d_out, out_col, dh0, dh_seq, dh, reverse, step):
+    """The gradient of h_{t-1} at backward loop step ``step``: d_gates_t @ w_hh plus the output
+    gradient of time t-1 (d_out's columns of this direction) into dh, or into the step before's
+    slot of dh_seq with a projection; d_gates_t @ w_hh alone into dh0 at the first step.
+    Arguments as ``lstm_layer_backward``.  Launch: as ``gemm_tiles`` over (batch, state).
+    """
+    seq_len = gates.shape[0]
+    t = time_index(step, seq_len, reverse)
+    t_prev = time_index(step - 1, seq_len, reverse)
+    first = step == 0
+    dh_prev = dh0 if first else dh_seq[t_prev] if dh_seq.shape[0] > 0 else dh
+    addend = dh0 if first else d_out[t_prev, :, out_col:out_col + dh0.shape[1]]
+    gemm_tile(gates[t], w_hh, dh_prev, False, False, ZERO if first else ONE, addend)
 
 
 @cuda.jit(**CUDA_JIT_OPTIONS)
@@ -112,12 +150,8 @@ def backward_persistent(w_hh, w_hr, c0, gates, c_seq, reverse, d_out, out_col, d
     items, groups = batch * n_cols, threads // lanes
     group, lane = thread // lanes, thread % lanes
     for step in range(seq_len - 1, -1, -1):
-        t = time_index(step, seq_len, reverse)
-        t_prev = time_index(step - 1, seq_len, reverse)
+        t, t_prev, c_prev, dc_in, dc_out = backward_step_state(step, reverse, c0, c_seq, dc_n, dc, dc0)
         dh_t = dh_seq[t] if proj > 0 else dh
-        c_prev = c0 if step == 0 else c_seq[t_prev]
-        dc_in = dc_n if step == seq_len - 1 else dc
-        dc_out = dc0 if step == 0 else dc
         for item in range(thread, batch * n_units, threads):
             b, jj = item // n_units, item % n_units
             if proj > 0:
@@ -180,22 +214,15 @@ def _steps_per_launch(w_hh, w_hr, c0, gates, c_seq, reverse, plan, d_out, out_co
                       dh, dc, dh_cell, dh_seq, dh0, dc0):
     """The backward chain with per-step launches: [projection product,] gate kernel, recurrent product."""
     seq_len, batch = gates.shape[0], gates.shape[1]
-    state, projecting = dh0.shape[1], w_hr.shape[0] > 0
-    grid = (blocks_for(c0.shape[1], plan.tile), blocks_for(batch, plan.tile))
+    projecting = w_hr.shape[0] > 0
+    tile, rows = plan.tile, blocks_for(batch, plan.tile)
+    cell_step = cell_backward_parallel[(blocks_for(c0.shape[1], tile), rows), (tile, tile)]
+    product_step = recurrent_gradient_parallel[(blocks_for(dh0.shape[1], tile), rows), (tile, tile)]
     for step in range(seq_len - 1, -1, -1):
-        t = step_time(step, seq_len, reverse)
-        t_prev = step_time(step - 1, seq_len, reverse)
-        dh_t = dh_seq[t] if projecting else dh
         if projecting:
-            matmul(dh_t, w_hr, dh_cell, False, False, 0.0, plan)
-        cell_backward_parallel[grid, (plan.tile, plan.tile)](
-            gates[t], c_seq[t], c0 if step == 0 else c_seq[t_prev], dh_cell if projecting else dh_t,
-            dc_n if step == seq_len - 1 else dc, dc0 if step == 0 else dc)
-        if step == 0:
-            matmul(gates[t], w_hh, dh0, False, False, 0.0, plan)
-        else:
-            matmul(gates[t], w_hh, dh_seq[t_prev] if projecting else dh, False, False, 1.0, plan,
-                   addend=d_out[t_prev, :, out_col:out_col + state])
+            matmul(dh_seq[step_time(step, seq_len, reverse)], w_hr, dh_cell, False, False, 0.0, plan)
+        cell_step(gates, c_seq, c0, dh_cell if projecting else dh, dc_n, dc, dc0, reverse, step)
+        product_step(gates, w_hh, d_out, out_col, dh0, dh_seq, dh, reverse, step)
 
 
 def lstm_layer_backward(x, w_ih, w_hh, w_hr, h0, c0, out, out_col, gates, c_seq, h_cell_seq,

@@ -59,16 +59,9 @@ def slice_length(start, length, size):
     return stop - start if stop > start else 0
 
 
-@cuda.jit(**CUDA_JIT_OPTIONS)
-def gemm_tiles(a, b, c, trans_a, trans_b, beta, addend):
-    """c = op(a) @ op(b) + beta * addend, one (tile x tile) block of c per thread block.
-
-    a: (m, k), or (k, m) with trans_a;  b: (k, n), or (n, k) with trans_b;
-    c, addend: (m, n); addend may be c itself and is not read when beta == 0.
-    Any strides.  Launch: blocks of (tile, tile) threads, tile <= MAX_TILE,
-    grid (ceil(n / tile), ceil(m / tile)).  Both operands are staged through
-    shared memory, loaded so that consecutive threads read consecutive addresses.
-    """
+@cuda.jit(device=True)
+def gemm_tile(a, b, c, trans_a, trans_b, beta, addend):
+    """The body of ``gemm_tiles``: this thread block's tile of c (see there)."""
     tile = cuda.blockDim.x
     tx, ty = cuda.threadIdx.x, cuda.threadIdx.y
     row0, col0 = cuda.blockIdx.y * tile, cuda.blockIdx.x * tile
@@ -92,6 +85,19 @@ def gemm_tiles(a, b, c, trans_a, trans_b, beta, addend):
     row, col = row0 + ty, col0 + tx
     if row < c.shape[0] and col < c.shape[1]:
         c[row, col] = total + beta * addend[row, col] if beta != 0 else total
+
+
+@cuda.jit(**CUDA_JIT_OPTIONS)
+def gemm_tiles(a, b, c, trans_a, trans_b, beta, addend):
+    """c = op(a) @ op(b) + beta * addend, one (tile x tile) block of c per thread block.
+
+    a: (m, k), or (k, m) with trans_a;  b: (k, n), or (n, k) with trans_b;
+    c, addend: (m, n); addend may be c itself and is not read when beta == 0.
+    Any strides.  Launch: blocks of (tile, tile) threads, tile <= MAX_TILE,
+    grid (ceil(n / tile), ceil(m / tile)).  Both operands are staged through
+    shared memory, loaded so that consecutive threads read consecutive addresses.
+    """
+    gemm_tile(a, b, c, trans_a, trans_b, beta, addend)
 
 
 def matmul(a, b, c, trans_a, trans_b, beta, plan, addend=None):
@@ -217,13 +223,15 @@ def cooperative_launch_supported():
     return True
 
 
-def cooperative_block_limit(kernel, args, threads, shared_bytes):
-    """How many blocks of ``kernel`` can run at once in a cooperative grid (1 under the simulator,
-    which runs cooperative grids of one block only)."""
+@functools.cache
+def cooperative_block_limit(kernel, signature, threads, shared_bytes):
+    """How many blocks of ``kernel`` compiled for ``signature`` (its arguments' Numba types) can run
+    at once in a cooperative grid (1 under the simulator, which runs cooperative grids of one block
+    only).  Cached: uncached, typing the arguments and the driver's occupancy queries took the host
+    0.33-0.39 ms of each persistent call on an H200 (``persistent_grid``, tools/cuda_host_cost.py)."""
     if config.ENABLE_CUDASIM:
         return 1
-    compiled = kernel.compile(tuple(kernel.typeof_pyval(arg) for arg in args))
-    return compiled.max_cooperative_grid_blocks(threads, shared_bytes)
+    return kernel.compile(signature).max_cooperative_grid_blocks(threads, shared_bytes)
 
 
 def persistent_grid(kernel, args, threads, itemsize, shared_elements, units):
@@ -236,12 +244,14 @@ def persistent_grid(kernel, args, threads, itemsize, shared_elements, units):
     """
     if not cooperative_launch_supported():
         return 0, 0
-    blocks = min(units, cooperative_block_limit(kernel, args, threads, 0))
+    # The simulator types nothing (and cooperative_block_limit answers 1 there).
+    signature = () if config.ENABLE_CUDASIM else tuple(kernel.typeof_pyval(arg) for arg in args)
+    blocks = min(units, cooperative_block_limit(kernel, signature, threads, 0))
     while blocks > 0:
         shared_bytes = shared_elements(blocks) * itemsize
         if shared_bytes > SHARED_BYTES_LIMIT:
             return 0, 0
-        resident = cooperative_block_limit(kernel, args, threads, shared_bytes)
+        resident = cooperative_block_limit(kernel, signature, threads, shared_bytes)
         if blocks <= resident:
             return blocks, shared_bytes
         blocks = resident

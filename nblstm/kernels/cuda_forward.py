@@ -89,21 +89,44 @@ def cell_forward_unit(gates_t, b_ih, b_hh, c_prev, c_t, h_dst, h_dst_col, b, j, 
     gates_t[b, o_rows + j] = o_gate
 
 
-@cuda.jit(**CUDA_JIT_OPTIONS)
-def cell_forward_parallel(gates_t, b_ih, b_hh, h_prev, w_hh, c_prev, c_t, h_dst, h_dst_col):
-    """One time step: the recurrent product tiled through shared memory, fused with the gate math.
+@cuda.jit(device=True)
+def step_arrays(step, reverse, h0, c0, c_seq, h_cell_seq, out, out_col):
+    """What loop step ``step`` reads and writes, as (t, h_prev, c_prev, c_t, h_dst, h_dst_col).
 
-    Arguments as ``cell_forward_unit``, plus h_prev (batch, state) and w_hh (4*hidden, state).
+    t is the time it visits; h_prev and c_prev the state it starts from (h0 and c0 at the first
+    step, else the previous step's output columns and cell slot); c_t the cell slot it writes;
+    h_dst[:, h_dst_col:] where o * tanh(c_t) goes (the step's h_cell_seq slot with a projection,
+    whose rows the projection then takes to out, else the step's output columns).
+    Arguments as ``lstm_layer_forward``.
+    """
+    seq_len, state, c_slots = out.shape[0], h0.shape[1], c_seq.shape[0]
+    t = time_index(step, seq_len, reverse)
+    t_prev = time_index(step - 1, seq_len, reverse)
+    h_prev = h0 if step == 0 else out[t_prev, :, out_col:out_col + state]
+    c_prev = c0 if step == 0 else c_seq[t_prev % c_slots]
+    h_dst = h_cell_seq[t % c_slots] if h_cell_seq.shape[0] > 0 else out[t]
+    h_dst_col = 0 if h_cell_seq.shape[0] > 0 else out_col
+    return t, h_prev, c_prev, c_seq[t % c_slots], h_dst, h_dst_col
+
+
+@cuda.jit(**CUDA_JIT_OPTIONS)
+def cell_forward_parallel(gates, b_ih, b_hh, w_hh, h0, c0, reverse, step, c_seq, h_cell_seq, out, out_col):
+    """Loop step ``step``: the recurrent product tiled through shared memory, fused with the gate math.
+
+    Arguments as ``lstm_layer_forward``, whole arrays: the kernel takes the step's slots of them
+    itself (``step_arrays``), as views built on the host cost it tens of microseconds each.
+    The step's input projection must be in ``gates``.
     Launch: blocks of (tile, tile) threads, tile <= MAX_TILE, grid (ceil(hidden / tile),
     ceil(batch / tile)); thread (x, y) of a block computes hidden unit x of batch row y.
     """
+    t, h_prev, c_prev, c_t, h_dst, h_dst_col = step_arrays(step, reverse, h0, c0, c_seq, h_cell_seq, out, out_col)
     tile = cuda.blockDim.x
     tx, ty = cuda.threadIdx.x, cuda.threadIdx.y
     unit0, row0 = cuda.blockIdx.x * tile, cuda.blockIdx.y * tile
     hidden, state = c_t.shape[1], h_prev.shape[1]
-    h_tile = cuda.shared.array((MAX_TILE, PADDED_TILE), gates_t.dtype)             # [row, kk]
-    w_tile = cuda.shared.array((NUM_GATES, MAX_TILE, PADDED_TILE), gates_t.dtype)  # [gate, unit, kk]
-    recurrent = cuda.local.array(NUM_GATES, gates_t.dtype)
+    h_tile = cuda.shared.array((MAX_TILE, PADDED_TILE), gates.dtype)             # [row, kk]
+    w_tile = cuda.shared.array((NUM_GATES, MAX_TILE, PADDED_TILE), gates.dtype)  # [gate, unit, kk]
+    recurrent = cuda.local.array(NUM_GATES, gates.dtype)
     for gate in range(NUM_GATES):
         recurrent[gate] = ZERO
     for k0 in range(0, state, tile):
@@ -119,7 +142,7 @@ def cell_forward_parallel(gates_t, b_ih, b_hh, h_prev, w_hh, c_prev, c_t, h_dst,
         cuda.syncthreads()
     b, j = row0 + ty, unit0 + tx
     if b < c_t.shape[0] and j < hidden:
-        cell_forward_unit(gates_t, b_ih, b_hh, c_prev, c_t, h_dst, h_dst_col, b, j, recurrent)
+        cell_forward_unit(gates[t % gates.shape[0]], b_ih, b_hh, c_prev, c_t, h_dst, h_dst_col, b, j, recurrent)
 
 
 @cuda.jit(**CUDA_JIT_OPTIONS)
@@ -158,12 +181,8 @@ def forward_persistent(gates, b_ih, b_hh, w_hh, w_hr, h0, c0, reverse, step0, st
     items, groups = batch * n_units, threads // lanes
     group, lane = thread // lanes, thread % lanes
     for step in range(step0, step1):
-        t = time_index(step, seq_len, reverse)
-        t_prev = time_index(step - 1, seq_len, reverse)
-        h_prev = h0 if step == 0 else out[t_prev, :, out_col:out_col + state]
-        c_prev = c0 if step == 0 else c_seq[t_prev % c_seq.shape[0]]
-        h_dst = h_cell_seq[t % c_seq.shape[0]] if proj > 0 else out[t]
-        h_dst_col = 0 if proj > 0 else out_col
+        t, h_prev, c_prev, c_t, h_dst, h_dst_col = step_arrays(step, reverse, h0, c0, c_seq, h_cell_seq, out,
+                                                               out_col)
         for first in range(0, items, groups):  # the same rounds in every thread of the block
             item = first + group
             b, jj = item // n_units, item % n_units  # past the last row for the round's idle groups
@@ -181,10 +200,10 @@ def forward_persistent(gates, b_ih, b_hh, w_hh, w_hr, h0, c0, reverse, step0, st
                 for gate in range(NUM_GATES):
                     recurrent[gate] = weights[partial_base + gate * threads + thread]
                 j = unit0 + jj
-                cell_forward_unit(gates[t % gates.shape[0]], b_ih, b_hh, c_prev, c_seq[t % c_seq.shape[0]], h_dst,
-                                  h_dst_col, b, j, recurrent)
+                cell_forward_unit(gates[t % gates.shape[0]], b_ih, b_hh, c_prev, c_t, h_dst, h_dst_col, b, j,
+                                  recurrent)
                 if step == seq_len - 1:
-                    c_n[b, j] = c_seq[t % c_seq.shape[0], b, j]
+                    c_n[b, j] = c_t[b, j]
                     if proj == 0:
                         h_n[b, j] = out[t, b, out_col + j]
         grid.sync()
@@ -209,25 +228,18 @@ def _persistent_shape(plan, args, hidden, state, proj, itemsize):
     return persistent_grid(forward_persistent, args, plan.threads, itemsize, shared_elements, hidden)
 
 
-def _steps_per_launch(x, w_hh, b_ih, b_hh, w_hr, h0, c0, reverse, plan, gates, c_seq, h_cell_seq, out, out_col,
+def _steps_per_launch(w_hh, b_ih, b_hh, w_hr, h0, c0, reverse, plan, gates, c_seq, h_cell_seq, out, out_col,
                       step0, step1):
     """Loop steps [step0, step1) with one ``cell_forward_parallel`` launch (and a projection) per step."""
-    seq_len, batch = x.shape[0], x.shape[1]
-    hidden, state, projecting = c0.shape[1], h0.shape[1], w_hr.shape[0] > 0
-    c_slots = c_seq.shape[0]
-    grid = (blocks_for(hidden, plan.tile), blocks_for(batch, plan.tile))
+    seq_len, batch = out.shape[0], out.shape[1]
+    hidden, state = c0.shape[1], h0.shape[1]
+    step_kernel = cell_forward_parallel[(blocks_for(hidden, plan.tile), blocks_for(batch, plan.tile)),
+                                        (plan.tile, plan.tile)]
     for step in range(step0, step1):
-        t = step_time(step, seq_len, reverse)
-        if step == 0:
-            h_prev, c_prev = h0, c0
-        else:
-            t_prev = step_time(step - 1, seq_len, reverse)
-            h_prev, c_prev = out[t_prev, :, out_col:out_col + state], c_seq[t_prev % c_slots]
-        h_dst, h_dst_col = (h_cell_seq[t % c_slots], 0) if projecting else (out[t], out_col)
-        cell_forward_parallel[grid, (plan.tile, plan.tile)](
-            gates[t % gates.shape[0]], b_ih, b_hh, h_prev, w_hh, c_prev, c_seq[t % c_slots], h_dst, h_dst_col)
-        if projecting:
-            matmul(h_dst, w_hr, out[t, :, out_col:out_col + state], False, True, 0.0, plan)
+        step_kernel(gates, b_ih, b_hh, w_hh, h0, c0, reverse, step, c_seq, h_cell_seq, out, out_col)
+        if w_hr.shape[0] > 0:
+            t = step_time(step, seq_len, reverse)
+            matmul(h_cell_seq[t % c_seq.shape[0]], w_hr, out[t, :, out_col:out_col + state], False, True, 0.0, plan)
 
 
 def lstm_layer_forward(x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, reverse, plan,
@@ -252,14 +264,17 @@ def lstm_layer_forward(x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, reverse, plan,
     for t0 in reversed(block_starts) if reverse else block_starts:
         t1 = min(seq_len, t0 + gate_slots)
         rows = (t1 - t0) * batch
-        matmul(x[t0:t1].reshape((rows, x.shape[2])), w_ih, gates[:t1 - t0].reshape((rows, gates.shape[2])),
+        # Whole arrays need no slice (a device-array view costs the host tens of microseconds).
+        x_block = x if t1 - t0 == seq_len else x[t0:t1]
+        gates_block = gates if t1 - t0 == gate_slots else gates[:t1 - t0]
+        matmul(x_block.reshape((rows, x.shape[2])), w_ih, gates_block.reshape((rows, gates.shape[2])),
                False, True, 0.0, plan)
         step0, step1 = (seq_len - t1, seq_len - t0) if reverse else (t0, t1)
         if blocks:
             persistent_args[8:10] = step0, step1
             forward_persistent[blocks, plan.threads, 0, shared_bytes](*persistent_args)
         else:
-            _steps_per_launch(x, w_hh, b_ih, b_hh, w_hr, h0, c0, reverse, plan, gates, c_seq, h_cell_seq, out, out_col,
+            _steps_per_launch(w_hh, b_ih, b_hh, w_hr, h0, c0, reverse, plan, gates, c_seq, h_cell_seq, out, out_col,
                               step0, step1)
     if not blocks:  # the persistent kernel wrote h_n and c_n itself
         t_last = step_time(seq_len - 1, seq_len, reverse)

@@ -8,7 +8,8 @@ from nblstm.kernels import cuda_backward, cuda_forward
 SIMULATED = bool(config.ENABLE_CUDASIM)
 
 PERSISTENT_KERNELS = ((cuda_forward, "forward_persistent"), (cuda_backward, "backward_persistent"))
-PER_STEP_KERNELS = ((cuda_forward, "cell_forward_parallel"), (cuda_backward, "cell_backward_parallel"))
+PER_STEP_KERNELS = ((cuda_forward, "cell_forward_parallel"), (cuda_backward, "cell_backward_parallel"),
+                    (cuda_backward, "recurrent_gradient_parallel"))
 
 
 class ForbiddenKernel:

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The GPU checks of the CUDA path in one run, on a machine with an NVIDIA GPU and nblstm's dependencies
-# installed (or on PYTHONPATH): versions, a host profile of a few calls, the designs side by side, the GPU
-# benchmark, then tests/cuda on the real kernels.  While the GPU stages run, two processes compile the CPU engine's kernels that the
-# parity tests compare with, one per dtype, into Numba's cache.
+# installed (or on PYTHONPATH): versions, where a call's time goes (tools/cuda_host_cost.py), the designs
+# side by side, the GPU benchmark, then tests/cuda on the real kernels.  While the GPU stages run, two
+# processes compile the CPU engine's kernels that the parity tests compare with, one per dtype, into
+# Numba's cache.
 #
 #   tools/gpu_check.sh OUT_DIR        (PYTHON=... to use another interpreter than python3)
 #
@@ -78,39 +79,7 @@ with multiprocessing.Pool(2) as pool:
 EOF
 cpu_compile=$!
 
-stage profile 90 "$python" - <<'EOF'
-# Where the host's time goes in a call: the mean of 20 eval calls, then the 20 functions of most own
-# time over 20 more.
-import cProfile, pstats
-import numpy as np
-from numba import cuda
-from nblstm import LSTM, cuda_backend
-
-import time
-
-for seq_len, batch, inputs, hidden, max_batch in [(10, 1, 20, 20, 64), (100, 1, 128, 512, 64),
-                                                   (100, 64, 128, 128, -1)]:
-    cuda_backend.PERSISTENT_MAX_BATCH = max_batch
-    model = LSTM(inputs, hidden, device="cuda").eval()
-    x = cuda.to_device(np.random.default_rng(0).standard_normal((seq_len, batch, inputs)).astype(np.float32))
-    model(x)
-    cuda.synchronize()
-    start = time.perf_counter()
-    for _ in range(20):
-        model(x)
-    cuda.synchronize()
-    unprofiled = (time.perf_counter() - start) / 20
-    profile = cProfile.Profile()
-    profile.enable()
-    for _ in range(20):
-        model(x)
-    cuda.synchronize()
-    profile.disable()
-    design = "persistent" if max_batch >= batch else "per-step launches"
-    print(f"---- L{seq_len} N{batch} I{inputs} H{hidden} ({design}): {unprofiled * 1e3:.3f} ms a call "
-          "(mean of 20, not profiled); the profile of 20 more:")
-    pstats.Stats(profile).sort_stats("tottime").print_stats(20)
-EOF
+stage profile 120 "$python" tools/cuda_host_cost.py
 stage designs 120 "$python" tools/cuda_designs.py --hidden-size 128 --hidden-size 512 --batch 1 --batch 8 \
     --batch 32 --batch 64
 stage bench_seeds 200 "${bench[@]}" --preset seeds --mode both --json "$out/bench_seeds.json"
@@ -127,7 +96,7 @@ cat "$out/versions.log" >>"$out/summary.txt" && rm "$out/versions.log"
 echo
 for name in profile designs bench_seeds bench_small; do
     echo "---- $name"
-    grep -v -e '^\s*$' -e 'it/s\]' -e '%|' "$out/$name.log" | tail -n 40
+    grep -v -e '^\s*$' -e 'it/s\]' -e '%|' -e 'NumbaPerformanceWarning' -e 'warn(errors' "$out/$name.log" | tail -n 40
 done
 echo "---- tests"
 tail -n 30 "$out/tests.log"

@@ -226,7 +226,7 @@ class LSTM(Module):
 
     def _state_grad(self, grad, name, shape, batched):
         if grad is None:
-            return self._backend.zeros(shape, self.dtype)
+            return self._zeros(shape)
         array = self._check_grad(grad, name, self._squeeze_shape(shape, batched))
         return array if batched else _with_batch_axis(array, 1)
 
@@ -330,14 +330,14 @@ class LSTMCell(Module):
         shape = (batch, self.config.hidden_size) if batched else (self.config.hidden_size,)
         caller_grad_h = grad_h
         grad_h = self._check_grad(grad_h, "grad_h", shape)
-        grad_c = self._backend.zeros(shape, self.dtype) if grad_c is None else self._check_grad(grad_c, "grad_c", shape)
+        grad_c = self._zeros(shape) if grad_c is None else self._check_grad(grad_c, "grad_c", shape)
         if not batched:
             grad_h, grad_c = _with_batch_axis(grad_h, 0), _with_batch_axis(grad_c, 0)
         self._pop_tape()
         grads, grads_beta = self._grads_for_backward()
         grad_x, grad_h0, grad_c0 = engine.backward(
             self._layer_parameters(), self.config, tape,
-            self._backend.zeros((1,) + shape_tuple(grad_h), self.dtype),
+            self._zeros((1,) + shape_tuple(grad_h)),
             _with_batch_axis(grad_h, 0), _with_batch_axis(grad_c, 0), self._layer_view(grads), grads_beta)
         grad_x, grad_h0, grad_c0 = self._for_caller(caller_grad_h, self._unbatch(grad_x[0], batched),
                                                     self._unbatch(grad_h0[0], batched), self._unbatch(grad_c0[0], batched))

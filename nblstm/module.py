@@ -242,6 +242,12 @@ class Module:
         """
         self._zeros_pending = True
 
+    def _zeros(self, shape):
+        """Zeros of ``shape`` for an upstream gradient the caller left out: the engine only reads
+        those, so the workspace keeps one array per shape (a GPU call saves an allocation and a
+        fill launch)."""
+        return self._workspace.zeros(self._backend, (shape,), self.dtype)[0]
+
     def _grads_for_backward(self):
         """(grads, beta) for a backward pass: it sets each gradient to its new part + beta * itself,
         beta 0 where ``zero_grad`` left them to be zeros, else 1."""

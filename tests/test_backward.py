@@ -247,6 +247,29 @@ def test_gradients_accumulate_until_zero_grad(rng):
         np.testing.assert_allclose(grad, once[name], rtol=1e-12)
 
 
+@pytest.mark.parametrize("cell", [False, True], ids=["LSTM", "LSTMCell"])
+def test_left_out_upstream_gradients_read_as_zeros_call_after_call(cell, rng):
+    """backward without grad_state (LSTMCell: without grad_c, and no output gradient) reads zero
+    arrays the model keeps from call to call: every call must match explicit zeros, so nothing
+    may have written into them."""
+    model = (LSTMCell if cell else LSTM)(3, 4, dtype="float64", seed=2)
+    twin = (LSTMCell if cell else LSTM)(3, 4, dtype="float64", seed=2)
+    x = rng.standard_normal((2, 3) if cell else (3, 2, 3))
+    for _ in range(3):
+        grad = rng.standard_normal((2, 4) if cell else (3, 2, 4))
+        results = []
+        for net, explicit in ((model, False), (twin, True)):
+            net.zero_grad()
+            net(x)
+            if cell:
+                grad_x, (grad_h, grad_c) = net.backward(grad, np.zeros((2, 4)) if explicit else None)
+            else:
+                grad_x, (grad_h, grad_c) = net.backward(grad, (np.zeros((1, 2, 4)),) * 2 if explicit else None)
+            results.append((grad_x, grad_h, grad_c, *net.grads.values()))
+        for ours, expected in zip(*results):
+            np.testing.assert_array_equal(ours, expected)
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("sizes", [
     (1, 3, 5, 13, {}),  # one step from a zero state: no pass over dw_hh at all

@@ -20,7 +20,6 @@ from .engine import CPUBackend
 from .kernels.cuda_backward import lstm_layer_backward
 from .kernels.cuda_common import (
     ADD,
-    COPY,
     MULTIPLY,
     as_rows,
     elementwise,
@@ -115,13 +114,6 @@ class CUDABackend:
 
     def add(self, a, b):
         return self._apply(ADD, a, b, cuda.device_array(a.shape, a.dtype))
-
-    def add_into(self, total, term, beta):
-        """total = term + beta * total, beta 0 or 1."""
-        if beta:
-            self._apply(ADD, total, term, total)
-        else:
-            self._apply(COPY, term, term, total)
 
     def multiply(self, a, b):
         return self._apply(MULTIPLY, a, b, cuda.device_array(a.shape, a.dtype))

@@ -275,14 +275,6 @@ class CPUBackend:
         return a + b
 
     @staticmethod
-    def add_into(total, term, beta):
-        """total = term + beta * total, beta 0 or 1."""
-        if beta:
-            total += term
-        else:
-            total[...] = term
-
-    @staticmethod
     def multiply(a, b):
         return a * b
 
@@ -520,7 +512,7 @@ def backward(params, config, tape, grad_output, grad_h_n, grad_c_n, grads, grads
     dh, dc = backend.empty((batch, state), dtype), backend.empty((batch, hidden), dtype)
     dh_cell = backend.empty((batch, hidden), dtype)
     dh_seq = backend.empty((seq_len if config.proj_size > 0 else 0, batch, state), dtype)
-    d_bias_size = NUM_GATES * hidden if config.bias else 0
+    no_bias = _empty_placeholder(backend, (0,), dtype)
     no_weight_hr = backend.empty((0, hidden), dtype)
     d_out = grad_output
     with backend.guard(plan):
@@ -532,17 +524,14 @@ def backward(params, config, tape, grad_output, grad_h_n, grad_c_n, grads, grads
                 names = config.names(layer, direction)
                 w_ih, w_hh, _, _, w_hr = _layer_weights(backend, params, config, layer, direction)
                 gates, c_seq, h_cell_seq = tape.saved.pop((layer, direction))
-                d_bias = backend.zeros(d_bias_size, dtype)
                 backend.layer_backward(
                     layer_input, w_ih, w_hh, w_hr, tape.h0[k], tape.c0[k], out, direction * state,
                     gates, c_seq, h_cell_seq, direction == 1, plan,
                     d_out, grad_h_n[k], grad_c_n[k], dh, dc, dh_cell, dh_seq,
                     dx, 0.0 if direction == 0 else 1.0, grad_h0[k], grad_c0[k],
-                    grads[names.weight_ih], grads[names.weight_hh], d_bias,
+                    grads[names.weight_ih], grads[names.weight_hh],
+                    grads[names.bias_ih] if config.bias else no_bias, grads[names.bias_hh] if config.bias else no_bias,
                     grads[names.weight_hr] if names.weight_hr else no_weight_hr, grads_beta)
-                if config.bias:
-                    backend.add_into(grads[names.bias_ih], d_bias, grads_beta)
-                    backend.add_into(grads[names.bias_hh], d_bias, grads_beta)
             if layer > 0 and tape.dropout_masks:
                 backend.multiply_into(dx, tape.dropout_masks[layer - 1])
             d_out = dx

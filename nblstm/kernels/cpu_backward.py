@@ -261,7 +261,7 @@ def add_weight_gradient(d_gates, inputs, dw, beta, n_parts):
 @njit(**JIT_OPTIONS)
 def lstm_layer_backward(x, w_ih, w_hh, w_hr, h0, c0, out, out_col, gates, c_seq, h_cell_seq,
                         reverse, plan, d_out, dh_n, dc_n, dh, dc, dh_cell, dh_seq,
-                        dx, dx_beta, dh0, dc0, dw_ih, dw_hh, d_bias, dw_hr, dw_beta):
+                        dx, dx_beta, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr, dw_beta):
     """Backward pass of ``lstm_layer_forward`` (training mode) for one layer and direction.
 
     Forward inputs and saved state, as given to ``lstm_layer_forward``:
@@ -277,9 +277,9 @@ def lstm_layer_backward(x, w_ih, w_hh, w_hr, h0, c0, out, out_col, gates, c_seq,
     Work space: dh (batch, state); dc, dh_cell (batch, hidden); dh_seq (seq_len, batch, state)
       with projection, else unused.
     Results: dx (seq_len, batch, input_size) = d_gates @ w_ih + dx_beta * dx;
-      dh0 (batch, state); dc0 (batch, hidden); d_bias (4*hidden,) (or (0,) without bias) +=
-      the bias gradient; dw_ih, dw_hh, dw_hr (like w_hr, (0, hidden) without projection) = their
-      gradient + dw_beta * themselves (dw_beta 1 accumulates, 0 overwrites).
+      dh0 (batch, state); dc0 (batch, hidden); dw_ih, dw_hh, db_ih, db_hh ((4*hidden,), or (0,)
+      without bias; both get the bias gradient), dw_hr (like w_hr, (0, hidden) without projection)
+      = their gradient + dw_beta * themselves (dw_beta 1 accumulates, 0 overwrites).
     """
     n_parts, together, by_batch, pack_weights = plan
     seq_len, batch = x.shape[0], x.shape[1]
@@ -329,13 +329,14 @@ def lstm_layer_backward(x, w_ih, w_hh, w_hr, h0, c0, out, out_col, gates, c_seq,
                         n_parts)
     if not _product_is_zero(d_gates[first:first + batch], h0):
         add_weight_gradient(d_gates[first:first + batch], h0, dw_hh, 1.0, n_parts)
-    if d_bias.shape[0] > 0:
+    if db_ih.shape[0] > 0:
         bias_rows = np.zeros((gate_columns, 1), gates.dtype)
         if n_parts > 1:
             column_sums_into_parallel(bias_rows[:, 0], d_gates, n_parts)
         else:
             _column_sums_into(bias_rows[:, 0], d_gates, 0, gate_columns)
-        add_from_padded_rows(bias_rows, d_bias.reshape((d_bias.shape[0], 1)), True)
+        for db in (db_ih, db_hh):
+            add_from_padded_rows(bias_rows, db.reshape((db.shape[0], 1)), dw_beta != 0.0)
     if projecting:
         matmul(dh_seq.reshape((rows, state)), h_cell_seq.reshape((rows, h_cell_seq.shape[2])),
                dw_hr, True, False, dw_beta, n_parts)

@@ -14,9 +14,10 @@ cooperative ``backward_persistent`` launch whose blocks keep their columns of
 w_hh and w_hr in shared memory and meet at a grid-wide barrier between phases.
 
 After the loop the weight gradients are a few large tiled products over all
-time steps at once (``d_gates.T @ x`` and so on), and the bias gradient a
-column sum.  Every weight gradient is accumulated into (``+=``), as PyTorch
-accumulates ``.grad``.
+time steps at once (``d_gates.T @ x`` and so on), and the bias gradient one
+column sum written into both b_ih's and b_hh's.  Each parameter gradient is set
+to its new part + dw_beta * itself: 1 accumulates, as PyTorch accumulates
+``.grad``, 0 overwrites what ``zero_grad`` left to be zeros.
 """
 import math
 
@@ -181,25 +182,27 @@ def backward_persistent(w_hh, w_hr, c0, gates, c_seq, reverse, d_out, out_col, d
 
 
 @cuda.jit(**CUDA_JIT_OPTIONS)
-def column_sums_into_parallel(total, matrix):
-    """total += matrix.sum(axis=0) for matrix (rows, cols) and total (cols,).
+def bias_gradients_parallel(db_ih, db_hh, d_gates, beta):
+    """db_ih and db_hh (cols,) = d_gates.sum(axis=0) + beta * themselves for d_gates (rows, cols), beta
+    0 or 1 (0 reads nothing).
 
     Launch: blocks of (tile, tile) threads, grid (ceil(cols / tile),): threadIdx.x picks the
     column, threadIdx.y strides over the rows, then row 0 of the block adds the partial sums.
     """
     tx, ty = cuda.threadIdx.x, cuda.threadIdx.y
     col = cuda.blockIdx.x * cuda.blockDim.x + tx
-    partial = cuda.shared.array((MAX_TILE, PADDED_TILE), matrix.dtype)
+    partial = cuda.shared.array((MAX_TILE, PADDED_TILE), d_gates.dtype)
     running = ZERO
-    if col < matrix.shape[1]:
-        for row in range(ty, matrix.shape[0], cuda.blockDim.y):
-            running += matrix[row, col]
+    if col < d_gates.shape[1]:
+        for row in range(ty, d_gates.shape[0], cuda.blockDim.y):
+            running += d_gates[row, col]
     partial[ty, tx] = running
     cuda.syncthreads()
-    if ty == 0 and col < matrix.shape[1]:
+    if ty == 0 and col < d_gates.shape[1]:
         for other in range(1, cuda.blockDim.y):
             running += partial[other, tx]
-        total[col] += running
+        db_ih[col] = running + db_ih[col] if beta != 0 else running
+        db_hh[col] = running + db_hh[col] if beta != 0 else running
 
 
 def _persistent_shape(plan, args, hidden, state, proj, itemsize):
@@ -227,7 +230,7 @@ def _steps_per_launch(w_hh, w_hr, c0, gates, c_seq, reverse, plan, d_out, out_co
 
 def lstm_layer_backward(x, w_ih, w_hh, w_hr, h0, c0, out, out_col, gates, c_seq, h_cell_seq,
                         reverse, plan, d_out, dh_n, dc_n, dh, dc, dh_cell, dh_seq,
-                        dx, dx_beta, dh0, dc0, dw_ih, dw_hh, d_bias, dw_hr, dw_beta):
+                        dx, dx_beta, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr, dw_beta):
     """Backward pass of ``lstm_layer_forward`` (training mode) for one layer and direction.
 
     The numba.cuda twin of ``cpu_backward.lstm_layer_backward``: the same arguments, shapes and
@@ -261,8 +264,9 @@ def lstm_layer_backward(x, w_ih, w_hh, w_hr, h0, c0, out, out_col, gates, c_seq,
            plan)
     first = rows - batch if reverse else 0
     matmul(d_gates[first:first + batch], h0, dw_hh, True, False, 1.0, plan)
-    if d_bias.shape[0] > 0:
-        column_sums_into_parallel[blocks_for(d_bias.shape[0], plan.tile), (plan.tile, plan.tile)](d_bias, d_gates)
+    if db_ih.shape[0] > 0:
+        bias_gradients_parallel[blocks_for(db_ih.shape[0], plan.tile), (plan.tile, plan.tile)](
+            db_ih, db_hh, d_gates, d_gates.dtype.type(dw_beta))
     if projecting:
         matmul(dh_seq.reshape((rows, state)), h_cell_seq.reshape((rows, hidden)), dw_hr, True, False, dw_beta, plan)
     matmul(d_gates, w_ih, dx.reshape((rows, dx.shape[2])), False, False, dx_beta, plan)

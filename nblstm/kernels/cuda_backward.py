@@ -9,9 +9,10 @@ The per-step chain runs backwards in time.  Each step:
    that step's output gradient is added in the same kernel.
 
 As in the forward pass this runs either as per-step launches (a tiled product
-for 1, ``cell_backward_parallel`` for 2, ``recurrent_gradient_parallel`` for 3) or, for small batches, as one
-cooperative ``backward_persistent`` launch whose blocks keep their columns of
-w_hh and w_hr in shared memory and meet at a grid-wide barrier between phases.
+for 1, ``cell_backward_parallel`` for 2, ``recurrent_gradient_parallel`` for 3)
+or, for small batches, as one cooperative ``backward_persistent`` launch whose
+blocks keep their columns of w_hh and w_hr in shared memory and meet at a
+grid-wide barrier between phases.
 
 After the loop the weight gradients are a few large tiled products over all
 time steps at once (``d_gates.T @ x`` and so on), and the bias gradient one

@@ -129,9 +129,10 @@ def backward_persistent(w_hh, w_hr, c0, gates, c_seq, reverse, d_out, out_col, d
     Block k owns hidden units [k*units, (k+1)*units) in the gate phase and columns
     [k*state_units, (k+1)*state_units) of dh in the product phase, where each (batch row,
     column) is a dot product over the 4*hidden gate rows shared by a group of ``lanes``
-    threads (``group_lanes``, ``sum_groups``).  Dynamic shared memory, state_units*4*hidden
-    + units*proj + threads elements, holds the block's columns of w_hh and of w_hr, each
-    column contiguous, and the groups' partial sums.
+    threads (``group_lanes``, ``sum_groups``).  Dynamic shared memory, state_units*(4*hidden+1)
+    + units*proj + threads elements, holds the block's columns of w_hh (each contiguous and
+    padded by one element, so that the columns a warp reads at once lie in different banks),
+    its columns of w_hr (each contiguous), and the groups' partial sums.
     Launch: a 1-D grid of co-resident blocks (cooperative), any block size that lanes divides.
     """
     weights = cuda.shared.array(0, gates.dtype)
@@ -141,10 +142,11 @@ def backward_persistent(w_hh, w_hr, c0, gates, c_seq, reverse, d_out, out_col, d
     unit0, col0 = cuda.blockIdx.x * units, cuda.blockIdx.x * state_units
     n_units = slice_length(unit0, units, hidden)
     n_cols = slice_length(col0, state_units, state)
-    proj_base = state_units * gate_rows
+    col_stride = gate_rows + 1
+    proj_base = state_units * col_stride
     partial_base = proj_base + units * proj
     for e in range(thread, n_cols * gate_rows, threads):
-        weights[e] = w_hh[e % gate_rows, col0 + e // gate_rows]
+        weights[(e // gate_rows) * col_stride + e % gate_rows] = w_hh[e % gate_rows, col0 + e // gate_rows]
     for e in range(thread, n_units * proj, threads):
         weights[proj_base + e] = w_hr[e % proj, unit0 + e // proj]
     cuda.syncthreads()
@@ -171,7 +173,7 @@ def backward_persistent(w_hh, w_hr, c0, gates, c_seq, reverse, d_out, out_col, d
             total = ZERO
             if item < items:
                 for r in range(lane, gate_rows, lanes):
-                    total += gates[t, b, r] * weights[kk * gate_rows + r]
+                    total += gates[t, b, r] * weights[kk * col_stride + r]
             weights[partial_base + thread] = total
             sum_groups(weights, partial_base, 1, thread, threads, lanes)
             if lane == 0 and item < items:
@@ -209,7 +211,7 @@ def bias_gradients_parallel(db_ih, db_hh, d_gates, beta):
 def _persistent_shape(plan, args, hidden, state, proj, itemsize):
     """(blocks, shared bytes) of ``backward_persistent``, (0, 0) when its weights do not fit."""
     def shared_elements(blocks):
-        return math.ceil(state / blocks) * NUM_GATES * hidden + math.ceil(hidden / blocks) * proj + plan.threads
+        return math.ceil(state / blocks) * (NUM_GATES * hidden + 1) + math.ceil(hidden / blocks) * proj + plan.threads
 
     return persistent_grid(backward_persistent, args, plan.threads, itemsize, shared_elements, hidden)
 

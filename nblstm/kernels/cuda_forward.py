@@ -156,9 +156,10 @@ def forward_persistent(gates, b_ih, b_hh, w_hh, w_hr, h0, c0, reverse, step0, st
     [k*proj_units, (k+1)*proj_units).  Each (batch row, unit) of the block is computed by a
     group of ``lanes`` threads (``group_lanes``): each thread takes every lanes-th term of the
     unit's four dot products h_prev @ w_hh rows, the group adds them up (``sum_groups``) and
-    its first thread applies the gate math.  Dynamic shared memory, 4*units*state +
+    its first thread applies the gate math.  Dynamic shared memory, 4*units*(state+1) +
     proj_units*hidden + 4*threads elements, holds the block's rows of w_hh (gate rows of one
-    unit side by side: row jj*4 + gate), of w_hr, and the groups' partial sums.
+    unit side by side: row jj*4 + gate, each padded by one element so that the rows of the
+    units a warp reads at once lie in different banks), of w_hr, and the groups' partial sums.
     Launch: a 1-D grid of co-resident blocks (cooperative), any block size that lanes divides.
     """
     weights = cuda.shared.array(0, gates.dtype)
@@ -168,11 +169,12 @@ def forward_persistent(gates, b_ih, b_hh, w_hh, w_hr, h0, c0, reverse, step0, st
     unit0, p0 = cuda.blockIdx.x * units, cuda.blockIdx.x * proj_units
     n_units = slice_length(unit0, units, hidden)
     n_proj = slice_length(p0, proj_units, proj)
-    proj_base = NUM_GATES * units * state
+    row_stride = state + 1
+    proj_base = NUM_GATES * units * row_stride
     partial_base = proj_base + proj_units * hidden
     for e in range(thread, NUM_GATES * n_units * state, threads):
         row, k = e // state, e % state
-        weights[e] = w_hh[(row % NUM_GATES) * hidden + unit0 + row // NUM_GATES, k]
+        weights[row * row_stride + k] = w_hh[(row % NUM_GATES) * hidden + unit0 + row // NUM_GATES, k]
     for e in range(thread, n_proj * hidden, threads):
         weights[proj_base + e] = w_hr[p0 + e // hidden, e % hidden]
     cuda.syncthreads()
@@ -192,7 +194,7 @@ def forward_persistent(gates, b_ih, b_hh, w_hh, w_hr, h0, c0, reverse, step0, st
                 for k in range(lane, state, lanes):
                     h = h_prev[b, k]
                     for gate in range(NUM_GATES):
-                        recurrent[gate] += h * weights[(jj * NUM_GATES + gate) * state + k]
+                        recurrent[gate] += h * weights[(jj * NUM_GATES + gate) * row_stride + k]
             for gate in range(NUM_GATES):
                 weights[partial_base + gate * threads + thread] = recurrent[gate]
             sum_groups(weights, partial_base, NUM_GATES, thread, threads, lanes)
@@ -222,7 +224,7 @@ def forward_persistent(gates, b_ih, b_hh, w_hh, w_hr, h0, c0, reverse, step0, st
 def _persistent_shape(plan, args, hidden, state, proj, itemsize):
     """(blocks, shared bytes) of ``forward_persistent``, (0, 0) when its weights do not fit."""
     def shared_elements(blocks):
-        return (NUM_GATES * math.ceil(hidden / blocks) * state + math.ceil(proj / blocks) * hidden
+        return (NUM_GATES * math.ceil(hidden / blocks) * (state + 1) + math.ceil(proj / blocks) * hidden
                 + NUM_GATES * plan.threads)
 
     return persistent_grid(forward_persistent, args, plan.threads, itemsize, shared_elements, hidden)

@@ -7,7 +7,11 @@ argument types of every kernel launch, and compiles each (kernel, argument
 types) to PTX with NVVM in this process.  It needs the CUDA toolkit's NVVM
 (libnvvm, found as Numba finds it: CUDA_HOME, /usr/local/cuda, conda), not a GPU.
 
-    python tools/cuda_compile_check.py [--cc 9.0]
+    python tools/cuda_compile_check.py [--cc 9.0] [--registers]
+
+With --registers each signature is also assembled by the toolkit's ptxas, which
+reports the registers a thread uses (what bounds how many blocks share a
+multiprocessor, so how large a cooperative grid can be).
 
 Exit status: 0 when every kernel compiled, 1 when one did not, 2 when NVVM is missing.
 """
@@ -15,6 +19,8 @@ import argparse
 import importlib
 import os
 import pickle
+import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -88,8 +94,19 @@ def _kernels():
     return found
 
 
-def _compile_all(launches, cc):
-    """Compile every recorded launch to PTX; print one line per kernel and return the failures."""
+def _registers(ptxas, ptx, cc):
+    """The registers a thread of the kernel in ``ptx`` uses, as ptxas assembles it for ``cc``."""
+    with tempfile.NamedTemporaryFile("w", suffix=".ptx") as file:
+        file.write(ptx)
+        file.flush()
+        report = subprocess.run([ptxas, f"-arch=sm_{cc[0]}{cc[1]}", "-v", "-c", file.name, "-o", os.devnull],
+                                capture_output=True, text=True, check=True).stderr
+    return re.search(r"Used (\d+) registers", report).group(1)
+
+
+def _compile_all(launches, cc, ptxas=None):
+    """Compile every recorded launch to PTX (and with ``ptxas``, assemble it and report its registers);
+    print one line per kernel and return the failures."""
     from types import SimpleNamespace
 
     from numba import cuda
@@ -102,18 +119,26 @@ def _compile_all(launches, cc):
                 for module, name in _kernels() if (module, name) not in launches]
     for (module, name), signatures in sorted(launches.items()):
         kernel = getattr(importlib.import_module(module), name).py_func
+        registers = []
         for signature in sorted(signatures, key=str):
             try:
-                cuda.compile_ptx(kernel, signature, cc=cc)
+                ptx, _ = cuda.compile_ptx(kernel, signature, cc=cc)
             except Exception as error:  # noqa: BLE001  (any compile error is reported, then the next kernel)
                 failures.append(f"{module}.{name}{signature}: {type(error).__name__}: {error}")
-        print(f"{module}.{name}: {len(signatures)} signature(s)")
+                continue
+            if ptxas:
+                registers.append(_registers(ptxas, ptx, cc))
+        print(f"{module}.{name}: {len(signatures)} signature(s)"
+              + (f", registers a thread: {' '.join(registers)}" if registers else ""))
     return failures
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cc", default="9.0", help="compute capability to compile for (default 9.0)")
+    parser.add_argument("--registers", action="store_true",
+                        help="also assemble each signature with the toolkit's ptxas and print the registers a thread "
+                             "uses (threads x registers bounds how many blocks share a multiprocessor)")
     parser.add_argument("--record", help=argparse.SUPPRESS)  # the simulator child writes its launches here
     args = parser.parse_args(argv)
     if args.record:
@@ -134,8 +159,14 @@ def main(argv=None):
         print(f"launches recorded under the simulator in {time.perf_counter() - start:.0f} s")
         with open(path, "rb") as file:
             launches = pickle.load(file)
+    ptxas = None
+    if args.registers:
+        ptxas = shutil.which("ptxas") or os.path.join(os.environ.get("CUDA_HOME", "/usr/local/cuda"), "bin", "ptxas")
+        if not os.path.exists(ptxas):
+            print("ptxas not found (not on PATH nor in CUDA_HOME/bin): registers not reported", file=sys.stderr)
+            ptxas = None
     start = time.perf_counter()
-    failures = _compile_all(launches, tuple(int(part) for part in args.cc.split(".")))
+    failures = _compile_all(launches, tuple(int(part) for part in args.cc.split(".")), ptxas)
     for failure in failures:
         print(f"FAILED {failure}", file=sys.stderr)
     print(f"{sum(map(len, launches.values()))} kernel signatures compiled in {time.perf_counter() - start:.0f} s, "

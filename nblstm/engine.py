@@ -513,7 +513,7 @@ def backward(params, config, tape, grad_output, grad_h_n, grad_c_n, grads, grads
     dh_cell = backend.empty((batch, hidden), dtype)
     dh_seq = backend.empty((seq_len if config.proj_size > 0 else 0, batch, state), dtype)
     no_bias = _empty_placeholder(backend, (0,), dtype)
-    no_weight_hr = backend.empty((0, hidden), dtype)
+    no_weight_hr = _empty_placeholder(backend, (0, hidden), dtype)
     d_out = grad_output
     with backend.guard(plan):
         for layer in reversed(range(config.num_layers)):

@@ -441,7 +441,7 @@ def _empty_placeholder(backend, shape, dtype):
 
 def _layer_weights(backend, params, config, layer, direction):
     """(w_ih, w_hh, b_ih, b_hh, w_hr) of one layer and direction as the kernels take them: (0,) biases
-    without bias, a (0, 0) w_hr without projection."""
+    without bias, a (0, 0) w_hr without projection.  ``params`` may be the gradients too (same names)."""
     names = config.names(layer, direction)
     w_ih = params[names.weight_ih]
     if config.bias:
@@ -512,8 +512,6 @@ def backward(params, config, tape, grad_output, grad_h_n, grad_c_n, grads, grads
     dh, dc = backend.empty((batch, state), dtype), backend.empty((batch, hidden), dtype)
     dh_cell = backend.empty((batch, hidden), dtype)
     dh_seq = backend.empty((seq_len if config.proj_size > 0 else 0, batch, state), dtype)
-    no_bias = _empty_placeholder(backend, (0,), dtype)
-    no_weight_hr = _empty_placeholder(backend, (0, hidden), dtype)
     d_out = grad_output
     with backend.guard(plan):
         for layer in reversed(range(config.num_layers)):
@@ -521,17 +519,16 @@ def backward(params, config, tape, grad_output, grad_h_n, grad_c_n, grads, grads
             dx = backend.empty(layer_input.shape, dtype)
             for direction in range(num_dirs):
                 k = layer * num_dirs + direction
-                names = config.names(layer, direction)
                 w_ih, w_hh, _, _, w_hr = _layer_weights(backend, params, config, layer, direction)
+                # grads has the parameters' names: the same placeholders stand in for absent ones
+                dw_ih, dw_hh, db_ih, db_hh, dw_hr = _layer_weights(backend, grads, config, layer, direction)
                 gates, c_seq, h_cell_seq = tape.saved.pop((layer, direction))
                 backend.layer_backward(
                     layer_input, w_ih, w_hh, w_hr, tape.h0[k], tape.c0[k], out, direction * state,
                     gates, c_seq, h_cell_seq, direction == 1, plan,
                     d_out, grad_h_n[k], grad_c_n[k], dh, dc, dh_cell, dh_seq,
                     dx, 0.0 if direction == 0 else 1.0, grad_h0[k], grad_c0[k],
-                    grads[names.weight_ih], grads[names.weight_hh],
-                    grads[names.bias_ih] if config.bias else no_bias, grads[names.bias_hh] if config.bias else no_bias,
-                    grads[names.weight_hr] if names.weight_hr else no_weight_hr, grads_beta)
+                    dw_ih, dw_hh, db_ih, db_hh, dw_hr, grads_beta)
             if layer > 0 and tape.dropout_masks:
                 backend.multiply_into(dx, tape.dropout_masks[layer - 1])
             d_out = dx

@@ -278,7 +278,7 @@ def lstm_layer_backward(x, w_ih, w_hh, w_hr, h0, c0, out, out_col, gates, c_seq,
       with projection, else unused.
     Results: dx (seq_len, batch, input_size) = d_gates @ w_ih + dx_beta * dx;
       dh0 (batch, state); dc0 (batch, hidden); dw_ih, dw_hh, db_ih, db_hh ((4*hidden,), or (0,)
-      without bias; both get the bias gradient), dw_hr (like w_hr, (0, hidden) without projection)
+      without bias; both get the bias gradient), dw_hr (like w_hr, (0, 0) without projection)
       = their gradient + dw_beta * themselves (dw_beta 1 accumulates, 0 overwrites).
     """
     n_parts, together, by_batch, pack_weights = plan

@@ -12,6 +12,7 @@ from nblstm.kernels.activations import sigmoid, tanh
 from nblstm.kernels.blas import gemm, single_threaded_blas, uses_blas, uses_panels, uses_vectors
 from nblstm.kernels.views import borrowed
 from nblstm.kernels.parallel import grid_share, part_range, share_first_rows, share_segment, shares_split_blocks
+from nblstm.kernels.tiles import TILE_ROWS
 
 
 @njit(cache=False)
@@ -451,8 +452,9 @@ def test_weights_are_packed_where_it_was_measured_to_pay(seq_len, batch, hidden,
 
 def test_blas_is_set_to_one_thread_only_around_forwards_that_call_it():
     """Threads that split the batch on packed weights project their own inputs (up to
-    PROJECT_BY_BATCH_MAX_INPUT features) and call no BLAS: no guard; every other parallel forward
-    (BLAS input projections, a projection after the cell, split units) keeps it."""
+    PROJECT_BY_BATCH_MAX_INPUT features) and call no BLAS: no guard; nor, on AVX-512, do threads that
+    project the inputs with one packed w_ih; every other parallel forward (BLAS input projections,
+    a projection after the cell, plain weights) keeps it."""
     from nblstm import engine
     from nblstm.api import LSTM
     from nblstm.kernels.cpu_forward import PROJECT_BY_BATCH_MAX_INPUT
@@ -465,12 +467,15 @@ def test_blas_is_set_to_one_thread_only_around_forwards_that_call_it():
         return engine.CPU.forward_calls_blas(plan, weights)
 
     by_batch, units = (2, True, True, True), (2, True, False, True)
+    blas_projects = TILE_ROWS == 1  # else the packed product projects every input (``projects_packed``)
     assert not calls_blas(by_batch, PROJECT_BY_BATCH_MAX_INPUT, 40)
-    assert calls_blas(by_batch, PROJECT_BY_BATCH_MAX_INPUT + 1, 40)
+    assert calls_blas(by_batch, PROJECT_BY_BATCH_MAX_INPUT + 1, 40) == blas_projects
     assert calls_blas(by_batch, 32, 40, proj_size=20)
-    assert calls_blas(by_batch, 32, PROJECT_BY_BATCH_MAX_INPUT // 2 + 1, num_layers=2, bidirectional=True)
+    assert calls_blas(by_batch, 32, PROJECT_BY_BATCH_MAX_INPUT // 2 + 1, num_layers=2,
+                      bidirectional=True) == blas_projects
     assert not calls_blas(by_batch, 32, 20, num_layers=2, bidirectional=True)
-    assert calls_blas(units, PROJECT_BY_BATCH_MAX_INPUT, 40)
+    assert calls_blas(units, PROJECT_BY_BATCH_MAX_INPUT, 40) == blas_projects
+    assert calls_blas(units, 32, 40, proj_size=20)
     assert calls_blas((2, True, True, False), PROJECT_BY_BATCH_MAX_INPUT, 40)
     assert engine.CPU.guard(by_batch, False) is engine.CPU.guard((1, False, False, True))
 
@@ -575,3 +580,61 @@ def test_add_weight_gradient_matches_numpy(dtype, inputs_size, rows, n_parts, rn
     np.testing.assert_allclose(dw, gradient, rtol=tolerance, atol=tolerance * max(rows, 1))
     add_weight_gradient(d_gates, inputs, dw, 1.0, n_parts)
     np.testing.assert_allclose(dw, 2 * gradient, rtol=tolerance, atol=tolerance * max(rows, 1))
+
+
+def _gate_columns(weight_rows_of_gates, hidden, padded):
+    """(rows, 4*padded) d_gates -> its (rows, 4*hidden) columns of weight rows (padding dropped)."""
+    return np.concatenate([weight_rows_of_gates[:, gate * padded:gate * padded + hidden] for gate in range(4)],
+                          axis=1)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("hidden,padded", [(20, 32), (64, 64), (70, 128)])
+@pytest.mark.parametrize("inputs_size,state", [(5, 20), (64, 64), (100, 70), (130, 128)])
+@pytest.mark.parametrize("seq_len,batch", [(7, 1), (75, 4), (100, 6)])
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("n_parts", [1, 2])
+def test_add_weight_gradients_match_numpy(dtype, hidden, padded, inputs_size, state, seq_len, batch, reverse,
+                                          n_parts, rng):
+    """dw_ih = d_gates.T @ x, dw_hh = d_gates.T @ (each row's previous state: h0's for the first step, else
+    the output row a step earlier in the direction's order), padding columns dropped; from
+    PACKED_GRADIENT_MIN_ROWS rows on AVX-512 over packed blocks (whole and partial blocks, whole panels
+    and the columns past them), else as before; beta 0 overwrites NaN, beta 1 adds."""
+    from nblstm.kernels.cpu_backward import PACKED_GRADIENT_MIN_ROWS, add_weight_gradients, packs_gradients
+
+    rows = seq_len * batch
+    assert packs_gradients(rows) == (TILE_ROWS > 1 and rows >= PACKED_GRADIENT_MIN_ROWS)
+    d_gates = rng.standard_normal((rows, 4 * padded)).astype(dtype)
+    d_gates.reshape(rows, 4, padded)[:, :, hidden:] = 0.0
+    x = rng.standard_normal((rows, inputs_size)).astype(dtype)
+    out = rng.standard_normal((rows, state + 3)).astype(dtype)  # the outputs in columns 1..state
+    h_seq, h0 = out[:, 1:1 + state], rng.standard_normal((batch, state)).astype(dtype)
+    h_prev = np.concatenate([h_seq[batch:], h0]) if reverse else np.concatenate([h0, h_seq[:-batch]])
+    columns = _gate_columns(d_gates.astype(np.float64), hidden, padded)
+    dw_ih, dw_hh = np.full((4 * hidden, inputs_size), np.nan, dtype), np.full((4 * hidden, state), np.nan, dtype)
+    tolerance = 1e-4 if dtype == np.float32 else 1e-12
+    for beta in (0.0, 1.0):
+        add_weight_gradients(d_gates, x, h_seq, h0, reverse, dw_ih, dw_hh, beta, n_parts)
+        np.testing.assert_allclose(dw_ih, (1 + beta) * columns.T @ x, rtol=tolerance, atol=tolerance * rows)
+        np.testing.assert_allclose(dw_hh, (1 + beta) * columns.T @ h_prev, rtol=tolerance, atol=tolerance * rows)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("hidden,padded", [(20, 32), (70, 128)])
+@pytest.mark.parametrize("inputs_size", [5, 64, 100])
+@pytest.mark.parametrize("rows", [7, 300])
+@pytest.mark.parametrize("n_parts", [1, 2])
+def test_add_input_gradient_matches_numpy(dtype, hidden, padded, inputs_size, rows, n_parts, rng):
+    """dx = d_gates @ w_ih (+ dx), the padded gate layout against w_ih's rows: on packed w_ih from
+    PACKED_GRADIENT_MIN_ROWS rows on AVX-512 (whole panels, the columns past them as a plain product)."""
+    from nblstm.kernels.cpu_backward import add_input_gradient
+
+    d_gates = rng.standard_normal((rows, 4 * padded)).astype(dtype)
+    d_gates.reshape(rows, 4, padded)[:, :, hidden:] = 0.0
+    w_ih = rng.standard_normal((4 * hidden, inputs_size)).astype(dtype)
+    expected = _gate_columns(d_gates.astype(np.float64), hidden, padded) @ w_ih
+    dx = np.full((rows, inputs_size), np.nan, dtype)
+    tolerance = 1e-4 if dtype == np.float32 else 1e-12
+    for beta in (0.0, 1.0):
+        add_input_gradient(d_gates, w_ih, dx, beta, n_parts)
+        np.testing.assert_allclose(dx, (1 + beta) * expected, rtol=tolerance, atol=tolerance * 4 * hidden)

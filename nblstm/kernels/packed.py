@@ -205,6 +205,50 @@ def pack_columns(w, packed, panel_start=0, panel_stop=-1):
 
 
 @njit(**JIT_OPTIONS)
+def pack_row_panels(b, packed, offset):
+    """packed[q, offset + r, c] = b[r, q * width + c] for every row r of b (rows, >= panels * width) and
+    panel q < panels, packed (panels, >= offset + rows, width): b's rows in panels of its columns,
+    contiguous along the rows, for ``gemm_packed`` to reduce over them.  Whole panels only; b may be
+    a view with any row stride."""
+    width = packed.shape[2]
+    b_flat, stride = flat_rows(b)
+    b_flat, packed = borrowed((b_flat, packed))
+    for q in range(packed.shape[0]):
+        panel = flat_block(packed, q)
+        for r in range(b.shape[0]):
+            source, target = r * stride + q * width, (offset + r) * width
+            for c in range(width):
+                panel[target + c] = b_flat[source + c]
+
+
+@njit(**JIT_OPTIONS)
+def transpose_gate_columns(d_gates, hidden, row_start, a_t):
+    """a_t[i, r] = d_gates[r, column of weight row row_start + i] for i < a_t.shape[0] and every row r
+    of d_gates (rows, 4*padded), the padded gate layout: the columns that a weight's rows
+    (4*hidden, ...) take, transposed (padding columns left out).  a_t (n, >= rows) has contiguous
+    rows.  A vector of weight rows within one gate goes in square blocks of a vector by a vector
+    (``simd.transpose_block``), any other row (and the last rows % lanes values) element by element."""
+    padded = d_gates.shape[1] // NUM_GATES
+    rows = d_gates.shape[0]
+    (g_flat, g_stride), (t_flat, t_stride) = flat_rows(d_gates), flat_rows(a_t)
+    g_flat, t_flat = borrowed((g_flat, t_flat))
+    lanes = lanes_of(g_flat)
+    whole_rows = rows - rows % lanes
+    i = 0
+    while i < a_t.shape[0]:
+        unit = (row_start + i) % hidden
+        column = ((row_start + i) // hidden) * padded + unit
+        count = lanes if i + lanes <= a_t.shape[0] and unit + lanes <= hidden else 1
+        if count == lanes:
+            for r in range(0, whole_rows, lanes):
+                transpose_block(g_flat, r * g_stride + column, g_stride, t_flat, i * t_stride + r, t_stride)
+        for c in range(count):
+            for r in range(whole_rows if count == lanes else 0, rows):
+                t_flat[(i + c) * t_stride + r] = g_flat[r * g_stride + column + c]
+        i += count
+
+
+@njit(**JIT_OPTIONS)
 def to_padded_rows(w, rows):
     """rows[c] = w[weight_row(c)] for every padded-gate column c (zero for padding): the gate rows of
     w (4*hidden, n) in the padded gate layout, rows (4*padded, n)."""

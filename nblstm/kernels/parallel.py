@@ -9,6 +9,8 @@ from numba import njit, prange
 
 from .._config import JIT_OPTIONS, PARALLEL_JIT_OPTIONS
 from .blas import gemm
+from .packed import gemm_packed
+from .tiles import TILE_ROWS
 
 # A cached kernel that calls a parallel one does not start Numba's threading
 # layer when it is loaded from the cache, and crashes (numba issue #8578).
@@ -137,3 +139,21 @@ def matmul(a, b, c, trans_a, trans_b, beta, n_parts):
         _matmul_parallel(a, b, c, trans_a, trans_b, beta, n_parts)
     else:
         gemm(a, b, c, trans_a, trans_b, beta)
+
+
+@njit(**PARALLEL_JIT_OPTIONS)
+def _gemm_packed_parallel(a, packed, c, accumulate, n_parts):
+    for part in prange(n_parts):
+        row_start, row_stop = part_range(part, n_parts, a.shape[0], TILE_ROWS)
+        gemm_packed(a, packed, c, accumulate, 0, packed.shape[0], row_start, row_stop)
+
+
+@njit(**JIT_OPTIONS)
+def gemm_packed_rows(a, packed, c, accumulate, n_parts):
+    """c[:, :panels * width] (+)= a @ (the packed weights), ``packed.gemm_packed`` over every panel with
+    the rows of a (whole register tiles) split between ``n_parts`` threads: each reads every panel,
+    so the product needs no threads to meet, whatever its shape."""
+    if n_parts > 1:
+        _gemm_packed_parallel(a, packed, c, accumulate, n_parts)
+    else:
+        gemm_packed(a, packed, c, accumulate, 0, packed.shape[0], 0, a.shape[0])

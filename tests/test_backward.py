@@ -52,6 +52,22 @@ def test_gradients_match_torch(case, dtype, rng):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("extra", [dict(bidirectional=True, num_layers=2), dict(proj_size=40)], ids=["bi-2-layers", "proj"])
+def test_long_calls_on_packed_gradient_products_match_torch(extra, dtype, rng):
+    """From PACKED_GRADIENT_MIN_ROWS (time, batch) rows on AVX-512 the weight gradients and dx run over
+    packed blocks (``add_weight_gradients``, ``add_input_gradient``): 640 rows in 3 blocks, hidden 70
+    (not whole vectors), 130 inputs (whole panels and the columns past them), both directions,
+    a second layer reading the first's outputs, a projection; PyTorch's gradients."""
+    from nblstm.kernels.cpu_backward import PACKED_GRADIENT_MIN_ROWS
+
+    seq_len, batch = 40, 16
+    assert seq_len * batch >= PACKED_GRADIENT_MIN_ROWS
+    model = LSTM(130, 70, dtype=dtype, seed=6, **extra)
+    x = rng.standard_normal((seq_len, batch, 130)).astype(dtype)
+    check_against_torch(model, x, _random_state(model, batch, rng), rng)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("sizes", ODD_SIZES, ids=lambda s: "x".join(map(str, s[:4])) + str(s[4] or ""))
 def test_odd_size_gradients_match_torch(sizes, dtype, rng):
     seq_len, batch, input_size, hidden, extra = sizes
@@ -354,7 +370,8 @@ def test_thread_splits_match_torch(plan, extra, monkeypatch, rng):
     numbers, forward and backward, with batch rows and hidden units not divisible evenly (threads that
     split the units share the middle one of 3 panels by rows, ``unit_share``).  Layer inputs of 24
     and 40 features are projected by the threads that split the batch, the second layer's 320
-    (bi-2-layers) by BLAS before them (``PROJECT_BY_BATCH_MAX_INPUT``)."""
+    (bi-2-layers) before them, by one packed product on AVX-512, else BLAS
+    (``PROJECT_BY_BATCH_MAX_INPUT``, ``projects_packed``)."""
     from nblstm import engine
 
     monkeypatch.setattr(engine.CPUBackend, "plan", staticmethod(lambda *args: plan))

@@ -54,8 +54,13 @@ from .views import borrowed, row_of
 # AMD EPYC, where OpenBLAS runs its AVX2 (Haswell) kernels, in-process A/B against 64, forward: L100
 # N64 I256 H256 22.6 -> 15.7 ms, L100 N16 I256 H64 1.56x, L10 N8 I128 H128 1.29x, L100 N8 I512 H256
 # 1.24x (so 512 there), L10 N64 I256 H256 0.90x (each thread packs 1 MiB of w_ih for 10 steps);
-# training L100 N64 I256 H256 72.1 -> 65.5 ms, L100 N16 I256 H64 1.13x.
-PROJECT_BY_BATCH_MAX_INPUT = 256
+# training L100 N64 I256 H256 72.1 -> 65.5 ms, L100 N16 I256 H64 1.13x.  On AVX-512, where the
+# alternative is one packed w_ih shared by the threads (``projects_packed``), 128: inference on an AMD
+# EPYC (Zen 5), two processes a setting, alternated, shared / own (ms): L1000 N8 I256 H256 22.1-22.4 /
+# 23.9-24.8, L100 N8 I256 H256 2.19-2.45 / 2.61-2.62, L100 N64 I256 H256 15.5-16.1 / 16.0-16.3; at input
+# 128 and below own rows as fast or faster (L100 N16 I128 H128 1.15-1.18 / 1.10-1.16, L100 N64 I64 H256
+# 10.2-10.7 / 10.0-10.3).
+PROJECT_BY_BATCH_MAX_INPUT = 128 if TILE_ROWS > 1 else 256
 # Threads that split the hidden units share a panel by batch rows where they do not divide the panels
 # (``unit_share``) from this many steps: the thread without the panel's first rows waits for it to be
 # packed and reads it from the other core's cache, which only later steps repay (measured on 2 cores,

@@ -339,14 +339,23 @@ def add_weight_gradients(d_gates, x, h_seq, h0, reverse, dw_ih, dw_hh, beta, n_p
     output row one step earlier, h0's for the first step) + beta * dw_hh; arrays as for
     ``_weight_gradients_packed``.  On packed operands where ``packs_gradients`` (the whole panels of
     columns), the rest with ``add_weight_gradient``."""
-    rows, batch = d_gates.shape[0], h0.shape[0]
     width = PANEL_VECTORS * lanes_of(d_gates[0])
-    ih_whole = x.shape[1] - x.shape[1] % width if packs_gradients(rows) else 0
-    hh_whole = h0.shape[1] - h0.shape[1] % width if packs_gradients(rows) else 0
+    ih_whole = x.shape[1] - x.shape[1] % width if packs_gradients(d_gates.shape[0]) else 0
+    hh_whole = h0.shape[1] - h0.shape[1] % width if packs_gradients(d_gates.shape[0]) else 0
     if ih_whole > 0 or hh_whole > 0:
         _weight_gradients_packed(d_gates, x, h_seq, h0, reverse, dw_ih, dw_hh, beta, n_parts)
-    add_weight_gradient(d_gates, x[:, ih_whole:], dw_ih[:, ih_whole:], beta, n_parts)
-    h_seq, h0, dw_hh = h_seq[:, hh_whole:], h0[:, hh_whole:], dw_hh[:, hh_whole:]
+        _add_weight_gradients_in_place(d_gates, x[:, ih_whole:], h_seq[:, hh_whole:], h0[:, hh_whole:], reverse,
+                                       dw_ih[:, ih_whole:], dw_hh[:, hh_whole:], beta, n_parts)
+    else:  # the arrays themselves: their column slices would type as non-contiguous (slower code)
+        _add_weight_gradients_in_place(d_gates, x, h_seq, h0, reverse, dw_ih, dw_hh, beta, n_parts)
+
+
+@njit(**JIT_OPTIONS)
+def _add_weight_gradients_in_place(d_gates, x, h_seq, h0, reverse, dw_ih, dw_hh, beta, n_parts):
+    """dw_ih and dw_hh as ``add_weight_gradients`` says, every product by ``add_weight_gradient`` (d_gates
+    read in place)."""
+    rows, batch = d_gates.shape[0], h0.shape[0]
+    add_weight_gradient(d_gates, x, dw_ih, beta, n_parts)
     later, earlier = (0, batch) if reverse else (batch, 0)
     first = rows - batch if reverse else 0
     add_weight_gradient(d_gates[later:later + rows - batch], h_seq[earlier:earlier + rows - batch], dw_hh, beta,
@@ -367,7 +376,9 @@ def add_input_gradient(d_gates, w_ih, dx, beta, n_parts):
         packed_ih = np.empty((whole // width, d_gates.shape[1], width), d_gates.dtype)
         pack_columns(w_ih, packed_ih)
         gemm_packed_rows(d_gates, packed_ih, dx, beta != 0.0, n_parts)
-    if whole < dx.shape[1]:
+    if whole == 0:  # the arrays themselves: their column slices would type as non-contiguous (slower code)
+        matmul(d_gates, in_gate_layout(w_ih, padded), dx, False, False, beta, n_parts)
+    elif whole < dx.shape[1]:
         matmul(d_gates, in_gate_layout(w_ih, padded)[:, whole:], dx[:, whole:], False, False, beta, n_parts)
 
 

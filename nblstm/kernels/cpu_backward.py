@@ -11,9 +11,9 @@ The per-step chain runs backwards in one compiled loop.  Each step:
    product whose columns are split between the threads.
 
 After the loop the weight gradients are a few large matrix products over all
-time steps at once (``d_gates.T @ x`` and so on; on AVX-512 over packed blocks of
-rows, ``add_weight_gradients``), not one small product per step.  Every weight gradient is accumulated into (``+=``), as PyTorch
-accumulates ``.grad``.
+time steps at once (``d_gates.T @ x`` and so on; on AVX-512 over packed blocks
+of rows, ``add_weight_gradients``), not one small product per step.  Every
+weight gradient is accumulated into (``+=``), as PyTorch accumulates ``.grad``.
 """
 import numpy as np
 from numba import njit, prange
@@ -40,10 +40,12 @@ TRANSPOSED_GRADIENT_MIN_ROWS = 256
 # packed operands (``packs_gradients``) from this many rows, over blocks of GRADIENT_BLOCK_ROWS rows: the
 # weight gradients d_gates.T @ inputs with d_gates transposed and the inputs packed block by block
 # (``_weight_gradients_packed``), dx = d_gates @ w_ih with w_ih packed.  Read in place, d_gates' rows of
-# 4*padded values (a power of two apart: one cache set) and the inputs' rows thrash the L1 cache.
+# 4*padded values (a power of two apart: one cache set) and the inputs' rows likely thrash the L1 cache
+# (a guess from their strides; the times below are what was measured).
 # Measured on 2 cores of an AMD EPYC (Zen 5), float32, 6400 rows, hidden 1024, input 512: dw_ih and dw_hh
-# 297 ms read in place (291 and 262 GFLOP/s), 205 packed (392); dx 103 ms with OpenBLAS, 58 packed (464).
-# Training calls, in-process A/B against reading in place: L100 N64 I512 H1024 1.29x, L100 N64 I256 H256
+# 297 ms read in place (291 and 262 GFLOP/s), 179 packed (449); dx 103 ms with OpenBLAS, 58 packed (464).
+# Training calls, in-process A/B against 0156653 (which also projected the forward's inputs with
+# BLAS, ``cpu_forward.projects_packed``): L100 N64 I512 H1024 1.29x, L100 N64 I256 H256
 # 1.09x, L1000 N8 I256 H256 1.10x, L50 N16 I100 H70 1.56x, L10 N64 I128 H128 (640 rows) 1.13x, but L100
 # N4 I64 H64 (400 rows) 0.90x.
 PACKED_GRADIENT_MIN_ROWS = 512

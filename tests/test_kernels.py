@@ -559,6 +559,12 @@ def test_gates_are_padded_to_panels_only_where_threads_split_the_units():
     assert engine.CPU.gate_columns(20, np.float32, (2, True, False, False)) == 4 * 20  # no packing: no padding
 
 
+def _gate_columns(d_gates, hidden, padded):
+    """(rows, 4*padded) d_gates -> its (rows, 4*hidden) columns of weight rows (padding dropped)."""
+    return np.concatenate([d_gates[:, gate * padded:gate * padded + hidden] for gate in range(4)],
+                          axis=1)
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("inputs_size", [5, 63, 64, 100])
 @pytest.mark.parametrize("rows", [0, 7, 300])
@@ -573,7 +579,7 @@ def test_add_weight_gradient_matches_numpy(dtype, inputs_size, rows, n_parts, rn
     d_gates = rng.standard_normal((rows, 4 * padded)).astype(dtype)
     d_gates.reshape(rows, 4, padded)[:, :, hidden:] = 0.0
     inputs = rng.standard_normal((rows, inputs_size)).astype(dtype)
-    gradient = np.concatenate([d_gates[:, gate * padded:gate * padded + hidden] for gate in range(4)], axis=1).T @ inputs
+    gradient = _gate_columns(d_gates, hidden, padded).T @ inputs
     dw = np.full((4 * hidden, inputs_size), np.nan, dtype)
     add_weight_gradient(d_gates, inputs, dw, 0.0, n_parts)
     tolerance = 1e-4 if dtype == np.float32 else 1e-12
@@ -581,11 +587,6 @@ def test_add_weight_gradient_matches_numpy(dtype, inputs_size, rows, n_parts, rn
     add_weight_gradient(d_gates, inputs, dw, 1.0, n_parts)
     np.testing.assert_allclose(dw, 2 * gradient, rtol=tolerance, atol=tolerance * max(rows, 1))
 
-
-def _gate_columns(weight_rows_of_gates, hidden, padded):
-    """(rows, 4*padded) d_gates -> its (rows, 4*hidden) columns of weight rows (padding dropped)."""
-    return np.concatenate([weight_rows_of_gates[:, gate * padded:gate * padded + hidden] for gate in range(4)],
-                          axis=1)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

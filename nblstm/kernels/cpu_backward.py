@@ -348,7 +348,8 @@ def add_weight_gradients(d_gates, x, h_seq, h0, reverse, dw_ih, dw_hh, beta, n_p
         _weight_gradients_packed(d_gates, x, h_seq, h0, reverse, dw_ih, dw_hh, beta, n_parts)
         _add_weight_gradients_in_place(d_gates, x[:, ih_whole:], h_seq[:, hh_whole:], h0[:, hh_whole:], reverse,
                                        dw_ih[:, ih_whole:], dw_hh[:, hh_whole:], beta, n_parts)
-    else:  # the arrays themselves: their column slices would type as non-contiguous (slower code)
+    else:  # the arrays themselves: their column slices type as non-contiguous, slower code (a training
+        # call of L10 N1 H20, in-process A/B against 0156653: 0.96-0.98x with the slices, 0.99-1.01x without)
         _add_weight_gradients_in_place(d_gates, x, h_seq, h0, reverse, dw_ih, dw_hh, beta, n_parts)
 
 
@@ -378,7 +379,7 @@ def add_input_gradient(d_gates, w_ih, dx, beta, n_parts):
         packed_ih = np.empty((whole // width, d_gates.shape[1], width), d_gates.dtype)
         pack_columns(w_ih, packed_ih)
         gemm_packed_rows(d_gates, packed_ih, dx, beta != 0.0, n_parts)
-    if whole == 0:  # the arrays themselves: their column slices would type as non-contiguous (slower code)
+    if whole == 0:  # the arrays themselves, as in ``add_weight_gradients``
         matmul(d_gates, in_gate_layout(w_ih, padded), dx, False, False, beta, n_parts)
     elif whole < dx.shape[1]:
         matmul(d_gates, in_gate_layout(w_ih, padded)[:, whole:], dx[:, whole:], False, False, beta, n_parts)

@@ -189,6 +189,19 @@ def test_empty_aligned_starts_large_arrays_on_a_cache_line(shape, dtype):
         assert array.ctypes.data % CACHE_LINE == 0
     array[...] = 1  # the whole array is ours to write
 
+@pytest.mark.parametrize("shape", [(0,), (5,), (3, 7), (2, 0, 64), (2, 8, 32, 64), (1, 65536)], ids=str)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_compiled_empty_aligned_starts_every_array_on_a_cache_line(shape, dtype):
+    from nblstm.kernels.parallel import CACHE_LINE, empty_aligned
+
+    arrays = [empty_aligned(shape, np.empty(1, dtype)) for _ in range(20)]  # allocations land at varied addresses
+    for array in arrays:
+        assert array.shape == shape and array.dtype == dtype and array.flags.c_contiguous
+        assert array.ctypes.data % CACHE_LINE == 0
+        array[...] = 1  # the whole array is ours to write
+    assert all(array.sum() == array.size for array in arrays)  # none overlaps another
+
+
 
 @pytest.mark.parametrize("size", [0, 1, 15, 16, 17, 100, 1024])
 @pytest.mark.parametrize("n_parts", [1, 2, 3, 7])

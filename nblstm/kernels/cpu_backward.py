@@ -263,13 +263,13 @@ def add_weight_gradient(d_gates, inputs, dw, beta, n_parts):
     if inputs.shape[1] < PANELS_MIN_COLUMNS <= d_gates.shape[1] and d_gates.shape[0] >= TRANSPOSED_GRADIENT_MIN_ROWS:
         # rows a little longer than the gate columns: a power-of-two stride would put every value
         # that the transposed add reads for one row of dw in the same cache set
-        columns = empty_aligned(inputs.shape[1], d_gates.shape[1] + PART_BLOCK, d_gates)[:, :d_gates.shape[1]]
+        columns = empty_aligned((inputs.shape[1], d_gates.shape[1] + PART_BLOCK), d_gates)[:, :d_gates.shape[1]]
         matmul(inputs, d_gates, columns, True, False, 0.0, n_parts)
         add_from_padded_rows(columns.T, dw, beta != 0.0)
     elif d_gates.shape[1] == dw.shape[0]:
         matmul(d_gates, inputs, dw, True, False, beta, n_parts)
     else:
-        padded_rows = empty_aligned(d_gates.shape[1], dw.shape[1], d_gates)
+        padded_rows = empty_aligned((d_gates.shape[1], dw.shape[1]), d_gates)
         matmul(d_gates, inputs, padded_rows, True, False, 0.0, n_parts)
         add_from_padded_rows(padded_rows, dw, beta != 0.0)
 
@@ -317,11 +317,11 @@ def _weight_gradients_packed(d_gates, x, h_seq, h0, reverse, dw_ih, dw_hh, beta,
     block = min(rows, GRADIENT_BLOCK_ROWS)
     for part in prange(n_parts):
         weight_start, weight_stop = part_range(part, n_parts, weight_rows, lanes)
-        a_t = np.empty((ROW_BLOCK, block), d_gates.dtype)
+        a_t = empty_aligned((ROW_BLOCK, block), d_gates)
         for row_start in range(0, rows, block):
             row_stop = min(rows, row_start + block)
-            packed_x = np.empty((ih_panels, row_stop - row_start, width), d_gates.dtype)
-            packed_h = np.empty((hh_panels, row_stop - row_start, width), d_gates.dtype)
+            packed_x = empty_aligned((ih_panels, row_stop - row_start, width), d_gates)
+            packed_h = empty_aligned((hh_panels, row_stop - row_start, width), d_gates)
             pack_row_panels(x[row_start:row_stop], packed_x, 0)
             _pack_previous_states(h_seq, h0, reverse, row_start, row_stop, packed_h)
             accumulate = beta != 0.0 or row_start > 0
@@ -376,7 +376,7 @@ def add_input_gradient(d_gates, w_ih, dx, beta, n_parts):
     width = PANEL_VECTORS * lanes_of(d_gates[0])
     whole = dx.shape[1] - dx.shape[1] % width if packs_gradients(d_gates.shape[0]) else 0
     if whole > 0:
-        packed_ih = np.empty((whole // width, d_gates.shape[1], width), d_gates.dtype)
+        packed_ih = empty_aligned((whole // width, d_gates.shape[1], width), d_gates)
         pack_columns(w_ih, packed_ih)
         gemm_packed_rows(d_gates, packed_ih, dx, beta != 0.0, n_parts)
     if whole == 0:  # the arrays themselves, as in ``add_weight_gradients``
@@ -417,8 +417,8 @@ def lstm_layer_backward(x, w_ih, w_hh, w_hr, h0, c0, out, out_col, gates, c_seq,
     projecting = w_hr.shape[0] > 0
     # Threads that split the batch each pack their own copy of the weights (``_backward_steps_by_batch``).
     copies = n_parts if by_batch else 1
-    packed_hh_copies = np.empty((copies, (state + width - 1) // width if packing else 0, gate_columns, width),
-                                gates.dtype)
+    packed_hh_copies = empty_aligned((copies, (state + width - 1) // width if packing else 0, gate_columns, width),
+                                     gates)
     packed_hh = packed_hh_copies[0]
     # Threads that split the batch, or that can meet at a barrier, pack their own panels (below);
     # otherwise pack here.
@@ -426,7 +426,7 @@ def lstm_layer_backward(x, w_ih, w_hh, w_hr, h0, c0, out, out_col, gates, c_seq,
     if packing and not in_region:
         pack_columns(w_hh, packed_hh)
     # d_gates @ w_hh, the gradient flowing into the previous step (padded to whole panels)
-    dh_next = empty_aligned(batch, packed_hh.shape[0] * width if packing else state, gates)
+    dh_next = empty_aligned((batch, packed_hh.shape[0] * width if packing else state), gates)
     dh_next[:, :state] = dh_n
     dc[:, :] = dc_n
     block = width if packing else PART_BLOCK

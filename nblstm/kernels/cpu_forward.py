@@ -40,8 +40,8 @@ from .activations import sigmoid, tanh
 from .barrier import BARRIER_STATE_SIZE, arrive_together, wait_for_all
 from .blas import gemm
 from .packed import gemm_packed, pack_gate_rows, to_padded_rows, weight_row
-from .parallel import (PART_BLOCK, gemm_packed_rows, grid_share, matmul, part_range, share_first_rows, share_segment,
-                       shares_split_blocks)
+from .parallel import (PART_BLOCK, empty_aligned, gemm_packed_rows, grid_share, matmul, part_range, share_first_rows,
+                       share_segment, shares_split_blocks)
 from .simd import lanes_of
 from .tiles import PANEL_VECTORS, TILE_ROWS
 from .views import borrowed, row_of
@@ -242,7 +242,8 @@ def in_gate_layout(w, padded):
 def gate_bias(b_ih, b_hh, hidden, padded):
     """b_ih + b_hh in the padded gate layout, (4*padded,); b_ih, b_hh (4*hidden,), or (0,) without
     bias: zeros."""
-    bias = np.zeros(NUM_GATES * padded, b_ih.dtype)
+    bias = empty_aligned((NUM_GATES * padded,), b_ih)
+    bias[:] = 0.0
     if b_ih.shape[0] > 0:
         for column in range(bias.shape[0]):
             row = weight_row(column, hidden, padded)
@@ -409,7 +410,7 @@ def lstm_layer_forward(x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, reverse, plan,
     # a one-step call from a zero initial state never reads w_hh (``adds_recurrent_product``).
     copies = n_parts if by_batch else 1
     packs_hh = packing and (seq_len > 1 or adds_recurrent_product(0, h0))
-    packed_hh_copies = np.empty((copies, gates.shape[2] // width if packs_hh else 0, state, width), gates.dtype)
+    packed_hh_copies = empty_aligned((copies, gates.shape[2] // width if packs_hh else 0, state, width), gates)
     packed_hh = packed_hh_copies[0]
     # Threads that split the batch project their own rows' inputs when they are few, each on its own
     # packed copy of w_ih (``PROJECT_BY_BATCH_MAX_INPUT``); otherwise one packed w_ih, packed here,
@@ -417,9 +418,9 @@ def lstm_layer_forward(x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, reverse, plan,
     # spin beside a serial loop, and on AVX-512 the packed product runs faster.
     by_rows_ih = packing and projects_by_batch(n_parts, by_batch, x.shape[2])
     packs_ih = packing and projects_packed(n_parts, by_batch, x.shape[2])
-    packed_ih_copies = np.empty((copies, gates.shape[2] // width if by_rows_ih else 0, x.shape[2], width),
-                                gates.dtype)
-    packed_ih = np.empty((gates.shape[2] // width if packs_ih else 0, x.shape[2], width), gates.dtype)
+    packed_ih_copies = empty_aligned((copies, gates.shape[2] // width if by_rows_ih else 0, x.shape[2], width),
+                                     gates)
+    packed_ih = empty_aligned((gates.shape[2] // width if packs_ih else 0, x.shape[2], width), gates)
     pack_gate_rows(w_ih, packed_ih)
     # Threads that split the batch, or that can meet at a barrier, pack their own panels of w_hh
     # (below); otherwise pack here.

@@ -268,6 +268,30 @@ def test_packed_products_match_numpy(hidden, k, m, accumulate, parallel, dtype, 
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("hidden", [1, 20, 64, 70])
+@pytest.mark.parametrize("k_panels", [0.3, 1, 1.5, 3], ids=lambda p: f"{p}panels")
+@pytest.mark.parametrize("panel_range", [(0, -1), (1, -1), (0, 1)], ids=str)
+@pytest.mark.parametrize("parallel", [False, True], ids=["vector-padding", "panel-padding"])
+def test_packed_columns_are_the_weights_with_zero_padding(hidden, k_panels, panel_range, parallel, dtype, rng):
+    """packed[q, kk, c] = w[weight_row(kk), q * width + c], exactly, zero past w's columns and for padding
+    units: whole panels (copied by vectors), a last partial one, and only the panels asked for."""
+    padded = packed.padded_hidden(hidden, dtype, parallel)
+    width = packed.panel_width(dtype)
+    k = max(1, int(k_panels * width))
+    w = rng.standard_normal((4 * hidden, k)).astype(dtype)
+    columns = np.full((-(-k // width), 4 * padded, width), np.nan, dtype)
+    first, stop = panel_range
+    stop = columns.shape[0] if stop < 0 else min(stop, columns.shape[0])
+    packed.pack_columns(w, columns, *panel_range)
+    rows = np.array([packed.weight_row(kk, hidden, padded) for kk in range(4 * padded)])
+    padded_w = np.zeros((4 * padded, columns.shape[0] * width), dtype)
+    padded_w[rows >= 0, :k] = w[rows[rows >= 0]]
+    expected = padded_w.reshape(4 * padded, -1, width).transpose(1, 0, 2)
+    np.testing.assert_array_equal(columns[first:stop], expected[first:stop])
+    assert np.isnan(columns[:first]).all() and np.isnan(columns[stop:]).all()  # the others untouched
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("hidden,k", [(1, 1), (20, 20), (20, 32), (37, 13), (64, 40), (100, 33)])
 @pytest.mark.parametrize("parallel", [False, True], ids=["vector-padding", "panel-padding"])
 def test_packed_gate_rows_are_the_weights_transposed_with_zero_padding(hidden, k, parallel, dtype, rng):

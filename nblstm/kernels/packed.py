@@ -32,7 +32,7 @@ from numba import njit
 
 from .._config import JIT_OPTIONS
 from ..params import NUM_GATES
-from .simd import lanes_of, transpose_block, vector_lanes, vsplat, vstore
+from .simd import lanes_of, transpose_block, vector_lanes, vload, vsplat, vstore
 from .tiles import K_BLOCK, PANEL_VECTORS, panel_product
 from .views import borrowed, flat_block, flat_rows, row_of
 
@@ -183,25 +183,51 @@ def pack_gate_rows(w, packed, unit_start=0, unit_stop=-1):
 
 
 @njit(**JIT_OPTIONS)
+def _pack_whole_panels(w, packed, panel_start, panel_stop):
+    """``pack_columns`` for panels [panel_start, panel_stop), each within w's columns: a panel's row is
+    PANEL_VECTORS vectors, copied from its weight row or zero."""
+    hidden = w.shape[0] // NUM_GATES
+    padded = packed.shape[1] // NUM_GATES
+    width = packed.shape[2]
+    w, packed = borrowed((w, packed))
+    lanes = lanes_of(w)
+    zero = vsplat(packed.dtype.type(0.0))
+    for kk in range(packed.shape[1]):
+        row = weight_row(kk, hidden, padded)
+        w_row = row_of(w, max(row, 0))
+        for q in range(panel_start, panel_stop):
+            panel = flat_block(packed, q)
+            for v in range(0, width, lanes):
+                vstore(panel, kk * width + v, vload(w_row, q * width + v) if row >= 0 else zero)
+
+
+@njit(**JIT_OPTIONS)
 def pack_columns(w, packed, panel_start=0, panel_stop=-1):
     """Pack w (4*hidden, n) for ``c = a @ w`` with a in the padded gate layout: panels over the n
     columns of w.
 
     packed: (ceil(n / width), 4*padded, width); packed[q, kk, c] = w[weight_row(kk), q * width + c],
     zero past n and for padding units.  Only panels [panel_start, panel_stop) are written (all by
-    default).
+    default).  The panels within w's columns go by vectors (``_pack_whole_panels``), a last partial
+    one element by element, its loop counted from zero (from a non-constant start it runs 4x
+    slower).  One thread, float32, w and packed in cache, before -> after: 2048 x 512 128 us (all
+    panels) or 403 (a range, as the threads pack) -> 76 us either way; 512 x 128 5.9 / 27 -> 3.9;
+    80 x 20 (no whole panel) 0.54 -> 0.59 us.
     """
+    n = w.shape[1]
+    width = packed.shape[2]
+    panel_stop = packed.shape[0] if panel_stop < 0 else panel_stop
+    whole_stop = max(panel_start, min(panel_stop, n // width))
+    if whole_stop > panel_start:
+        _pack_whole_panels(w, packed, panel_start, whole_stop)
     hidden = w.shape[0] // NUM_GATES
     padded = packed.shape[1] // NUM_GATES
-    width = packed.shape[2]
-    n = w.shape[1]
-    panel_stop = packed.shape[0] if panel_stop < 0 else panel_stop
     for kk in range(packed.shape[1]):
         row = weight_row(kk, hidden, padded)
-        for q in range(panel_start, panel_stop):
+        for q in range(panel_stop - whole_stop):
             for c in range(width):
-                column = q * width + c
-                packed[q, kk, c] = w[row, column] if row >= 0 and column < n else 0.0
+                column = (whole_stop + q) * width + c
+                packed[whole_stop + q, kk, c] = w[row, column] if row >= 0 and column < n else 0.0
 
 
 @njit(**JIT_OPTIONS)

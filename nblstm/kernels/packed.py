@@ -209,10 +209,10 @@ def pack_columns(w, packed, panel_start=0, panel_stop=-1):
     packed: (ceil(n / width), 4*padded, width); packed[q, kk, c] = w[weight_row(kk), q * width + c],
     zero past n and for padding units.  Only panels [panel_start, panel_stop) are written (all by
     default).  The panels within w's columns go by vectors (``_pack_whole_panels``), a last partial
-    one element by element, its loop counted from zero (from a non-constant start it runs 4x
-    slower).  One thread, float32, w and packed in cache, before -> after: 2048 x 512 128 us (all
-    panels) or 403 (a range, as the threads pack) -> 76 us either way; 512 x 128 5.9 / 27 -> 3.9;
-    80 x 20 (no whole panel) 0.54 -> 0.59 us.
+    one element by element, its loop counted from zero (the same loop from a start not known when
+    compiling, as a range of panels gives, ran 3-4.5x slower).  One thread, float32, w and packed in
+    cache, before -> after: 2048 x 512 128 us (all panels) or 403 (a range, as the threads pack) ->
+    73-76 us either way; 512 x 128 5-6 / 27 -> 2.9-3.9; 80 x 20 (no whole panel) 0.54 -> 0.59 us.
     """
     n = w.shape[1]
     width = packed.shape[2]

@@ -189,6 +189,7 @@ def test_empty_aligned_starts_large_arrays_on_a_cache_line(shape, dtype):
         assert array.ctypes.data % CACHE_LINE == 0
     array[...] = 1  # the whole array is ours to write
 
+
 @pytest.mark.parametrize("shape", [(0,), (5,), (3, 7), (2, 0, 64), (2, 8, 32, 64), (1, 65536)], ids=str)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_compiled_empty_aligned_starts_every_array_on_a_cache_line(shape, dtype):
@@ -200,7 +201,6 @@ def test_compiled_empty_aligned_starts_every_array_on_a_cache_line(shape, dtype)
         assert array.ctypes.data % CACHE_LINE == 0
         array[...] = 1  # the whole array is ours to write
     assert all(array.sum() == array.size for array in arrays)  # none overlaps another
-
 
 
 @pytest.mark.parametrize("size", [0, 1, 15, 16, 17, 100, 1024])
@@ -623,7 +623,6 @@ def test_add_weight_gradient_matches_numpy(dtype, inputs_size, rows, n_parts, rn
     np.testing.assert_allclose(dw, gradient, rtol=tolerance, atol=tolerance * max(rows, 1))
     add_weight_gradient(d_gates, inputs, dw, 1.0, n_parts)
     np.testing.assert_allclose(dw, 2 * gradient, rtol=tolerance, atol=tolerance * max(rows, 1))
-
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

@@ -92,13 +92,14 @@ def test_activation_special_values(dtype):
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("m,n,k", [(1, 1, 1), (3, 5, 7), (2, 9, 4), (1, 80, 20), (16, 300, 256),
                                    (17, 33, 5), (64, 300, 256), (5, 0, 3), (4, 6, 0), (4, 70, 0),
-                                   (8, 520, 260), (3, 1031, 257), (13, 517, 256), (2, 700, 760), (6, 300, 900)])
+                                   (8, 520, 260), (3, 1031, 257), (13, 517, 256), (2, 700, 760), (6, 300, 900),
+                                   (8, 128, 32), (100, 128, 40)])
 @pytest.mark.parametrize("trans_a,trans_b", [(False, False), (False, True), (True, False), (True, True)])
 @pytest.mark.parametrize("beta", [0.0, 0.5, 1.0])
 def test_gemm_matches_numpy(m, n, k, trans_a, trans_b, beta, dtype, rng):
-    """Loops, SIMD dot products (a @ b.T at 8 x 520 x 260, 3 x 1031 x 257, 13 x 517 x 256), register
-    tiles (a @ b at 8 x 520 x 260, 13 x 517 x 256 and the last two shapes) and BLAS alike, on column
-    slices of wider arrays; beta == 0 ignores NaN in c."""
+    """Loops, SIMD dot products (a @ b.T at 3-16 rows), register tiles (a @ b at 2-100 rows and 64 columns
+    or more; the two tests below name the shapes) and BLAS (64 x 300 x 256; a @ b.T at 100 x 128 x 40)
+    alike, on column slices of wider arrays; beta == 0 ignores NaN in c."""
     a = rng.standard_normal((k, m) if trans_a else (m, k)).astype(dtype)
     b = rng.standard_normal((n, k) if trans_b else (k, n)).astype(dtype)
     wide = rng.standard_normal((m, n + 10)).astype(dtype)
@@ -112,22 +113,25 @@ def test_gemm_matches_numpy(m, n, k, trans_a, trans_b, beta, dtype, rng):
     assert np.isfinite(wide[:, :3]).all() and np.isfinite(wide[:, 3 + n:]).all()  # outside c untouched
 
 
-def test_few_rows_by_large_weights_run_as_simd_dot_products():
-    """a @ b.T with 2-16 rows of a and b of 48 Ki values or more (2^18 for 2-4 rows), k from 128: the
-    shapes ``test_gemm_matches_numpy`` checks on that path, and the edges of the rule."""
-    for m, n, k in [(8, 520, 260), (3, 1031, 257), (13, 517, 256), (2, 1024, 256), (16, 1024, 128), (8, 160, 320)]:
-        assert uses_vectors(m, n, k, False, True), (m, n, k)
-    for m, n, k in [(1, 4096, 512), (17, 2048, 512), (8, 4096, 64), (8, 128, 256), (4, 1024, 128), (4, 224, 448)]:
+def test_few_rows_run_as_simd_dot_products():
+    """a @ b.T with 3-8 rows of a from k 32, up to 48 rows from k 128: the shapes
+    ``test_gemm_matches_numpy`` checks on that path, and the edges of the rule."""
+    for m, n, k in [(8, 520, 260), (3, 1031, 257), (13, 517, 256), (16, 300, 256), (6, 300, 900), (8, 128, 32),
+                    (48, 2048, 512)]:
+        assert uses_vectors(m, n, k, False, True) and not uses_blas(m, n, k, False, True), (m, n, k)
+    for m, n, k in [(2, 4096, 512), (1, 80, 20), (9, 128, 64), (49, 2048, 512), (4, 80, 20)]:
         assert not uses_vectors(m, n, k, False, True), (m, n, k)
     assert not uses_vectors(8, 2048, 512, False, False) and not uses_vectors(8, 2048, 512, True, True)
 
 
-def test_few_rows_by_large_weights_run_as_register_tiles():
-    """a @ b with 2-32 rows of a, 64 columns or more and b of 2^17 values or more (2^18 at 4-7 rows,
-    2^19 at 2-3): the shapes ``test_gemm_matches_numpy`` checks on that path, and the edges."""
-    for m, n, k in [(8, 520, 260), (13, 517, 256), (2, 700, 760), (6, 300, 900), (32, 64, 2048), (4, 256, 1024)]:
+def test_products_by_a_panel_of_columns_or_more_run_as_register_tiles():
+    """a @ b from 2 rows of a with 64 columns or more, whatever the rows where the columns are whole
+    panels, up to 16 rows where a partial panel's columns follow as loops: the shapes
+    ``test_gemm_matches_numpy`` checks on that path, and the edges."""
+    for m, n, k in [(8, 520, 260), (13, 517, 256), (2, 700, 760), (6, 300, 900), (16, 300, 256), (100, 128, 40),
+                    (2, 64, 1)]:
         assert uses_panels(m, n, k, False, False) and not uses_blas(m, n, k, False, False), (m, n, k)
-    for m, n, k in [(1, 4096, 512), (33, 2048, 512), (8, 63, 4096), (8, 128, 512), (4, 256, 512), (3, 512, 512)]:
+    for m, n, k in [(1, 4096, 512), (17, 300, 256), (64, 300, 256), (8, 63, 4096), (4, 70, 0)]:
         assert not uses_panels(m, n, k, False, False), (m, n, k)
     assert not uses_panels(8, 2048, 512, False, True) and not uses_panels(8, 2048, 512, True, True)
 

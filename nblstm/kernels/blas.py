@@ -28,39 +28,38 @@ from .simd import lanes_of, vfma, vload, vsplat, vsums
 from .tiles import gemm_nn_panels
 from .views import flat_rows, row_of
 
+# Where the compiled loops below beat BLAS, measured on 2 cores of an AMD EPYC (Zen 5, AVX-512) with
+# SciPy's OpenBLAS 0.3.30, which runs its Haswell (AVX2) kernels there and repacks b at every call:
+# a product of a few rows then costs it 20-25 us whatever the rows up to 8 (1 x 512 x 128, a @ b.T:
+# 23 us, 5 GFLOP/s).  One thread, float32, medians of 5, times in us.
 # Below this many multiply-adds a compiled loop beats the BLAS call overhead.
 BLAS_MIN_WORK = 4096
-# Up to this many rows of c (a batch of LSTM states), register-blocked loops beat
-# BLAS, which is tuned for large matrices (measured: see the benchmarks).
-LOOPS_MAX_ROWS = 1
-# a @ b.T with few rows of a runs as SIMD dot products (``_gemm_nt_vectors``), which read b as
-# it is where BLAS repacks it: BLAS slows down 2-4x once b outgrows the caches, they run at 30-50
-# GMAC/s a core either way.  Measured on AVX-512, float32, one thread, both alternated (medians of
-# 7), BLAS time / theirs: 6-8 rows 2.1-2.4x with b 160 x 320 to 224 x 448, 1.5-2.9x for larger b
-# (k 128-1024), but 0.8x for b 128 x 256 and smaller; 12-16 rows 1.1-1.8x; 2-4 rows 2.3-3.8x from
-# 2^18 values of b (n 1024 and more) and as low as 0.6x below; k 32-64: 0.6-1.3x; 24-32 rows
-# 0.6-1.0x.
-VECTORS_MIN_K = 128
-VECTORS_MAX_ROWS = 16
-VECTORS_MIN_WEIGHTS = 48 * 1024
-VECTORS_FEW_ROWS, VECTORS_MIN_WEIGHTS_FEW_ROWS = 4, 2**18
-# a @ b with few rows of a runs as register tiles over b's rows in place (``tiles.gemm_nn_panels``),
-# where BLAS repacks b at every call and slows down 3-7x once b has 2^17-2^18 values.  Measured on
-# AVX-512, float32, one thread, both alternated (medians of 5), BLAS time / theirs: b of 2^17
-# values: 0.9-1.0x at 2-4 rows, 2.4-2.6x at 8-12, 1.7x at 16-32; 2^18-2^19: 0.8-0.9x at 2 rows (b
-# 1024 x 256, 512 x 512), 5-7x at 2 rows from 2^19, 4.2-5.9x at 4, 2.1-3.4x at 8-16, 1.3-2.1x at
-# 24-32, 1.0-1.4x at 48-64, 0.8-0.9x at 128; b of 2^16 and less 0.9-1.1x.  float64 (the same
-# counts of values): 0.9-2.6x at 2-8 rows, 0.9-1.2x at 32.
-# PANELS_MIN_WEIGHTS: (largest rows of c, fewest values of b) for every row count that takes them;
-# c needs a whole panel of columns or more (a panel: 64 float32 or 32 float64 columns on AVX-512).
-# a.T @ b (the weight gradients, d_gates.T @ inputs) runs on the same tiles whatever the rows, a read
-# in place by columns: BLAS time / theirs, one thread, alternated (medians of 5), as (k, m, n):
-# float32 800 x 512 x 128 1.73x, 800 x 2048 x 512 1.20x, 6400 x 1024 x 256 1.15x, 3200 x 4096 x 1024
-# 1.15x, 80 x 512 x 128 2.19x, 800 x 2048 x 64 1.90x, 8 x 2048 x 512 1.78x, 2 x 2048 x 512 1.38x,
-# 1 x 512 x 128 1.08x, 800 x 8 x 128 4.63x; float64 800 x 512 x 128 1.22x, 800 x 2048 x 512 1.12x,
-# 6400 x 1024 x 256 1.15x, 8 x 512 x 128 1.72x, 800 x 8 x 128 2.46x.
+# Up to this many rows of c, register-blocked loops (``_gemm_nt_loops``, ``_gemm_nn_loops``) run
+# whatever neither the SIMD dot products nor the register tiles take: a @ b.T with 1-2 rows (BLAS /
+# loops, as (m, n, k): 1 x 512 x 128 23.3 / 4.0, 2 x 2048 x 512 410 / 49, 2 x 80 x 20 0.60 / 0.35), a @ b with
+# fewer than a panel of columns (4 x 32 x 128 1.63 / 1.02; 4 x 20 x 80 even, 8 rows 0.81 / 1.65).
+LOOPS_MAX_ROWS = 4
+# a @ b.T with VECTORS_MIN_ROWS rows of a or more runs as SIMD dot products (``_gemm_nt_vectors``)
+# up to VECTORS_MAX_ROWS rows for its reduction: ((fewest k, most rows), ...).  BLAS / vectors, as
+# (m, n, k): 4 x 512 x 128 24.8 / 7.4, 3 x 2048 x 512 501 / 58, 8 x 128 x 32 2.1 / 1.4, 16 x 128 x 32
+# 2.3 / 4.3, 32 x 512 x 128 50 / 32, 48 x 2048 x 512 1041 / 949, 64 x 512 x 128 83 / 78 (even), 128
+# rows 0.86-0.87x; k 20: BLAS from 4 rows (0.58 against loops 0.64, vectors 1.28).
+VECTORS_MIN_ROWS = 3
+VECTORS_MAX_ROWS = ((128, 48), (32, 8))
+# a @ b with 2 rows of a or more and at least a panel of columns (a panel: 64 float32 or 32 float64
+# columns on AVX-512) runs as register tiles over b's rows in place (``tiles.gemm_nn_panels``),
+# whatever the rows where the columns are whole panels: BLAS / tiles, as (m, n, k), 2 x 128 x 512
+# 27.8 / 2.7, 8 x 512 x 2048 430 / 97, 16 x 64 x 128 4.5 / 1.1, 128 x 128 x 512 150 / 82, 4096 x 128
+# x 32 288 / 137, 4096 x 512 x 2048 69.7 / 60.2 ms.  The last partial panel's columns run as loops, which
+# lose to BLAS from a few dozen rows: up to PANELS_MAX_ROWS_PARTIAL rows then (8 x 100 x 400 16.7 /
+# 11.0, 64 x 70 x 280 27.5 / 49.4).  a.T @ b (the weight gradients, d_gates.T @ inputs) runs on the
+# same tiles whatever the rows, a read in place by columns: BLAS time / theirs, one thread, as (k,
+# m, n): float32 800 x 512 x 128 1.73x, 800 x 2048 x 512 1.20x, 6400 x 1024 x 256 1.15x, 8 x 2048 x
+# 512 1.78x, 1 x 512 x 128 1.08x, 800 x 8 x 128 4.63x; float64 800 x 512 x 128 1.22x, 800 x 8 x 128
+# 2.46x.  (On a machine whose OpenBLAS had small-matrix kernels, BLAS ran products of 2-16 rows by
+# b of 2^16 values and less 0.9-1.25x as fast as these loops; these rules favour the loops.)
 PANELS_MIN_COLUMNS = 64
-PANELS_MIN_WEIGHTS = ((3, 2**19), (7, 2**18), (32, 2**17))
+PANELS_MAX_ROWS_PARTIAL = 16
 
 
 def _capsule_address(capsule):
@@ -293,26 +292,22 @@ def _gemm_nn_panels(a, b, c, trans_a, beta):
 
 @njit(**JIT_OPTIONS)
 def uses_vectors(m, n, k, trans_a, trans_b):
-    """Whether ``gemm`` runs an (m, k) by (k, n) product as ``_gemm_nt_vectors``: a @ b.T with few rows."""
-    if trans_a or not trans_b or k < VECTORS_MIN_K or not LOOPS_MAX_ROWS < m <= VECTORS_MAX_ROWS:
+    """Whether ``gemm`` runs an (m, k) by (k, n) product as ``_gemm_nt_vectors``: a @ b.T with a few rows."""
+    if trans_a or not trans_b or m < VECTORS_MIN_ROWS:
         return False
-    return n * k >= (VECTORS_MIN_WEIGHTS_FEW_ROWS if m <= VECTORS_FEW_ROWS else VECTORS_MIN_WEIGHTS)
+    for fewest_k, most_rows in VECTORS_MAX_ROWS:
+        if k >= fewest_k:
+            return m <= most_rows
+    return False
 
 
 @njit(**JIT_OPTIONS)
 def uses_panels(m, n, k, trans_a, trans_b):
-    """Whether ``gemm`` runs an (m, k) by (k, n) product as ``tiles.gemm_nn_panels``: a @ b with few
+    """Whether ``gemm`` runs an (m, k) by (k, n) product as ``tiles.gemm_nn_panels``: a @ b from two
     rows, a.T @ b whatever the rows (over a reduction: an empty one leaves c to the loops)."""
-    if trans_b or n < PANELS_MIN_COLUMNS:
+    if trans_b or n < PANELS_MIN_COLUMNS or k == 0:
         return False
-    if trans_a:
-        return k > 0
-    if m <= LOOPS_MAX_ROWS:
-        return False
-    for largest_rows, fewest_weights in PANELS_MIN_WEIGHTS:
-        if m <= largest_rows:
-            return n * k >= fewest_weights
-    return False
+    return trans_a or (m >= 2 and (n % PANELS_MIN_COLUMNS == 0 or m <= PANELS_MAX_ROWS_PARTIAL))
 
 
 @njit(**JIT_OPTIONS)

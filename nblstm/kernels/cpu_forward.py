@@ -39,7 +39,7 @@ from ..params import NUM_GATES
 from .activations import sigmoid, tanh
 from .barrier import BARRIER_STATE_SIZE, arrive_together, wait_for_all
 from .blas import gemm
-from .packed import gemm_packed, pack_gate_rows, to_padded_rows, weight_row
+from .packed import gemm_packed, pack_gate_rows, to_padded_rows
 from .parallel import (PART_BLOCK, empty_aligned, gemm_packed_rows, grid_share, matmul, part_range, share_first_rows,
                        share_segment, shares_split_blocks)
 from .simd import lanes_of
@@ -245,10 +245,11 @@ def gate_bias(b_ih, b_hh, hidden, padded):
     bias = empty_aligned((NUM_GATES * padded,), b_ih)
     bias[:] = 0.0
     if b_ih.shape[0] > 0:
-        for column in range(bias.shape[0]):
-            row = weight_row(column, hidden, padded)
-            if row >= 0:
-                bias[column] = b_ih[row] + b_hh[row]
+        for gate in range(NUM_GATES):
+            block = bias[gate * padded:gate * padded + hidden]
+            b_ih_block, b_hh_block = b_ih[gate * hidden:(gate + 1) * hidden], b_hh[gate * hidden:(gate + 1) * hidden]
+            for unit in range(hidden):
+                block[unit] = b_ih_block[unit] + b_hh_block[unit]
     return bias
 
 

@@ -259,10 +259,11 @@ class CPUBackend:
         return gate_columns(hidden, dtype, n_parts > 1 and not by_batch, pack_weights)
 
     @staticmethod
-    def forward_calls_blas(plan, weights):
+    def forward_calls_blas(plan, weights, rows):
         """Whether some layer's forward kernel calls BLAS with this plan (``calls_blas``); ``weights``:
-        the (w_ih, w_hh, b_ih, b_hh, w_hr) of each layer and direction (``_layer_weights``)."""
-        return any(calls_blas(plan, w_ih.shape[1], w_hr.shape[0] > 0) for w_ih, _, _, _, w_hr in weights)
+        the (w_ih, w_hh, b_ih, b_hh, w_hr) of each layer and direction (``_layer_weights``); ``rows``:
+        seq_len * batch."""
+        return any(calls_blas(plan, w_ih.shape[1], w_hr.shape[0] > 0, rows) for w_ih, _, _, _, w_hr in weights)
 
     @staticmethod
     def guard(plan, blas_inside=True):
@@ -360,7 +361,7 @@ def prepare(backend, config, params, seq_len, batch, dtype, training, zero_start
     weights = tuple(_layer_weights(backend, params, config, layer, direction)
                     for layer in range(config.num_layers) for direction in range(config.num_directions))
     return Prepared(plan, layout(backend, config, seq_len, batch, dtype, plan, training), params, weights,
-                    backend.forward_calls_blas(plan, weights))
+                    backend.forward_calls_blas(plan, weights, seq_len * batch))
 
 
 class Workspace:

@@ -365,3 +365,22 @@ def test_first_step_from_a_zero_state_skips_only_a_zero_product(plan, seq_len, s
     used = model._workspace.prepare(engine.CPU, model.config, model._parameters, seq_len, batch, np.float32, False,
                                     zero_start=hx is None).plan
     assert used[2] == (plan == "batch" or (hx is None and seq_len == 1))  # one step from none: the batch
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("plan", [(1, False, False, True), (2, True, False, True), (2, False, False, True)],
+                         ids=["one-thread", "units-one-region", "units-region-per-step"])
+@pytest.mark.parametrize("training", [False, True], ids=["eval", "train"])
+def test_few_rows_on_packed_weights_project_on_plain_input_weights(plan, training, dtype, monkeypatch, rng):
+    """Calls of up to PLAIN_INPUT_MAX_ROWS (time, batch) rows on packed recurrent weights project their
+    inputs on w_ih as it is, its rows copied into the padded gate layout (hidden 20: 12 or 44 padding
+    units a gate); one row more packs w_ih too.  Both give PyTorch's numbers."""
+    from nblstm import engine
+    from nblstm.kernels.cpu_forward import PLAIN_INPUT_MAX_ROWS
+
+    monkeypatch.setattr(engine.CPUBackend, "plan", staticmethod(lambda *args, **kwargs: plan))
+    for seq_len, batch in ((PLAIN_INPUT_MAX_ROWS, 1), (2, 2), (PLAIN_INPUT_MAX_ROWS + 1, 1)):
+        model = LSTM(7, 20, num_layers=2, bidirectional=True, dtype=dtype, seed=7).train(training)
+        x = rng.standard_normal((seq_len, batch, 7)).astype(dtype)
+        ours, theirs = run_both(model, x, _random_state(model, batch, rng))
+        assert_same(ours, theirs, dtype)

@@ -495,17 +495,19 @@ def test_blas_is_set_to_one_thread_only_around_forwards_that_call_it():
     """Threads that split the batch on packed weights project their own inputs (up to
     PROJECT_BY_BATCH_MAX_INPUT features) and call no BLAS: no guard; nor, on AVX-512, do threads that
     project the inputs with one packed w_ih; every other parallel forward (BLAS input projections,
-    a projection after the cell, plain weights) keeps it."""
+    a projection after the cell, plain weights) keeps it, but for calls of up to LOOPS_MAX_ROWS (time,
+    batch) rows, whose plain products are loops."""
     from nblstm import engine
     from nblstm.api import LSTM
+    from nblstm.kernels.blas import LOOPS_MAX_ROWS
     from nblstm.kernels.cpu_forward import PROJECT_BY_BATCH_MAX_INPUT
 
-    def calls_blas(plan, *args, **kwargs):
+    def calls_blas(plan, *args, rows=64, **kwargs):
         model = LSTM(*args, **kwargs)
         c = model.config
         weights = [engine._layer_weights(engine.CPU, model._parameters, c, layer, direction)
                    for layer in range(c.num_layers) for direction in range(c.num_directions)]
-        return engine.CPU.forward_calls_blas(plan, weights)
+        return engine.CPU.forward_calls_blas(plan, weights, rows)
 
     by_batch, units = (2, True, True, True), (2, True, False, True)
     blas_projects = TILE_ROWS == 1  # else the packed product projects every input (``projects_packed``)
@@ -518,6 +520,9 @@ def test_blas_is_set_to_one_thread_only_around_forwards_that_call_it():
     assert calls_blas(units, PROJECT_BY_BATCH_MAX_INPUT, 40) == blas_projects
     assert calls_blas(units, 32, 40, proj_size=20)
     assert calls_blas((2, True, True, False), PROJECT_BY_BATCH_MAX_INPUT, 40)
+    for plan in (units, (2, True, False, False)):
+        assert calls_blas(plan, 32, 40, proj_size=20, rows=LOOPS_MAX_ROWS + 1)
+        assert not calls_blas(plan, 32, 40, proj_size=20, rows=LOOPS_MAX_ROWS)
     assert engine.CPU.guard(by_batch, False) is engine.CPU.guard((1, False, False, True))
 
 

@@ -38,7 +38,7 @@ from .._config import JIT_OPTIONS, PARALLEL_JIT_OPTIONS
 from ..params import NUM_GATES
 from .activations import sigmoid, tanh
 from .barrier import BARRIER_STATE_SIZE, arrive_together, wait_for_all
-from .blas import gemm
+from .blas import LOOPS_MAX_ROWS, gemm
 from .packed import gemm_packed, pack_gate_rows, to_padded_rows
 from .parallel import (PART_BLOCK, empty_aligned, gemm_packed_rows, grid_share, matmul, part_range, share_first_rows,
                        share_segment, shares_split_blocks)
@@ -61,6 +61,13 @@ from .views import borrowed, row_of
 # 128 and below own rows as fast or faster (L100 N16 I128 H128 1.15-1.18 / 1.10-1.16, L100 N64 I64 H256
 # 10.2-10.7 / 10.0-10.3).
 PROJECT_BY_BATCH_MAX_INPUT = 128 if TILE_ROWS > 1 else 256
+# Calls of up to this many (time, batch) rows project their inputs on w_ih as it is (its rows in the
+# padded gate layout), not packed, even where the recurrent weights are: packing w_ih costs more
+# than so few rows save.  Time packed / plain, the projection with its packing, float32, hidden 128
+# and 512, input 32-512 (one thread; two, where one packs and both project): 1-4 rows 0.8-2.9x
+# (1.4-6.3x), 8 rows 0.5-1.3x (1.0-2.6x), 16 rows 0.45-0.9x (0.7-1.8x).  Products of so few rows
+# never call BLAS (``blas.LOOPS_MAX_ROWS``).
+PLAIN_INPUT_MAX_ROWS = LOOPS_MAX_ROWS
 # Threads that split the hidden units share a panel by batch rows where they do not divide the panels
 # (``unit_share``) from this many steps: the thread without the panel's first rows waits for it to be
 # packed and reads it from the other core's cache, which only later steps repay (measured on 2 cores,
@@ -77,24 +84,28 @@ def projects_by_batch(n_parts, by_batch, input_size):
 
 
 @njit(**JIT_OPTIONS)
-def projects_packed(n_parts, by_batch, input_size):
-    """Whether the threads project the inputs with one packed w_ih, the rows split between them
-    (``gemm_packed_rows``), rather than in a BLAS product: one thread always, several where the
-    register tiles hold rows of four (AVX-512) and threads that split the batch do not project their
-    own rows (``projects_by_batch``).  Measured on 2 cores of an AMD EPYC (Zen 5, AVX-512), 6400
+def projects_packed(n_parts, by_batch, input_size, rows):
+    """Whether the threads project the inputs of (time, batch) ``rows`` with one packed w_ih, the rows
+    split between them (``gemm_packed_rows``), rather than in a plain product: from more than
+    PLAIN_INPUT_MAX_ROWS rows, on one thread always, on several where the register tiles hold rows
+    of four (AVX-512) and threads that split the batch do not project their own rows
+    (``projects_by_batch``).  Measured on 2 cores of an AMD EPYC (Zen 5, AVX-512), 6400
     rows, float32: 470 GFLOP/s against OpenBLAS's 247 (its AVX2 kernels); forward calls, in-process
     A/B against BLAS: L100 N64 I512 H1024 1.32x, L100 N8 I512 H256 1.53x, L10 N64 I512 H512 1.43x,
     L100 N64 I128 H512 1.20x."""
-    return n_parts == 1 or (TILE_ROWS > 1 and not projects_by_batch(n_parts, by_batch, input_size))
+    return rows > PLAIN_INPUT_MAX_ROWS and (
+        n_parts == 1 or (TILE_ROWS > 1 and not projects_by_batch(n_parts, by_batch, input_size)))
 
 
-def calls_blas(plan, input_size, projecting):
-    """Whether ``lstm_layer_forward`` calls BLAS with this plan, layer input size and projection (or
-    none): not when it runs on packed weights, projects the inputs with them (``projects_by_batch``,
+def calls_blas(plan, input_size, projecting, rows):
+    """Whether ``lstm_layer_forward`` calls BLAS with this plan, layer input size, projection (or none)
+    and (time, batch) rows: not with up to LOOPS_MAX_ROWS rows, whose plain products are loops, nor
+    when it runs on packed weights, projects the inputs with them (``projects_by_batch``,
     ``projects_packed``), and no projection follows the cell."""
     n_parts, _, by_batch, pack_weights = plan
-    packed_inputs = projects_by_batch(n_parts, by_batch, input_size) or projects_packed(n_parts, by_batch, input_size)
-    return not (packed_inputs and pack_weights and not projecting)
+    packed_inputs = (projects_by_batch(n_parts, by_batch, input_size)
+                     or projects_packed(n_parts, by_batch, input_size, rows))
+    return rows > LOOPS_MAX_ROWS and not (packed_inputs and pack_weights and not projecting)
 
 
 @njit(**JIT_OPTIONS)
@@ -418,7 +429,7 @@ def lstm_layer_forward(x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, reverse, plan,
     # serves every thread (``projects_packed``): no BLAS call, whose own threads would wake up and
     # spin beside a serial loop, and on AVX-512 the packed product runs faster.
     by_rows_ih = packing and projects_by_batch(n_parts, by_batch, x.shape[2])
-    packs_ih = packing and projects_packed(n_parts, by_batch, x.shape[2])
+    packs_ih = packing and projects_packed(n_parts, by_batch, x.shape[2], seq_len * batch)
     packed_ih_copies = empty_aligned((copies, gates.shape[2] // width if by_rows_ih else 0, x.shape[2], width),
                                      gates)
     packed_ih = empty_aligned((gates.shape[2] // width if packs_ih else 0, x.shape[2], width), gates)

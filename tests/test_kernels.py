@@ -481,11 +481,11 @@ def test_a_thread_moves_off_a_cpu_and_keeps_its_allowed_cpus():
     (1, 33, 256, True, True),  # training from hidden 256
     (1, 4, 256, False, False),  # LSTMCell's steps in inference and the shortest sequences never pack
     (3, 64, 1024, False, False), (4, 16, 1024, False, True), (4, 1, 20, True, True),
-    (3, 1, 20, False, False), (4, 1, 20, False, True), (7, 2, 20, False, False), (8, 2, 20, False, True),
-    (15, 1, 512, False, False), (16, 1, 512, False, True), (31, 3, 1024, False, False),
-    (32, 3, 1024, False, True), (41, 4, 512, False, False), (42, 5, 512, False, True), (7, 4, 20, False, False),
-    (8, 4, 20, False, True), (9, 8, 256, False, False), (10, 12, 256, False, True), (20, 8, 1024, False, False),
-    (21, 8, 1024, False, True), (4, 13, 1024, False, True), (4, 8, 1024, True, False),
+    (3, 1, 20, False, False), (4, 1, 20, False, True), (2, 2, 20, False, False), (3, 2, 20, False, True),
+    (9, 1, 512, False, False), (10, 1, 512, False, True), (22, 3, 1024, False, False),
+    (23, 3, 1024, False, True), (19, 4, 512, False, False), (20, 5, 512, False, True), (1, 4, 20, False, False),
+    (2, 4, 20, False, True), (5, 8, 256, False, False), (6, 12, 256, False, True), (14, 8, 1024, False, False),
+    (15, 8, 1024, False, True), (4, 13, 1024, False, True), (4, 8, 1024, True, False),
 ])
 def test_weights_are_packed_where_it_was_measured_to_pay(seq_len, batch, hidden, training, expected):
     assert packed.packs_weights(seq_len, batch, 4 * hidden * hidden, training) == expected

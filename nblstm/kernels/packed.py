@@ -43,10 +43,10 @@ ROW_BLOCK = 128
 # Repacking the weights (a transpose at 0.15-0.35 ns an element, split between the threads that
 # read them) pays for itself when the steps that follow run faster by more.  Training packs from 4
 # steps below 2^18 weights (hidden 256).  From there the plain products of a step's few rows run as
-# ``blas.gemm``'s SIMD dot products (forward) and register tiles (backward), which read the weights
-# in place, and training packs from PACK_TRAINING_STEPS: (largest batch, fewest steps), and from the
-# first step beyond.  Training step (forward and backward), packed against plain, both in one
-# process alternated 7x; time packed / plain (above 1: plain is faster): batch 1: hidden 512 1.22
+# ``blas.gemm``'s loops, SIMD dot products (forward) and register tiles (backward), which read the
+# weights in place, and training packs from PACK_TRAINING_STEPS: (largest batch, fewest steps), and
+# from the first step beyond.  Training step (forward and backward), packed against plain, both in
+# one process alternated 7x; time packed / plain (above 1: plain is faster): batch 1: hidden 512 1.22
 # at 4 steps, 0.99 at 8, 0.89 at 12, 0.85 at 16; hidden 1024 1.10 at 8, 0.99 at 16; hidden 256
 # 1.00 at 8, 0.95 at 16.  Batch 2-4: hidden 256 1.31 at 4, 1.15-1.19 at 8-16, 1.07-1.11 at 32-64;
 # hidden 384 1.12 at 16; hidden 512 1.15 at 4, 0.98-0.99 at 12-16, 0.79 at 24-32 (0.65 at batch 2);
@@ -54,26 +54,33 @@ ROW_BLOCK = 128
 # 1.10-1.17 at 6-8 and 0.94 at 12 (batch 8), 0.99 at 8 (batch 12-16); hidden 384 1.17 at 4, 0.94 at
 # 8 (batch 6), 1.02 at 10 (batch 8); hidden 512 1.20 at 2, 1.08-1.09 at 4-6, 0.92 at 8 (batch 8),
 # 1.00 at 4, 0.97 at 6, 0.91 at 8 (batch 16); hidden 1024 1.32 at 4, 1.16 at 8 (batch 8).  Batch
-# 24-32: hidden 256 1.02 at 4, hidden 512 1.05-1.08 at 2.  Below hidden 256 (BLAS or loops on plain
-# weights): batch 4 hidden 128 1.05-1.09 at 8-16; batch 8 hidden 128 0.86 at 4, hidden 192 0.73 at 8.
-# Inference packs from 4 steps from batch 13.  Below, a step's product on plain weights runs on few
-# rows (BLAS, or ``blas.gemm``'s SIMD dot products, which stream the weights much as the packed
-# product does), and packing pays from about sqrt(weights) / per_step steps and at least
-# ``fewest``: PACK_INFERENCE_STEPS holds (largest batch, fewest, per_step).
-# Measured on 2 cores, the units split packed against plain (one process, alternated, whole
-# calls from no state; speed of plain / packed): batch 1: 1.03-1.07x at 4 steps up to hidden 128,
-# 1.10x at 8 at hidden 256, 1.06x at 16 at 512; batch 2-3: hidden 128 0.92x at 4 steps and 1.01x
-# at 8, hidden 512 0.90x at 16 and 1.01x at 32, hidden 1024 1.16x at 32; batch 4: hidden 256
-# 1.27x at 8, 1.11x at 16, 1.15x at 32, 0.98x at 64; hidden 512 1.08x at 16, 1.03x at 32, 0.86x
-# at 64; hidden 1024 1.10x at 32; batch 6-12: hidden 256 1.30x at 4, 1.26x at 8, 0.79x at 12
-# (batch split); hidden 384 1.12x at 8, 0.98x at 12; hidden 512 1.06x at 6, 0.97-0.98x at 8,
-# 0.86x at 12, 0.75-0.89x at 16; hidden 768 0.89x at 16; hidden 1024 1.30x at 8, 1.16x at 16,
-# 0.97x at 32; batch 16: hidden 512 1.05x at 4, 0.96x at 8; hidden 1024 0.93x at 8.  LSTMCell's
-# single inference steps never pack.
+# 24-32: hidden 256 1.02 at 4, hidden 512 1.05-1.08 at 2.  Below hidden 256: batch 4 hidden 128
+# 1.05-1.09 at 8-16; batch 8 hidden 128 0.86 at 4, hidden 192 0.73 at 8.  (Since few-row products
+# run on the loops rather than BLAS, a sweep on an AMD EPYC put batch 1's crossover at 12-16 steps
+# from hidden 256, but it ran in the machine's slow state; whole calls in its fast state, packing
+# from 16 against 8, in-process A/B: L12 N1 H512 0.93x, L10 N1 H256 0.91x, so 8 stays.)
+# Inference packs from 4 steps from batch 13.  Below, packing pays from fewest + sqrt(weights) /
+# per_step steps: PACK_INFERENCE_STEPS holds (largest batch, fewest, per_step).  Measured on 2 cores
+# of an AMD EPYC (Zen 5), input 32, packed against plain in one process, alternated 5x, whole calls
+# from no state, two sweeps (the second, from hidden 256, read 1.5-2x slower, packed and plain
+# alike: the machine's slow state, a guess); speed of packed / plain: batch 1: hidden 20 0.91x at 4
+# steps, 1.00x at 6; hidden 64 0.99-1.03x at 3-4 steps, 1.21x at 6; hidden 128 0.92-0.96x at 4,
+# 1.12-1.13x at 6; hidden 256 0.96 / 0.70x at 6, 1.06 / 0.76x at 8, 1.06x at 24 (second); hidden 512
+# 1.03 / 0.85x at 8, 1.15 / 0.96x at 12, 1.19 / 1.02x at 16; hidden 1024 1.01 / 1.13x at 16.  Batch
+# 2: hidden 20 0.86x at 2, 0.95x at 3, 1.03x at 6; hidden 32 0.98x at 2, 1.10x at 3; hidden 64
+# 0.94-0.97x at 2, 1.13-1.21x at 3; hidden 128 0.80-0.82x at 2, 1.01-1.03x at 3, 1.09-1.15x at 4;
+# hidden 256 1.02 / 0.87x at 6, 1.08 / 0.96x at 8, 1.08x at 12; hidden 512 1.07 / 0.93x at 8, 1.13 /
+# 1.05x at 12; hidden 1024 0.81 / 0.95x at 16, 0.91 / 1.01x at 24.  Batch 4: hidden 64 1.08-1.10x at
+# 2; hidden 128 0.95-1.13x at 2, 1.08-1.12x at 3; hidden 256 1.07 / 0.83x at 6, 1.23 / 0.98x at 12,
+# 1.03x at 16; hidden 512 1.02 / 0.94x at 12, 1.08 / 0.99x at 16, 1.12 / 1.03x at 24; hidden 1024
+# 1.05 / 0.87x at 24, 1.10 / 0.93x at 32.  Batch 8: hidden 256 1.05 / 0.88x at 4, 1.12 / 1.01x at 6;
+# hidden 512 1.04 / 0.89x at 4, 1.13 / 0.97x at 6, 1.18 / 1.03x at 8; hidden 1024 1.01 / 0.94x at
+# 12, 1.09 / 0.97x at 16.  Batch 16: hidden 512 1.12 / 0.97x at 3, 1.19 / 0.96x at 4, 1.04x at 6;
+# hidden 1024 1.08 / 1.02x at 3.  LSTMCell's single inference steps never pack.
 PACK_MIN_STEPS = 4
 PACK_TRAINING_STEPS_MIN_WEIGHTS = 2**18
 PACK_TRAINING_STEPS = ((1, 8), (4, 16), (16, 8), (32, 4))
-PACK_INFERENCE_STEPS = ((1, 4, 64), (3, 8, 64), (5, 8, 24), (12, 10, 96))
+PACK_INFERENCE_STEPS = ((1, 4, 160), (3, 3, 100), (5, 2, 56), (12, 3, 160))
 
 
 def packs_weights(seq_len, batch, weights, training):
@@ -88,7 +95,7 @@ def packs_weights(seq_len, batch, weights, training):
         return True
     for largest_batch, fewest, per_step in PACK_INFERENCE_STEPS:
         if batch <= largest_batch:
-            return seq_len >= max(fewest, math.isqrt(weights) // per_step)
+            return seq_len >= fewest + math.isqrt(weights) // per_step
     return seq_len >= PACK_MIN_STEPS
 
 

@@ -155,6 +155,7 @@ NAMED = {
     "stacked-bi": Case(20, 8, 32, 64, num_layers=2, bidirectional=True),
     "short-stacked": Case(3, 8, 32, 512, num_layers=2),
     "short-batch4": Case(3, 4, 32, 512),
+    "short-small": Case(3, 4, 32, 128),
     "tiny": Case(4, 2, 3, 5),
 }
 

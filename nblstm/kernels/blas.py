@@ -36,8 +36,9 @@ from .views import flat_rows, row_of
 BLAS_MIN_WORK = 4096
 # Up to this many rows of c, register-blocked loops (``_gemm_nt_loops``, ``_gemm_nn_loops``) run
 # whatever neither the SIMD dot products nor the register tiles take: a @ b.T with 1-2 rows (BLAS /
-# loops, as (m, n, k): 1 x 512 x 128 23.3 / 4.0, 2 x 2048 x 512 410 / 49, 2 x 80 x 20 0.60 / 0.35), a @ b with
-# fewer than a panel of columns (4 x 32 x 128 1.63 / 1.02; 4 x 20 x 80 even, 8 rows 0.81 / 1.65).
+# loops, as (m, n, k): 1 x 512 x 128 23.3 / 4.0, 2 x 2048 x 512 410 / 49, 2 x 80 x 20 0.60 / 0.35),
+# a @ b with fewer than a panel of columns (4 x 32 x 128 1.63 / 1.02; 4 x 20 x 80 even, 8 rows 0.81
+# / 1.65).
 LOOPS_MAX_ROWS = 4
 # a @ b.T with VECTORS_MIN_ROWS rows of a or more runs as SIMD dot products (``_gemm_nt_vectors``)
 # up to VECTORS_MAX_ROWS rows for its reduction: ((fewest k, most rows), ...).  BLAS / vectors, as
@@ -50,14 +51,19 @@ VECTORS_MAX_ROWS = ((128, 48), (32, 8))
 # columns on AVX-512) runs as register tiles over b's rows in place (``tiles.gemm_nn_panels``),
 # whatever the rows where the columns are whole panels: BLAS / tiles, as (m, n, k), 2 x 128 x 512
 # 27.8 / 2.7, 8 x 512 x 2048 430 / 97, 16 x 64 x 128 4.5 / 1.1, 128 x 128 x 512 150 / 82, 4096 x 128
-# x 32 288 / 137, 4096 x 512 x 2048 69.7 / 60.2 ms.  The last partial panel's columns run as loops, which
-# lose to BLAS from a few dozen rows: up to PANELS_MAX_ROWS_PARTIAL rows then (8 x 100 x 400 16.7 /
-# 11.0, 64 x 70 x 280 27.5 / 49.4).  a.T @ b (the weight gradients, d_gates.T @ inputs) runs on the
-# same tiles whatever the rows, a read in place by columns: BLAS time / theirs, one thread, as (k,
-# m, n): float32 800 x 512 x 128 1.73x, 800 x 2048 x 512 1.20x, 6400 x 1024 x 256 1.15x, 8 x 2048 x
-# 512 1.78x, 1 x 512 x 128 1.08x, 800 x 8 x 128 4.63x; float64 800 x 512 x 128 1.22x, 800 x 8 x 128
-# 2.46x.  (On a machine whose OpenBLAS had small-matrix kernels, BLAS ran products of 2-16 rows by
-# b of 2^16 values and less 0.9-1.25x as fast as these loops; these rules favour the loops.)
+# x 32 288 / 137, 4096 x 512 x 2048 69.7 / 60.2 ms.  The last partial panel's columns run as loops,
+# which lose to BLAS from a few dozen rows: up to PANELS_MAX_ROWS_PARTIAL rows then (8 x 100 x 400
+# 16.7 / 11.0, 64 x 70 x 280 27.5 / 49.4).  a.T @ b (the weight gradients, d_gates.T @ inputs) runs
+# on the same tiles whatever the rows, a read in place by columns (measured on the Intel Xeon VM,
+# AVX-512, where these rules were first set): BLAS time / theirs, one thread, alternated (medians
+# of 5), as (k, m, n): float32 800 x 512 x 128 1.73x, 800 x 2048 x 512 1.20x, 6400 x 1024 x 256
+# 1.15x, 3200 x 4096 x 1024 1.15x, 80 x 512 x 128 2.19x, 800 x 2048 x 64 1.90x, 8 x 2048 x 512 1.78x,
+# 2 x 2048 x 512 1.38x, 1 x 512 x 128 1.08x, 800 x 8 x 128 4.63x; float64 800 x 512 x 128 1.22x, 800
+# x 2048 x 512 1.12x, 6400 x 1024 x 256 1.15x, 8 x 512 x 128 1.72x, 800 x 8 x 128 2.46x.  On that
+# Xeon BLAS ran some few-row products faster than these loops (BLAS time / theirs 0.6-1.1 for b of
+# 2^16 values and less, k 32-64, or 24-32 rows; perhaps OpenBLAS's small-matrix kernels for its
+# SkylakeX target, a guess): these rules, set on the AMD EPYC, may give up to 1.7x there (not
+# re-measured: that machine is no longer at hand).
 PANELS_MIN_COLUMNS = 64
 PANELS_MAX_ROWS_PARTIAL = 16
 

@@ -427,7 +427,8 @@ def lstm_layer_forward(x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, reverse, plan,
     # Threads that split the batch project their own rows' inputs when they are few, each on its own
     # packed copy of w_ih (``PROJECT_BY_BATCH_MAX_INPUT``); otherwise one packed w_ih, packed here,
     # serves every thread (``projects_packed``): no BLAS call, whose own threads would wake up and
-    # spin beside a serial loop, and on AVX-512 the packed product runs faster.
+    # spin beside a serial loop, and on AVX-512 the packed product runs faster.  A call of a few rows
+    # (``PLAIN_INPUT_MAX_ROWS``) projects on w_ih as it is.
     by_rows_ih = packing and projects_by_batch(n_parts, by_batch, x.shape[2])
     packs_ih = packing and projects_packed(n_parts, by_batch, x.shape[2], seq_len * batch)
     packed_ih_copies = empty_aligned((copies, gates.shape[2] // width if by_rows_ih else 0, x.shape[2], width),

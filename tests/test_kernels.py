@@ -9,7 +9,7 @@ from numba import njit, prange
 from nblstm._config import JIT_OPTIONS
 from nblstm.kernels import barrier, packed, simd
 from nblstm.kernels.activations import sigmoid, tanh
-from nblstm.kernels.blas import gemm, single_threaded_blas, uses_blas, uses_panels, uses_vectors
+from nblstm.kernels.blas import gemm, single_threaded_blas, uses_blas, uses_panels, uses_row_vectors, uses_vectors
 from nblstm.kernels.views import borrowed
 from nblstm.kernels.parallel import grid_share, part_range, share_first_rows, share_segment, shares_split_blocks
 from nblstm.kernels.tiles import TILE_ROWS
@@ -93,13 +93,14 @@ def test_activation_special_values(dtype):
 @pytest.mark.parametrize("m,n,k", [(1, 1, 1), (3, 5, 7), (2, 9, 4), (1, 80, 20), (16, 300, 256),
                                    (17, 33, 5), (64, 300, 256), (5, 0, 3), (4, 6, 0), (4, 70, 0),
                                    (8, 520, 260), (3, 1031, 257), (13, 517, 256), (2, 700, 760), (6, 300, 900),
-                                   (8, 128, 32), (100, 128, 40)])
+                                   (8, 128, 32), (100, 128, 40), (1, 70, 32), (1, 13, 64)])
 @pytest.mark.parametrize("trans_a,trans_b", [(False, False), (False, True), (True, False), (True, True)])
 @pytest.mark.parametrize("beta", [0.0, 0.5, 1.0])
 def test_gemm_matches_numpy(m, n, k, trans_a, trans_b, beta, dtype, rng):
-    """Loops, SIMD dot products (a @ b.T at 3-16 rows), register tiles (a @ b at 2-100 rows and 64 columns
-    or more; the two tests below name the shapes) and BLAS (64 x 300 x 256; a @ b.T at 100 x 128 x 40)
-    alike, on column slices of wider arrays; beta == 0 ignores NaN in c."""
+    """Loops, SIMD dot products (a @ b.T at 3-16 rows, and at one row over whole vectors: 1 x 70 x 32, 1 x
+    13 x 64), register tiles (a @ b at 2-100 rows and 64 columns or more; the tests below name the
+    shapes) and BLAS (64 x 300 x 256; a @ b.T at 100 x 128 x 40) alike, on column slices of wider
+    arrays; beta == 0 ignores NaN in c."""
     a = rng.standard_normal((k, m) if trans_a else (m, k)).astype(dtype)
     b = rng.standard_normal((n, k) if trans_b else (k, n)).astype(dtype)
     wide = rng.standard_normal((m, n + 10)).astype(dtype)
@@ -111,6 +112,16 @@ def test_gemm_matches_numpy(m, n, k, trans_a, trans_b, beta, dtype, rng):
     tolerance = 1e-4 if dtype == np.float32 else 1e-12
     np.testing.assert_allclose(c, expected, rtol=tolerance, atol=tolerance * max(k, 1))
     assert np.isfinite(wide[:, :3]).all() and np.isfinite(wide[:, 3 + n:]).all()  # outside c untouched
+
+
+def test_one_row_over_whole_vectors_runs_as_simd_dot_products():
+    """a @ b.T with one row of a and a reduction of two or more whole vectors (the shapes of
+    ``test_gemm_matches_numpy`` on that path); any other goes to the loops."""
+    for k, lanes in [(32, 16), (64, 16), (16, 8), (512, 16)]:
+        assert uses_row_vectors(1, k, lanes, False, True), (k, lanes)
+    for m, k, lanes in [(1, 16, 16), (1, 20, 16), (1, 100, 16), (2, 32, 16), (0, 32, 16)]:
+        assert not uses_row_vectors(m, k, lanes, False, True), (m, k, lanes)
+    assert not uses_row_vectors(1, 32, 16, False, False) and not uses_row_vectors(1, 32, 16, True, True)
 
 
 def test_few_rows_run_as_simd_dot_products():

@@ -238,6 +238,33 @@ def _gemm_nt_vectors(a, b, c, beta):
 
 
 @njit(**JIT_OPTIONS)
+def _gemm_nt_row(a, b, c, beta):
+    """c = a @ b.T + beta * c for one row of a and k a whole number of vectors (``uses_row_vectors``):
+    SIMD dot products with 8 rows of b at a time, one vector of a against 8 of b per step, the 8
+    accumulators summed together at the end (``vsums``).  The last tile recomputes the last row of
+    b, stored once."""
+    n = c.shape[1]
+    (a_flat, _), (b_flat, b_stride) = flat_rows(a), flat_rows(b)
+    c_row = row_of(c, 0)
+    lanes = lanes_of(a_flat)
+    beta = c.dtype.type(beta)
+    zero = vsplat(c.dtype.type(0.0))
+    for j in range(0, n, 8):
+        b0, b1 = j * b_stride, min(j + 1, n - 1) * b_stride
+        b2, b3 = min(j + 2, n - 1) * b_stride, min(j + 3, n - 1) * b_stride
+        b4, b5 = min(j + 4, n - 1) * b_stride, min(j + 5, n - 1) * b_stride
+        b6, b7 = min(j + 6, n - 1) * b_stride, min(j + 7, n - 1) * b_stride
+        s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = zero
+        for p in range(0, a.shape[1], lanes):
+            x = vload(a_flat, p)
+            s0, s1 = vfma(x, vload(b_flat, b0 + p), s0), vfma(x, vload(b_flat, b1 + p), s1)
+            s2, s3 = vfma(x, vload(b_flat, b2 + p), s2), vfma(x, vload(b_flat, b3 + p), s3)
+            s4, s5 = vfma(x, vload(b_flat, b4 + p), s4), vfma(x, vload(b_flat, b5 + p), s5)
+            s6, s7 = vfma(x, vload(b_flat, b6 + p), s6), vfma(x, vload(b_flat, b7 + p), s7)
+        _store(c_row, j, n, beta, vsums((s0, s1, s2, s3, s4, s5, s6, s7)))
+
+
+@njit(**JIT_OPTIONS)
 def _scale(c, beta):
     """c *= beta, with beta == 0 meaning overwrite (as BLAS: NaN in c does not survive)."""
     if beta == 1.0:
@@ -297,6 +324,13 @@ def _gemm_nn_panels(a, b, c, trans_a, beta):
 
 
 @njit(**JIT_OPTIONS)
+def uses_row_vectors(m, k, lanes, trans_a, trans_b):
+    """Whether ``gemm`` runs an (m, k) by (k, n) product as ``_gemm_nt_row``: a @ b.T with one row and a
+    reduction of two or more whole vectors of ``lanes``."""
+    return m == 1 and trans_b and not trans_a and k >= 2 * lanes and k % lanes == 0
+
+
+@njit(**JIT_OPTIONS)
 def uses_vectors(m, n, k, trans_a, trans_b):
     """Whether ``gemm`` runs an (m, k) by (k, n) product as ``_gemm_nt_vectors``: a @ b.T with a few rows."""
     if trans_a or not trans_b or m < VECTORS_MIN_ROWS:
@@ -336,7 +370,9 @@ def gemm(a, b, c, trans_a=False, trans_b=False, beta=0.0):
     k = a.shape[0] if trans_a else a.shape[1]
     if m == 0 or n == 0:
         return
-    if uses_vectors(m, n, k, trans_a, trans_b):
+    if uses_row_vectors(m, k, lanes_of(c), trans_a, trans_b):
+        _gemm_nt_row(a, b, c, beta)
+    elif uses_vectors(m, n, k, trans_a, trans_b):
         _gemm_nt_vectors(a, b, c, beta)
     elif uses_panels(m, n, k, trans_a, trans_b):
         _gemm_nn_panels(a, b, c, trans_a, beta)

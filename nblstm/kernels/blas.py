@@ -327,8 +327,8 @@ def _gemm_nn_panels(a, b, c, trans_a, beta):
 def uses_row_vectors(m, k, lanes, trans_a, trans_b):
     """Whether ``gemm`` runs an (m, k) by (k, n) product as ``_gemm_nt_row``: a @ b.T with one row and a
     reduction of two or more whole vectors of ``lanes``.  Against the loops, one thread (AMD EPYC,
-    medians of 7), as (m, n, k): float32 1 x 128 x 32 1.58x, 1 x 512 x 128 1.27x, 1 x 2048 x 512 1.15x,
-    1 x 64 x 16 (one vector) even; float64 1 x 64 x 16 1.20x, 1 x 128 x 32 1.34x, 1 x 2048 x 512 1.06x."""
+    medians of 7), as (m, n, k): float32 1 x 128 x 32 1.58x, 1 x 512 x 128 1.27x, 1 x 2048 x 512 1.15x;
+    float64 1 x 64 x 16 1.20x, 1 x 128 x 32 1.34x, 1 x 2048 x 512 1.06x."""
     return m == 1 and trans_b and not trans_a and k >= 2 * lanes and k % lanes == 0
 
 

@@ -287,27 +287,34 @@ def transpose_gate_columns(d_gates, hidden, row_start, a_t):
 @njit(**JIT_OPTIONS)
 def to_padded_rows(w, rows):
     """rows[c] = w[weight_row(c)] for every padded-gate column c (zero for padding): the gate rows of
-    w (4*hidden, n) in the padded gate layout, rows (4*padded, n)."""
+    w (4*hidden, n) in the padded gate layout, rows (4*padded, n).  Gate block by gate block: a
+    ``weight_row`` for each column costs two integer divisions, more than copying a short row."""
     hidden, padded = w.shape[0] // NUM_GATES, rows.shape[0] // NUM_GATES
-    for column in range(rows.shape[0]):
-        row = weight_row(column, hidden, padded)
-        for j in range(rows.shape[1]):
-            rows[column, j] = w[row, j] if row >= 0 else 0.0
+    for gate in range(NUM_GATES):
+        for unit in range(padded):
+            if unit < hidden:
+                for j in range(rows.shape[1]):
+                    rows[gate * padded + unit, j] = w[gate * hidden + unit, j]
+            else:
+                for j in range(rows.shape[1]):
+                    rows[gate * padded + unit, j] = 0.0
 
 
 @njit(**JIT_OPTIONS)
 def add_from_padded_rows(rows, w, accumulate):
     """w[weight_row(c)] (+)= rows[c] for every padded-gate column c: the inverse of to_padded_rows
-    (padding rows are dropped), adding to w with ``accumulate``, else overwriting it."""
+    (padding rows are dropped), adding to w with ``accumulate``, else overwriting it; gate block by
+    gate block, as ``to_padded_rows``."""
     hidden, padded = w.shape[0] // NUM_GATES, rows.shape[0] // NUM_GATES
-    for column in range(rows.shape[0]):
-        row = weight_row(column, hidden, padded)
-        if row >= 0:
+    for gate in range(NUM_GATES):
+        for unit in range(hidden):
+            row, column = gate * hidden + unit, gate * padded + unit
             if accumulate:
-                for j in range(rows.shape[1]):
+                for j in range(w.shape[1]):
                     w[row, j] += rows[column, j]
             else:
-                w[row, :] = rows[column, :]
+                for j in range(w.shape[1]):
+                    w[row, j] = rows[column, j]
 
 
 @njit(**JIT_OPTIONS)

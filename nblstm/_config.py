@@ -29,3 +29,12 @@ ACTIVATION_FASTMATH = {"nsz", "contract"} if FASTMATH else False
 # raising, which also lets LLVM vectorise loops that divide.
 JIT_OPTIONS = {"nogil": True, "cache": CACHE, "fastmath": FASTMATH, "error_model": "numpy"}
 PARALLEL_JIT_OPTIONS = dict(JIT_OPTIONS, parallel=True)
+
+# For the functions that the time loops call at every step: Numba compiles them into each caller
+# (inline="always", at the level of its IR).  Compiled apart, a call passes every array as a dozen
+# scalar arguments and reference-counts it on the way in and out, which at batch 1 and hidden 16
+# took more than half of a forward step: 198 -> 86 ns a step there, 262 -> 129 at hidden 32 (the
+# kernels' step loop over 1000 steps, one thread, float32).  Inlining costs compile time at every
+# call site, so it is kept to these functions: also inlining ``packed.gemm_packed``, called from
+# every packed product, took a step to 72 ns but a cold forward compile from 70 to 96 s.
+STEP_JIT_OPTIONS = dict(JIT_OPTIONS, inline="always")

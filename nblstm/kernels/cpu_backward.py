@@ -18,7 +18,7 @@ weight gradient is accumulated into (``+=``), as PyTorch accumulates ``.grad``.
 import numpy as np
 from numba import njit, prange
 
-from .._config import JIT_OPTIONS, PARALLEL_JIT_OPTIONS
+from .._config import JIT_OPTIONS, PARALLEL_JIT_OPTIONS, STEP_JIT_OPTIONS
 from ..params import NUM_GATES
 from .activations import tanh
 from .barrier import BARRIER_STATE_SIZE, arrive_together, wait_for_all
@@ -52,7 +52,7 @@ PACKED_GRADIENT_MIN_ROWS = 512
 GRADIENT_BLOCK_ROWS = 256
 
 
-@njit(**JIT_OPTIONS)
+@njit(**STEP_JIT_OPTIONS)
 def cell_backward_part(gates_t, c_t, c_prev, dh, dc, start, stop):
     """Gate gradients of one step for hidden units [start, stop).
 
@@ -90,7 +90,7 @@ def cell_backward_parallel(gates_t, c_t, c_prev, dh, dc, block, n_parts):
         cell_backward_part(gates_t, c_t, c_prev, dh, dc, start, stop)
 
 
-@njit(**JIT_OPTIONS)
+@njit(**STEP_JIT_OPTIONS)
 def _sum_into(total, a, b):
     """total = a + b for three (rows, cols) arrays with contiguous rows, row by row over ``row_of`` views:
     the callers' column slices index as layout 'A', which is not vectorised (64 rows of 256 columns
@@ -130,7 +130,7 @@ def state_columns(part, n_parts, state, packed_hh):
     return part_range(part, n_parts, state)
 
 
-@njit(**JIT_OPTIONS)
+@njit(**STEP_JIT_OPTIONS)
 def state_product_part(gates_t, w_hh, packed_hh, dh_next, part, n_parts, step):
     """The part's columns of dh_next = gates_t @ w_hh (gates_t in the padded gate layout) at time
     step ``step``; odd steps read the packed weights backwards (see ``packed.gemm_packed``)."""

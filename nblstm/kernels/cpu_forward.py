@@ -34,7 +34,7 @@ reverse direction runs the same loop backwards in time.
 import numpy as np
 from numba import njit, prange
 
-from .._config import JIT_OPTIONS, PARALLEL_JIT_OPTIONS
+from .._config import JIT_OPTIONS, PARALLEL_JIT_OPTIONS, STEP_JIT_OPTIONS
 from ..params import NUM_GATES
 from .activations import sigmoid, tanh
 from .barrier import BARRIER_STATE_SIZE, arrive_together, wait_for_all
@@ -108,13 +108,13 @@ def calls_blas(plan, input_size, projecting, rows):
     return rows > LOOPS_MAX_ROWS and not (packed_inputs and pack_weights and not projecting)
 
 
-@njit(**JIT_OPTIONS)
+@njit(**STEP_JIT_OPTIONS)
 def time_index(step, seq_len, reverse):
     """Time index visited at loop step ``step`` (the reverse direction walks backwards)."""
     return seq_len - 1 - step if reverse else step
 
 
-@njit(**JIT_OPTIONS)
+@njit(**STEP_JIT_OPTIONS)
 def gate_slices(row, padded, start, stop):
     """The i, f, g, o entries of hidden units [start, stop) in a (4*padded,) row of gates.
 
@@ -126,7 +126,7 @@ def gate_slices(row, padded, start, stop):
             row[2 * padded + start:2 * padded + stop], row[3 * padded + start:3 * padded + stop])
 
 
-@njit(**JIT_OPTIONS)
+@njit(**STEP_JIT_OPTIONS)
 def gate_math_part(gates_t, bias, c_prev, c_t, h_dst, h_dst_col, start, stop):
     """The fused gate math of one step for the gate columns of units [start, stop).
 
@@ -159,7 +159,7 @@ def gate_math_part(gates_t, bias, c_prev, c_t, h_dst, h_dst_col, start, stop):
             h_row[j] = o_row[j] * tanh(c)
 
 
-@njit(**JIT_OPTIONS)
+@njit(**STEP_JIT_OPTIONS)
 def recurrent_product(h_prev, w_hh, packed_hh, gates_t, start, stop, descending):
     """gates_t[:, gate columns of units [start, stop)] += h_prev @ w_hh.T for those columns.
 
@@ -188,14 +188,14 @@ def recurrent_product(h_prev, w_hh, packed_hh, gates_t, start, stop, descending)
                  gates_t[:, gate * padded + start:gate * padded + stop], False, True, 1.0)
 
 
-@njit(**JIT_OPTIONS)
+@njit(**STEP_JIT_OPTIONS)
 def adds_recurrent_product(step, h0):
     """Whether loop step ``step`` adds h_prev @ w_hh.T: not the first from a zero initial state (as
     when the caller gives none), whose product is zero: a one-step call then never reads w_hh."""
     return step > 0 or h0.any()
 
 
-@njit(**JIT_OPTIONS)
+@njit(**STEP_JIT_OPTIONS)
 def cell_forward_part(gates_t, bias, h_prev, w_hh, packed_hh, c_prev, c_t, h_dst, h_dst_col, start, stop, step,
                       adds_product):
     """Time step ``step`` for hidden units [start, stop): with ``adds_product``, add h_prev @ w_hh.T
@@ -264,7 +264,7 @@ def gate_bias(b_ih, b_hh, hidden, padded):
     return bias
 
 
-@njit(**JIT_OPTIONS)
+@njit(**STEP_JIT_OPTIONS)
 def step_arrays(step, seq_len, reverse, h0, c0, c_seq, h_cell_seq, out, out_col, projecting):
     """What loop step ``step`` reads and writes: (t, h_prev, c_prev, c_t, h_dst, h_dst_col).
 

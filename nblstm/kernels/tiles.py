@@ -8,7 +8,7 @@ a plain matrix read in place (stride = its row stride, ``gemm_nn_panels``).
 """
 from numba import njit
 
-from .._config import JIT_OPTIONS
+from .._config import JIT_OPTIONS, STEP_JIT_OPTIONS
 from .simd import VECTOR_BITS, lanes_of, prefetch, vadd, vfma, vload, vsplat, vstore
 from .views import flat_rows, row_of
 
@@ -87,7 +87,7 @@ def _tile_2_rows(a, weights, offset, stride, c, r0, col, accumulate, k_start, k_
     _store_row(row_of(c, r0 + 1), col, lanes, accumulate, c10, c11, c12, c13)
 
 
-@njit(**JIT_OPTIONS)
+@njit(**STEP_JIT_OPTIONS)
 def _tile_1_row(a_row, weights, offset, stride, c_row, col, accumulate, k_start, k_stop):
     """c_row[col:col+width] (+)= a_row[k_start:k_stop] @ (rows k_start:k_stop of the weights); two
     accumulators per vector (even and odd k) keep eight fused multiply-adds in flight."""
@@ -104,7 +104,7 @@ def _tile_1_row(a_row, weights, offset, stride, c_row, col, accumulate, k_start,
     _store_row(c_row, col, lanes, accumulate, vadd(e0, o0), vadd(e1, o1), vadd(e2, o2), vadd(e3, o3))
 
 
-@njit(**JIT_OPTIONS)
+@njit(**STEP_JIT_OPTIONS)
 def panel_product(a, weights, offset, stride, c, col, accumulate, k_start, k_stop, row_start, row_stop,
                   ahead, ahead_start, ahead_stop):
     """c[rows, col:col + width] (+)= a[rows, k_start:k_stop] @ (rows k_start:k_stop of the weights)

@@ -156,6 +156,7 @@ NAMED = {
     "short-stacked": Case(3, 8, 32, 512, num_layers=2),
     "short-batch4": Case(3, 4, 32, 512),
     "short-small": Case(3, 4, 32, 128),
+    "long-batch1": Case(1000, 1, 1, 16),
     "tiny": Case(4, 2, 3, 5),
 }
 

@@ -39,7 +39,7 @@ TRANSPOSED_GRADIENT_MIN_ROWS = 256
 # Where the register tiles hold rows of four (AVX-512), the products over all (time, batch) rows run on
 # packed operands (``packs_gradients``) from this many rows, over blocks of GRADIENT_BLOCK_ROWS rows: the
 # weight gradients d_gates.T @ inputs with d_gates transposed and the inputs packed block by block
-# (``_weight_gradients_packed``), dx = d_gates @ w_ih with w_ih packed.  Read in place, d_gates' rows of
+# (``_weight_gradients_packed_part``), dx = d_gates @ w_ih with w_ih packed.  Read in place, d_gates' rows of
 # 4*padded values (a power of two apart: one cache set) and the inputs' rows likely thrash the L1 cache
 # (a guess from their strides; the times below are what was measured).
 # Measured on 2 cores of an AMD EPYC (Zen 5), float32, 6400 rows, hidden 1024, input 512: dw_ih and dw_hh
@@ -301,54 +301,65 @@ def _pack_previous_states(h_seq, h0, reverse, row_start, row_stop, packed):
         pack_row_panels(h0[start - first:stop - first], packed, start - row_start)
 
 
-@njit(**PARALLEL_JIT_OPTIONS)
-def _weight_gradients_packed(d_gates, x, h_seq, h0, reverse, dw_ih, dw_hh, beta, n_parts):
+@njit(**JIT_OPTIONS)
+def _weight_gradients_packed_part(d_gates, x, h_seq, h0, reverse, dw_ih, dw_hh, beta, part, n_parts):
     """The whole panels of columns of dw_ih = d_gates.T @ x + beta * dw_ih and dw_hh = d_gates.T @
-    (the states before each row, ``_pack_previous_states``) + beta * dw_hh (beta 0 or 1).
+    (the states before each row, ``_pack_previous_states``) + beta * dw_hh (beta 0 or 1), for the
+    ``part``-th of ``n_parts`` ranges of weight rows (whole vectors).
 
     d_gates (rows, 4*padded) padded gate layout; x (rows, input_size); h_seq (rows, state) the
     outputs; h0 (batch, state); dw_ih, dw_hh (4*hidden, input_size / state), C-contiguous.
-    Each thread owns a range of weight rows (whole vectors) and, block by block of
-    GRADIENT_BLOCK_ROWS rows, packs that block of the inputs and states itself and transposes its
-    gate columns of d_gates (``transpose_gate_columns``) ROW_BLOCK weight rows at a time, so every
-    product reads contiguous operands (``gemm_packed``)."""
+    Block by block of GRADIENT_BLOCK_ROWS rows, the part packs that block of the inputs and states
+    itself and transposes its gate columns of d_gates (``transpose_gate_columns``) ROW_BLOCK weight
+    rows at a time, so every product reads contiguous operands (``gemm_packed``)."""
     rows, weight_rows = d_gates.shape[0], dw_ih.shape[0]
     hidden = weight_rows // NUM_GATES
     lanes = lanes_of(d_gates[0])
     width = PANEL_VECTORS * lanes
     ih_panels, hh_panels = x.shape[1] // width, h0.shape[1] // width
     block = min(rows, GRADIENT_BLOCK_ROWS)
+    weight_start, weight_stop = part_range(part, n_parts, weight_rows, lanes)
+    a_t = empty_aligned((ROW_BLOCK, block), d_gates)
+    for row_start in range(0, rows, block):
+        row_stop = min(rows, row_start + block)
+        packed_x = empty_aligned((ih_panels, row_stop - row_start, width), d_gates)
+        packed_h = empty_aligned((hh_panels, row_stop - row_start, width), d_gates)
+        pack_row_panels(x[row_start:row_stop], packed_x, 0)
+        _pack_previous_states(h_seq, h0, reverse, row_start, row_stop, packed_h)
+        accumulate = beta != 0.0 or row_start > 0
+        for chunk_start in range(weight_start, weight_stop, ROW_BLOCK):
+            chunk_stop = min(weight_stop, chunk_start + ROW_BLOCK)
+            chunk = a_t[:chunk_stop - chunk_start, :row_stop - row_start]
+            transpose_gate_columns(d_gates[row_start:row_stop], hidden, chunk_start, chunk)
+            gemm_packed(chunk, packed_x, dw_ih[chunk_start:chunk_stop], accumulate, 0, ih_panels, 0,
+                        chunk.shape[0])
+            gemm_packed(chunk, packed_h, dw_hh[chunk_start:chunk_stop], accumulate, 0, hh_panels, 0,
+                        chunk.shape[0])
+
+
+@njit(**PARALLEL_JIT_OPTIONS)
+def _weight_gradients_packed_parallel(d_gates, x, h_seq, h0, reverse, dw_ih, dw_hh, beta, n_parts):
+    """``_weight_gradients_packed_part`` for every part, each on its own thread."""
     for part in prange(n_parts):
-        weight_start, weight_stop = part_range(part, n_parts, weight_rows, lanes)
-        a_t = empty_aligned((ROW_BLOCK, block), d_gates)
-        for row_start in range(0, rows, block):
-            row_stop = min(rows, row_start + block)
-            packed_x = empty_aligned((ih_panels, row_stop - row_start, width), d_gates)
-            packed_h = empty_aligned((hh_panels, row_stop - row_start, width), d_gates)
-            pack_row_panels(x[row_start:row_stop], packed_x, 0)
-            _pack_previous_states(h_seq, h0, reverse, row_start, row_stop, packed_h)
-            accumulate = beta != 0.0 or row_start > 0
-            for chunk_start in range(weight_start, weight_stop, ROW_BLOCK):
-                chunk_stop = min(weight_stop, chunk_start + ROW_BLOCK)
-                chunk = a_t[:chunk_stop - chunk_start, :row_stop - row_start]
-                transpose_gate_columns(d_gates[row_start:row_stop], hidden, chunk_start, chunk)
-                gemm_packed(chunk, packed_x, dw_ih[chunk_start:chunk_stop], accumulate, 0, ih_panels, 0,
-                            chunk.shape[0])
-                gemm_packed(chunk, packed_h, dw_hh[chunk_start:chunk_stop], accumulate, 0, hh_panels, 0,
-                            chunk.shape[0])
+        _weight_gradients_packed_part(d_gates, x, h_seq, h0, reverse, dw_ih, dw_hh, beta, part, n_parts)
 
 
 @njit(**JIT_OPTIONS)
 def add_weight_gradients(d_gates, x, h_seq, h0, reverse, dw_ih, dw_hh, beta, n_parts):
     """dw_ih = d_gates.T @ x + beta * dw_ih and dw_hh = d_gates.T @ (each row's previous state: the
     output row one step earlier, h0's for the first step) + beta * dw_hh; arrays as for
-    ``_weight_gradients_packed``.  On packed operands where ``packs_gradients`` (the whole panels of
+    ``_weight_gradients_packed_part``.  On packed operands where ``packs_gradients`` (the whole panels of
     columns), the rest with ``add_weight_gradient``."""
     width = PANEL_VECTORS * lanes_of(d_gates[0])
     ih_whole = x.shape[1] - x.shape[1] % width if packs_gradients(d_gates.shape[0]) else 0
     hh_whole = h0.shape[1] - h0.shape[1] % width if packs_gradients(d_gates.shape[0]) else 0
     if ih_whole > 0 or hh_whole > 0:
-        _weight_gradients_packed(d_gates, x, h_seq, h0, reverse, dw_ih, dw_hh, beta, n_parts)
+        # one part never opens a parallel region: its threads, woken for nothing, would spin beside the
+        # BLAS threads of the products that follow (L512 N1 I32 H64: 8.0 ms a training call, against 0.75)
+        if n_parts > 1:
+            _weight_gradients_packed_parallel(d_gates, x, h_seq, h0, reverse, dw_ih, dw_hh, beta, n_parts)
+        else:
+            _weight_gradients_packed_part(d_gates, x, h_seq, h0, reverse, dw_ih, dw_hh, beta, 0, 1)
         _add_weight_gradients_in_place(d_gates, x[:, ih_whole:], h_seq[:, hh_whole:], h0[:, hh_whole:], reverse,
                                        dw_ih[:, ih_whole:], dw_hh[:, hh_whole:], beta, n_parts)
     else:  # the arrays themselves: their column slices type as non-contiguous, slower code (a training

@@ -104,7 +104,7 @@ class CUDABackend:
         return False
 
     @staticmethod
-    def guard(plan, blas_inside=True):
+    def guard(plan, blas_inside=True, product_work=0):
         return contextlib.nullcontext()
 
     @staticmethod

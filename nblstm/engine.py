@@ -31,6 +31,14 @@ from .params import NUM_GATES
 # (measured on 2 cores: 0.5x at 16K, 0.84x at 64K, 1.1x at 256K, 1.45x at 2M).
 PARALLEL_MIN_WORK = 1 << 18
 
+# A matrix product of this many multiply-adds or more runs on BLAS's own threads (OpenBLAS's default
+# threshold: 65536 x GEMM_MULTITHREAD_THRESHOLD, 4).  Inside a kernel on one thread, those threads
+# would wait for cores that threads still spinning after an earlier parallel region hold (Numba's,
+# or NumPy's BLAS): a training call of L1000 N1 I32 H64 took 1.46 ms alone, 4.0 right after an
+# ``engine.matmul`` and 3.9 right after a NumPy 256 x 256 product; with BLAS on one thread inside
+# it, 1.5-1.6 ms in all three (at L100: 0.20 ms alone, 3.9 after the NumPy product, 0.20 guarded).
+BLAS_THREADS_MIN_WORK = 1 << 18
+
 # Recurrent weights up to this size stay in one core's cache between steps (a
 # conservative share of the 1-2 MiB L2 caches of current x86 cores).
 CACHE_BYTES_PER_THREAD = 1 << 20
@@ -81,6 +89,13 @@ def reads_recurrent_weights(seq_len, training, zero_start):
     """Whether a forward reads w_hh: not a one-step inference call from zero states (``zero_start``: the
     caller gave none), whose only step skips its product (``adds_recurrent_product``)."""
     return not (zero_start and seq_len == 1 and not training)
+
+
+def largest_product(config, seq_len, batch):
+    """Multiply-adds of the largest matrix product over a call's (time, batch) rows (an input
+    projection or a weight gradient): 4 hidden columns by the widest layer input, state or hidden."""
+    widest = max(config.input_size, config.num_directions * config.state_size, config.hidden_size)
+    return seq_len * batch * NUM_GATES * config.hidden_size * widest
 
 
 def splits_steps(batch, hidden, state):
@@ -266,10 +281,13 @@ class CPUBackend:
         return any(calls_blas(plan, w_ih.shape[1], w_hr.shape[0] > 0, rows) for w_ih, _, _, _, w_hr in weights)
 
     @staticmethod
-    def guard(plan, blas_inside=True):
-        """The kernels own the threads: keep BLAS single-threaded inside parallel kernels that call it
-        (setting it and back costs about 4 us a call)."""
-        return single_threaded_blas() if plan[0] > 1 and blas_inside else _NO_GUARD
+    def guard(plan, blas_inside=True, product_work=0):
+        """The kernels own the threads: keep BLAS single-threaded inside kernels that call it
+        (``blas_inside``) where they split the work between threads, or where the call's largest
+        product (``product_work`` multiply-adds, ``largest_product``) is large enough for BLAS to
+        run on its own threads (``BLAS_THREADS_MIN_WORK``).  Setting it and back costs about 1.2 us."""
+        threads_inside = plan[0] > 1 or product_work >= BLAS_THREADS_MIN_WORK
+        return single_threaded_blas() if blas_inside and threads_inside else _NO_GUARD
 
     @staticmethod
     def add(a, b):
@@ -345,13 +363,15 @@ class Prepared:
     """What a forward over one input shape needs besides its arrays (``Workspace.prepare`` makes
     it once per shape): the plan, the ``Layout``, the weights of each layer and direction
     k = layer * D + direction as the kernels take them (``_layer_weights``) from ``params``, and
-    whether the forward kernels call BLAS (``forward_calls_blas``)."""
+    whether the forward kernels call BLAS (``forward_calls_blas``) and the multiply-adds of the call's
+    largest product (``largest_product``)."""
 
     plan: tuple
     shapes: Layout
     params: dict
     weights: tuple
     blas_inside: bool
+    product_work: int
 
 
 def prepare(backend, config, params, seq_len, batch, dtype, training, zero_start=False):
@@ -361,7 +381,8 @@ def prepare(backend, config, params, seq_len, batch, dtype, training, zero_start
     weights = tuple(_layer_weights(backend, params, config, layer, direction)
                     for layer in range(config.num_layers) for direction in range(config.num_directions))
     return Prepared(plan, layout(backend, config, seq_len, batch, dtype, plan, training), params, weights,
-                    backend.forward_calls_blas(plan, weights, seq_len * batch))
+                    backend.forward_calls_blas(plan, weights, seq_len * batch),
+                    largest_product(config, seq_len, batch))
 
 
 class Workspace:
@@ -472,7 +493,7 @@ def forward(params, config, x, h0, c0, training=False, dropout_rng=None, backend
     if not training:  # one work space serves every layer and direction
         gates, c_seq, h_cell_seq = work = workspace.take(backend, shapes, dtype)
     layer_input = x
-    with backend.guard(plan, prepared.blas_inside):
+    with backend.guard(plan, prepared.blas_inside, prepared.product_work):
         for layer in range(config.num_layers):
             if layer > 0 and training and config.dropout > 0:
                 mask = backend.dropout_mask(layer_input.shape, config.dropout, dtype, dropout_rng)
@@ -514,7 +535,7 @@ def backward(params, config, tape, grad_output, grad_h_n, grad_c_n, grads, grads
     dh_cell = backend.empty((batch, hidden), dtype)
     dh_seq = backend.empty((seq_len if config.proj_size > 0 else 0, batch, state), dtype)
     d_out = grad_output
-    with backend.guard(plan):
+    with backend.guard(plan, True, largest_product(config, seq_len, batch)):
         for layer in reversed(range(config.num_layers)):
             layer_input, out = tape.layer_inputs[layer], tape.layer_outputs[layer]
             dx = backend.empty(layer_input.shape, dtype)

@@ -30,7 +30,8 @@ ACTIVATION_FASTMATH = {"nsz", "contract"} if FASTMATH else False
 JIT_OPTIONS = {"nogil": True, "cache": CACHE, "fastmath": FASTMATH, "error_model": "numpy"}
 PARALLEL_JIT_OPTIONS = dict(JIT_OPTIONS, parallel=True)
 
-# For the functions that the time loops call at every step: Numba compiles them into each caller
+# For the functions that the time loops call at every step (and, inside ``packed.gemm_packed``, its
+# panel product and one-row register tile): Numba compiles them into each caller
 # (inline="always", at the level of its IR).  Compiled apart, a call passes every array as a dozen
 # scalar arguments and reference-counts it on the way in and out, which at batch 1 and hidden 16
 # took more than half of a forward step: 198 -> 86 ns a step there, 262 -> 129 at hidden 32 (the

@@ -91,11 +91,16 @@ def reads_recurrent_weights(seq_len, training, zero_start):
     return not (zero_start and seq_len == 1 and not training)
 
 
+def widest_layer_input(config):
+    """The most features a layer reads: input_size, or the D*state outputs of the layer below."""
+    return max(config.input_size, config.num_directions * config.state_size if config.num_layers > 1 else 0)
+
+
 def largest_product(config, seq_len, batch):
     """Multiply-adds of the largest matrix product over a call's (time, batch) rows (an input
-    projection or a weight gradient): 4 hidden columns by the widest layer input, state or hidden."""
-    widest = max(config.input_size, config.num_directions * config.state_size, config.hidden_size)
-    return seq_len * batch * NUM_GATES * config.hidden_size * widest
+    projection or a weight gradient): 4 hidden columns by the widest layer input or hidden (state
+    is no wider)."""
+    return seq_len * batch * NUM_GATES * config.hidden_size * max(widest_layer_input(config), config.hidden_size)
 
 
 def splits_steps(batch, hidden, state):
@@ -376,8 +381,8 @@ class Prepared:
 
 def prepare(backend, config, params, seq_len, batch, dtype, training, zero_start=False):
     """The ``Prepared`` forward of (seq_len, batch, features) input (from zero states: ``zero_start``)."""
-    layer_inputs = (config.input_size, config.num_directions * config.state_size if config.num_layers > 1 else 0)
-    plan = backend.plan(seq_len, batch, config.hidden_size, config.state_size, training, zero_start, max(layer_inputs))
+    plan = backend.plan(seq_len, batch, config.hidden_size, config.state_size, training, zero_start,
+                        widest_layer_input(config))
     weights = tuple(_layer_weights(backend, params, config, layer, direction)
                     for layer in range(config.num_layers) for direction in range(config.num_directions))
     return Prepared(plan, layout(backend, config, seq_len, batch, dtype, plan, training), params, weights,

@@ -422,6 +422,11 @@ def lstm_layer_backward(x, w_ih, w_hh, w_hr, h0, c0, out, out_col, gates, c_seq,
       without bias; both get the bias gradient), dw_hr (like w_hr, (0, 0) without projection)
       = their gradient + dw_beta * themselves (dw_beta 1 accumulates, 0 overwrites).
     """
+    # The arguments as ``borrowed`` views, as in ``lstm_layer_forward``.
+    x, w_ih, w_hh, w_hr, h0, c0, out, gates, c_seq, h_cell_seq = borrowed(
+        (x, w_ih, w_hh, w_hr, h0, c0, out, gates, c_seq, h_cell_seq))
+    d_out, dh_n, dc_n, dh, dc, dh_cell, dh_seq = borrowed((d_out, dh_n, dc_n, dh, dc, dh_cell, dh_seq))
+    dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr = borrowed((dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr))
     n_parts, together, by_batch, pack_weights = plan
     seq_len, batch = x.shape[0], x.shape[1]
     state = h0.shape[1]

@@ -411,6 +411,10 @@ def lstm_layer_forward(x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, reverse, plan,
     out:        (seq_len, batch, >= out_col + state) receives h_t in columns out_col:out_col + state
     h_n, c_n:   (batch, state), (batch, hidden) receive the final states
     """
+    # The arguments as ``borrowed`` views: the views and calls below would otherwise count references
+    # with about 70 atomic adds a call (L10 N1 H20; 0.3 us).
+    x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0 = borrowed((x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0))
+    gates, c_seq, h_cell_seq, out, h_n, c_n = borrowed((gates, c_seq, h_cell_seq, out, h_n, c_n))
     n_parts, together, by_batch, pack_weights = plan
     seq_len, batch = x.shape[0], x.shape[1]
     state = h0.shape[1]

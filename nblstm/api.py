@@ -113,11 +113,6 @@ class LSTM(Module):
                  "bidirectional=True" if c.bidirectional else "", f"proj_size={c.proj_size}" if c.proj_size else ""]
         return f"LSTM({', '.join([str(c.input_size), str(c.hidden_size)] + [e for e in extra if e])})"
 
-    def _state_shapes(self, batch):
-        c = self.config
-        layers = c.num_layers * c.num_directions
-        return (layers, batch, c.state_size), (layers, batch, c.hidden_size)
-
     def forward(self, input, hx=None):
         """Run the LSTM; see the class docstring for shapes.  Returns ``output, (h_n, c_n)``."""
         c = self.config
@@ -133,8 +128,7 @@ class LSTM(Module):
                              f"{shape_tuple(input) if hasattr(input, 'shape') else shape_tuple(x)}")
         h0, c0 = self._initial_state(hx, batch, batched)
         output, h_n, c_n, tape = engine.forward(self._parameters, c, x, h0, c0, self.training, self._rng,
-                                                backend=self._backend, workspace=self._workspace,
-                                                zero_start=hx is None)
+                                                backend=self._backend, workspace=self._workspace)
         if tape is not None:
             tape.layout = (batched, seq_len, batch)
             self._tapes.append(tape)
@@ -147,9 +141,10 @@ class LSTM(Module):
     __call__ = forward
 
     def _initial_state(self, hx, batch, batched):
-        h_shape, c_shape = shapes = self._state_shapes(batch)
+        """(h0, c0) as the engine takes them: None for zeros when ``hx`` is None."""
         if hx is None:
-            return self._workspace.zeros(self._backend, shapes, self.dtype)
+            return None, None
+        h_shape, c_shape = self.config.state_shapes(batch)
         if not isinstance(hx, (tuple, list)) or len(hx) != 2 or hx[0] is None or hx[1] is None:
             raise TypeError("hx must be a tuple (h_0, c_0) of two arrays, or None for zeros; "
                             f"got {type(hx).__name__}" + (f" of length {len(hx)}" if isinstance(hx, (tuple, list)) else ""))
@@ -212,7 +207,7 @@ class LSTM(Module):
         else:
             out_shape = (batch, seq_len, features) if c.batch_first else (seq_len, batch, features)
         d_out = self._time_major(self._check_grad(grad_output, "grad_output", out_shape), batched)
-        h_shape, c_shape = self._state_shapes(batch)
+        h_shape, c_shape = self.config.state_shapes(batch)
         grad_h_n, grad_c_n = grad_state if grad_state is not None else (None, None)
         grad_h_n = self._state_grad(grad_h_n, "grad_h_n", h_shape, batched)
         grad_c_n = self._state_grad(grad_c_n, "grad_c_n", c_shape, batched)
@@ -287,8 +282,7 @@ class LSTMCell(Module):
             raise ValueError(f"Expected batch size larger than 0, got input of shape {shape_tuple(x)}")
         h, cell = self._initial_state(hx, batch, batched)
         _, h_n, c_n, tape = engine.forward(self._layer_parameters(), c, _with_batch_axis(x, 0), h, cell,
-                                           self.training, backend=self._backend, workspace=self._workspace,
-                                           zero_start=hx is None)
+                                           self.training, backend=self._backend, workspace=self._workspace)
         if tape is not None:
             tape.layout = (batched, batch)
             self._tapes.append(tape)
@@ -301,10 +295,10 @@ class LSTMCell(Module):
         return array if batched else array[0]
 
     def _initial_state(self, hx, batch, batched):
-        """(h, c), each (1, batch, hidden) as the engine takes them."""
-        shape = (batch, self.config.hidden_size)
+        """(h, c), each (1, batch, hidden) as the engine takes them: None for zeros when ``hx`` is None."""
         if hx is None:
-            return self._workspace.zeros(self._backend, ((1,) + shape, (1,) + shape), self.dtype)
+            return None, None
+        shape = (batch, self.config.hidden_size)
         if not isinstance(hx, (tuple, list)) or len(hx) != 2 or hx[0] is None or hx[1] is None:
             raise TypeError(f"hx must be a tuple (h, c) of two arrays, or None for zeros; got {type(hx).__name__}")
         states = []

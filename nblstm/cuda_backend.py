@@ -11,6 +11,7 @@ The thread-block sizes are module constants read at every call, so tests can
 shrink them and make tiny inputs span several blocks.
 """
 import contextlib
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -75,6 +76,11 @@ class CUDABackend:
     @staticmethod
     def empty(shape, dtype):
         return cuda.device_array(shape, dtype)
+
+    @staticmethod
+    def allocator(shape, dtype):
+        """``empty(shape, dtype)`` as a function of no arguments."""
+        return functools.partial(CUDABackend.empty, shape, dtype)
 
     @staticmethod
     def zeros(shape, dtype):

@@ -103,6 +103,11 @@ class LSTMConfig:
     def state_size(self):
         return state_size(self.hidden_size, self.proj_size)
 
+    def state_shapes(self, batch):
+        """Shapes of (h, c) for ``batch`` rows: (L*D, batch, state), (L*D, batch, hidden)."""
+        layers = self.num_layers * self.num_directions
+        return (layers, batch, self.state_size), (layers, batch, self.hidden_size)
+
     def names(self, layer, direction):
         return layer_names(layer, direction, self.bias, self.proj_size)
 

@@ -193,16 +193,35 @@ def test_single_threaded_blas_limits_every_blas_and_restores_it():
         assert set(blas_threads()) == {2}
 
 
-@pytest.mark.parametrize("shape", [(0, 5), (3, 7), 20, 5000, (2, 8, 128), (10, 8, 128), (100, 64, 256)], ids=str)
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_empty_aligned_starts_large_arrays_on_a_cache_line(shape, dtype):
-    from nblstm.engine import ALIGN_MIN_BYTES, CACHE_LINE, empty_aligned
+def _assert_new_empty(array, shape, dtype):
+    """``array`` is what np.empty(shape, dtype) gives, starting on a cache line when large."""
+    from nblstm.engine import ALIGN_MIN_BYTES, CACHE_LINE
 
-    array = empty_aligned(shape, dtype)
     assert array.shape == np.empty(shape).shape and array.dtype == dtype and array.flags.c_contiguous and array.flags.writeable
     if array.nbytes >= ALIGN_MIN_BYTES:
         assert array.ctypes.data % CACHE_LINE == 0
     array[...] = 1  # the whole array is ours to write
+
+
+@pytest.mark.parametrize("shape", [(0, 5), (3, 7), 20, 5000, (2, 8, 128), (10, 8, 128), (100, 64, 256)], ids=str)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_empty_aligned_starts_large_arrays_on_a_cache_line(shape, dtype):
+    from nblstm.engine import empty_aligned
+
+    _assert_new_empty(empty_aligned(shape, dtype), shape, dtype)
+
+
+@pytest.mark.parametrize("shape", [(0, 5), (3, 7), (2, 8, 128), (10, 8, 128), (100, 64, 256)], ids=str)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_an_allocator_gives_a_new_aligned_array_at_every_call(shape, dtype):
+    """The allocators a prepared forward keeps (``engine.empty_allocator``) for the arrays it returns."""
+    from nblstm.engine import empty_allocator
+
+    allocate = empty_allocator(shape, dtype)
+    first, second = allocate(), allocate()
+    assert not np.shares_memory(first, second)
+    for array in (first, second):
+        _assert_new_empty(array, shape, dtype)
 
 
 @pytest.mark.parametrize("shape", [(0,), (5,), (3, 7), (2, 0, 64), (2, 8, 32, 64), (1, 65536)], ids=str)

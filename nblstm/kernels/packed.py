@@ -145,9 +145,10 @@ def pack_gate_rows(w, packed, unit_start=0, unit_stop=-1):
     panels; all by default) in each of the four gates are written: those a thread that owns
     these units reads (``recurrent_product``).  A transpose: a vector of panel columns whose
     weight rows follow each other goes in square blocks of a vector by a vector
-    (``simd.transpose_block``, the last k % lanes values element by element), any other
-    (padding units) as zeros and then its weight rows one by one.  An empty packed (no panels:
-    weights no step reads) is left as it is.
+    (``simd.transpose_block``; the last k % lanes values in one more block that ends at k,
+    overlapping the one before, or element by element where k < lanes), any other (padding units)
+    as zeros and then its weight rows one by one.  An empty packed (no panels: weights no step
+    reads) is left as it is.
     """
     hidden = w.shape[0] // NUM_GATES
     panels, k, width = packed.shape
@@ -175,9 +176,13 @@ def pack_gate_rows(w, packed, unit_start=0, unit_stop=-1):
             if consecutive:
                 for kk in range(0, whole_k, lanes):
                     transpose_block(w_flat, first_row * w_stride + kk, w_stride, panel, kk * width + block, width)
-                for kk in range(whole_k, k):
-                    for c in range(lanes):
-                        panel[kk * width + block + c] = w[first_row + c, kk]
+                if whole_k < k and k >= lanes:  # the last k % lanes: a block ending at k, over the one before
+                    transpose_block(w_flat, first_row * w_stride + k - lanes, w_stride, panel, (k - lanes) * width + block,
+                                    width)
+                else:
+                    for kk in range(whole_k, k):
+                        for c in range(lanes):
+                            panel[kk * width + block + c] = w[first_row + c, kk]
             else:  # zeros, then the rows that are not padding, one by one
                 zero = vsplat(panel.dtype.type(0.0))
                 for kk in range(k):

@@ -213,8 +213,7 @@ class LSTM(Module):
         grad_c_n = self._state_grad(grad_c_n, "grad_c_n", c_shape, batched)
         self._pop_tape()
         grads, grads_beta = self._grads_for_backward()
-        grad_x, grad_h0, grad_c0 = engine.backward(self._parameters, c, tape, d_out, grad_h_n, grad_c_n, grads,
-                                                   grads_beta)
+        grad_x, grad_h0, grad_c0 = engine.backward(c, tape, d_out, grad_h_n, grad_c_n, grads, grads_beta)
         grad_x, grad_h0, grad_c0 = self._for_caller(grad_output, self._user_layout(grad_x, batched),
                                                     self._squeeze(grad_h0, batched), self._squeeze(grad_c0, batched))
         return grad_x, (grad_h0, grad_c0)
@@ -330,7 +329,7 @@ class LSTMCell(Module):
         self._pop_tape()
         grads, grads_beta = self._grads_for_backward()
         grad_x, grad_h0, grad_c0 = engine.backward(
-            self._layer_parameters(), self.config, tape,
+            self.config, tape,
             self._zeros((1,) + shape_tuple(grad_h)),
             _with_batch_axis(grad_h, 0), _with_batch_axis(grad_c, 0), self._layer_view(grads), grads_beta)
         grad_x, grad_h0, grad_c0 = self._for_caller(caller_grad_h, self._unbatch(grad_x[0], batched),

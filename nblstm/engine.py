@@ -332,12 +332,13 @@ class Tape:
     layer_inputs[k]: (seq_len, batch, features) input of layer k (after dropout);
     layer_outputs[k]: (seq_len, batch, D*state) output of layer k (before dropout);
     saved[(k, d)]: (gates, c_seq, h_cell_seq) of layer k, direction d;
-    dropout_masks[k - 1]: the inverted-dropout scale applied to the input of layer k.
+    dropout_masks[k - 1]: the inverted-dropout scale applied to the input of layer k;
+    prepared: the forward's ``Prepared`` (its plan, weights and allocators serve backward too).
     """
 
     h0: object
     c0: object
-    plan: object
+    prepared: object
     backend: object
     layer_inputs: list = field(default_factory=list)
     layer_outputs: list = field(default_factory=list)
@@ -520,7 +521,7 @@ def forward(params, config, x, h0=None, c0=None, training=False, dropout_rng=Non
         h0, c0 = prepared.zero_state
     plan, shapes = prepared.plan, prepared.shapes
     h_n, c_n = prepared.new_h_n(), prepared.new_c_n()
-    tape = Tape(h0, c0, plan, backend) if training else None
+    tape = Tape(h0, c0, prepared, backend) if training else None
     if not training:  # one work space serves every layer and direction
         gates, c_seq, h_cell_seq = work = workspace.take(backend, shapes, dtype)
     layer_input = x
@@ -547,8 +548,8 @@ def forward(params, config, x, h0=None, c0=None, training=False, dropout_rng=Non
     return layer_input, h_n, c_n, tape
 
 
-def backward(params, config, tape, grad_output, grad_h_n, grad_c_n, grads, grads_beta):
-    """Backpropagation through time for a training-mode ``forward``.
+def backward(config, tape, grad_output, grad_h_n, grad_c_n, grads, grads_beta):
+    """Backpropagation through time for a training-mode ``forward``, with the weights it ran on.
 
     grad_output: (seq_len, batch, D*state); grad_h_n, grad_c_n: like h_n, c_n.
     Sets each array of ``grads`` ({name: array}) to its parameter's gradient + grads_beta * itself
@@ -558,19 +559,20 @@ def backward(params, config, tape, grad_output, grad_h_n, grad_c_n, grads, grads
     hidden, state, num_dirs = config.hidden_size, config.state_size, config.num_directions
     seq_len, batch, _ = grad_output.shape
     dtype = grad_output.dtype
-    backend, plan = tape.backend, tape.plan
-    grad_h0, grad_c0 = backend.empty(tape.h0.shape, dtype), backend.empty(tape.c0.shape, dtype)
+    backend, prepared = tape.backend, tape.prepared
+    plan = prepared.plan
+    grad_h0, grad_c0 = prepared.new_h_n(), prepared.new_c_n()
     dh, dc = backend.empty((batch, state), dtype), backend.empty((batch, hidden), dtype)
     dh_cell = backend.empty((batch, hidden), dtype)
     dh_seq = backend.empty((seq_len if config.proj_size > 0 else 0, batch, state), dtype)
     d_out = grad_output
-    with backend.guard(plan, True, largest_product(config, seq_len, batch)):
+    with backend.guard(plan, True, prepared.product_work):
         for layer in reversed(range(config.num_layers)):
             layer_input, out = tape.layer_inputs[layer], tape.layer_outputs[layer]
             dx = backend.empty(layer_input.shape, dtype)
             for direction in range(num_dirs):
                 k = layer * num_dirs + direction
-                w_ih, w_hh, _, _, w_hr = _layer_weights(backend, params, config, layer, direction)
+                w_ih, w_hh, _, _, w_hr = prepared.weights[k]
                 # grads has the parameters' names: the same placeholders stand in for absent ones
                 dw_ih, dw_hh, db_ih, db_hh, dw_hr = _layer_weights(backend, grads, config, layer, direction)
                 gates, c_seq, h_cell_seq = tape.saved.pop((layer, direction))

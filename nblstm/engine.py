@@ -380,8 +380,8 @@ class Prepared:
     whether the forward kernels call BLAS (``forward_calls_blas``) and the multiply-adds of the call's
     largest product (``largest_product``), the zero (h0, c0) of calls given no state (only read),
     the ``allocator`` of each new array a call returns (h_n, c_n and a layer's output), and for each
-    layer the (k, direction, weights[k], out_col) of each direction's kernel call (``runs``: worked out
-    at every call, they took 0.4 us of a 6.7 us L10 N1 H20 forward)."""
+    layer the (k, direction, weights[k], out_col) of each direction's kernel call, forward and backward
+    (``runs``: worked out at every call, they took 0.4 us of a 6.7 us L10 N1 H20 forward)."""
 
     plan: tuple
     shapes: Layout
@@ -556,7 +556,7 @@ def backward(config, tape, grad_output, grad_h_n, grad_c_n, grads, grads_beta):
     (1 accumulates, 0 overwrites what zero_grad left to be zeros) and returns grad_x
     (seq_len, batch, input_size), grad_h0, grad_c0.
     """
-    hidden, state, num_dirs = config.hidden_size, config.state_size, config.num_directions
+    hidden, state = config.hidden_size, config.state_size
     seq_len, batch, _ = grad_output.shape
     dtype = grad_output.dtype
     backend, prepared = tape.backend, tape.prepared
@@ -570,14 +570,12 @@ def backward(config, tape, grad_output, grad_h_n, grad_c_n, grads, grads_beta):
         for layer in reversed(range(config.num_layers)):
             layer_input, out = tape.layer_inputs[layer], tape.layer_outputs[layer]
             dx = backend.empty(layer_input.shape, dtype)
-            for direction in range(num_dirs):
-                k = layer * num_dirs + direction
-                w_ih, w_hh, _, _, w_hr = prepared.weights[k]
+            for k, direction, (w_ih, w_hh, _, _, w_hr), out_col in prepared.runs[layer]:
                 # grads has the parameters' names: the same placeholders stand in for absent ones
                 dw_ih, dw_hh, db_ih, db_hh, dw_hr = _layer_weights(backend, grads, config, layer, direction)
                 gates, c_seq, h_cell_seq = tape.saved.pop((layer, direction))
                 backend.layer_backward(
-                    layer_input, w_ih, w_hh, w_hr, tape.h0[k], tape.c0[k], out, direction * state,
+                    layer_input, w_ih, w_hh, w_hr, tape.h0[k], tape.c0[k], out, out_col,
                     gates, c_seq, h_cell_seq, direction == 1, plan,
                     d_out, grad_h_n[k], grad_c_n[k], dh, dc, dh_cell, dh_seq,
                     dx, 0.0 if direction == 0 else 1.0, grad_h0[k], grad_c0[k],

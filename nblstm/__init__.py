@@ -1,5 +1,5 @@
 """nblstm: a Numba-accelerated LSTM over NumPy arrays with PyTorch's nn.LSTM interface."""
-from .api import LSTM, LSTMCell
+from .api import LSTM, LSTMCell, freeze
 
 __version__ = "0.1.0"
-__all__ = ["LSTM", "LSTMCell", "__version__"]
+__all__ = ["LSTM", "LSTMCell", "__version__", "freeze"]

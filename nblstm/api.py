@@ -25,8 +25,10 @@ import numpy as np
 
 from . import engine
 from .cuda import backend as cuda_backend
-from .module import Module, check_bool, check_device, check_int, shape_tuple
+from .module import Module, check_bool, check_device, check_int, freeze, shape_tuple
 from .params import LSTMConfig, parameter_shapes
+
+__all__ = ["LSTM", "LSTMCell", "freeze"]
 
 # The input ranks each layer accepts and how its messages name their shapes (by batch_first for LSTM).
 _LSTM_INPUT_LAYOUTS = {False: {2: "(L, H_in)", 3: "(L, N, H_in)"}, True: {2: "(L, H_in)", 3: "(N, L, H_in)"}}

@@ -87,7 +87,7 @@ class CUDABackend:
         return device_zeros(shape, dtype, _plan())
 
     @staticmethod
-    def plan(seq_len, batch, hidden, state, training, zero_start=False, input_size=0):
+    def plan(seq_len, batch, hidden, state, training, zero_start=False, input_size=0, prepacked=False):
         return _plan(persistent=batch <= PERSISTENT_MAX_BATCH)
 
     @staticmethod

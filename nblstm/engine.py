@@ -20,10 +20,12 @@ from numba.np.ufunc import parallel as numba_parallel
 
 from .kernels.blas import single_threaded_blas, uses_blas
 from .kernels.cpu_backward import lstm_layer_backward
-from .kernels.cpu_forward import calls_blas, lstm_layer_forward
+from .kernels.cpu_forward import (PLAIN_INPUT_MAX_ROWS, calls_blas, lstm_layer_forward, lstm_layer_forward_packed,
+                                  new_packed_weights, pack_layer_weights)
 from .kernels.packed import gate_columns, packs_weights
 from .kernels.parallel import CACHE_LINE, cache_line_offset
 from .kernels.parallel import matmul as parallel_matmul
+from .kernels.simd import vector_lanes
 from .params import NUM_GATES
 
 # A time step with fewer multiply-adds than this runs on one thread: opening a
@@ -79,6 +81,17 @@ BATCH_PART_MIN_ROWS = 4
 # hidden 32-64, 100 steps: 0.70-0.73x).
 SMALL_STEPS_BATCH_SPLIT_MIN_WORK = 1 << 20
 SMALL_STEPS_BATCH_SPLIT_MAX_INPUT = 64
+
+# With weights packed before the call (``CPUBackend.plan``'s prepacked), inference runs on them at
+# any length, but for calls of up to this many (time, batch) rows whose hidden size is not a whole
+# number of vectors (of float32, and so of float64): there the padded gates and the padded copy of
+# w_ih their few rows are projected on cost more than plain products.  Measured on 2 cores (AVX-512),
+# one process, the rules alternated 7x, input 32, from zero states (z) or given ones (s): packed /
+# plain L1 N1 H20 s 7.1 / 6.6 us, L1 N2 H20 s 7.3 / 6.8, L2 N1 H20 s 7.4 / 7.0, L1 N1 H24 s 7.2 / 6.8,
+# L1 N1 H8 s 6.5 / 6.2; and faster from 8 rows or whole vectors: L1 N8 H20 s 7.4 / 8.5, L1 N8 H128 z
+# 8.9 / 14.7, L1 N16 H128 z 12.2 / 20.3, L1 N64 H32 z 13.0 / 17.9, L1 N1 H128 s 8.5 / 9.6, L2 N1 H128 s
+# 11.5 / 12.9, L1 N1 H48 s 6.8 / 7.1, L3 N4 H256 s 55.8 / 84.4, L1 N2 I256 H1024 s 185 / 238.
+PREPACKED_PLAIN_MAX_ROWS = PLAIN_INPUT_MAX_ROWS
 
 # In inference the CPU's input projection runs over blocks of time steps holding
 # about this many (time, batch) rows, so memory does not grow with seq_len.
@@ -216,9 +229,14 @@ class CPUBackend:
     zeros = staticmethod(zeros_aligned)
     layer_forward = staticmethod(lstm_layer_forward)
     layer_backward = staticmethod(lstm_layer_backward)
+    # A model whose weights do not change (``Workspace(prepacks=True)``) packs them once per layout
+    # (``prepack``) and runs this kernel on them, which takes them as three more arguments.
+    layer_forward_packed = staticmethod(lstm_layer_forward_packed)
+    new_packed_weights = staticmethod(new_packed_weights)
+    pack_layer_weights = staticmethod(pack_layer_weights)
 
     @staticmethod
-    def plan(seq_len, batch, hidden, state, training, zero_start=False, input_size=0):
+    def plan(seq_len, batch, hidden, state, training, zero_start=False, input_size=0, prepacked=False):
         """(threads, together, by_batch, pack_weights): how the kernels split and lay out the work (see
         ``lstm_layer_forward``).
 
@@ -238,10 +256,15 @@ class CPUBackend:
         threads that split the batch only project their rows' inputs (measured on 2 cores, one
         process, 8 rounds alternated, input 32: 1.12-1.36x the units split from L1 N4 H256 to L1
         N64 H512, L1 N8 H1024).
+        ``prepacked``: inference on weights packed before the call (``Workspace(prepacks=True)``), which
+        then costs no packing: it packs, as a long call does, except where a call of a few rows would
+        pad the gates (``PREPACKED_PLAIN_MAX_ROWS``).
         """
         reads_weights = reads_recurrent_weights(seq_len, training, zero_start)
         weights = NUM_GATES * hidden * state if reads_weights else 0
-        pack_weights = packs_weights(seq_len, batch, weights, training)
+        pack_weights = packs_weights(seq_len, batch, weights, training) or (
+            prepacked and not training
+            and (seq_len * batch > PREPACKED_PLAIN_MAX_ROWS or hidden % vector_lanes(np.float32) == 0))
         n_parts = thread_parts(batch, hidden, state)
         if not reads_weights and batch * NUM_GATES * hidden * input_size < ONE_STEP_SPLIT_MIN_WORK:
             n_parts = 1
@@ -380,8 +403,10 @@ class Prepared:
     whether the forward kernels call BLAS (``forward_calls_blas``) and the multiply-adds of the call's
     largest product (``largest_product``), the zero (h0, c0) of calls given no state (only read),
     the ``allocator`` of each new array a call returns (h_n, c_n and a layer's output), and for each
-    layer the (k, direction, weights[k], out_col) of each direction's kernel call, forward and backward
-    (``runs``: worked out at every call, they took 0.4 us of a 6.7 us L10 N1 H20 forward)."""
+    layer the (k, direction, weights[k], out_col, layer_forward, packed) of each direction's kernel
+    call, forward and backward (``runs``: worked out at every call, they took 0.4 us of a 6.7 us L10 N1
+    H20 forward): the backend's ``layer_forward`` and no more arguments, or, with weights packed
+    before (``prepack``), its ``layer_forward_packed`` and the packed weights."""
 
     plan: tuple
     shapes: Layout
@@ -396,27 +421,52 @@ class Prepared:
     new_out: object
 
 
-def prepare(backend, config, params, seq_len, batch, dtype, training, zero_start, zero_state):
+def prepare(backend, config, params, seq_len, batch, dtype, training, zero_start, zero_state, packed_kept=None):
     """The ``Prepared`` forward of (seq_len, batch, features) input (from zero states: ``zero_start``);
-    ``zero_state``: zero (h0, c0) arrays of ``config.state_shapes(batch)``."""
+    ``zero_state``: zero (h0, c0) arrays of ``config.state_shapes(batch)``.  With ``packed_kept`` (a
+    dict; inference on the CPU only), its kernels run on weights packed once (``prepack``)."""
     plan = backend.plan(seq_len, batch, config.hidden_size, config.state_size, training, zero_start,
-                        widest_layer_input(config))
+                        widest_layer_input(config), packed_kept is not None)
     weights = tuple(_layer_weights(backend, params, config, layer, direction)
                     for layer in range(config.num_layers) for direction in range(config.num_directions))
-    num_dirs = config.num_directions
-    runs = tuple(tuple((layer * num_dirs + direction, direction, weights[layer * num_dirs + direction],
-                        direction * config.state_size) for direction in range(num_dirs))
-                 for layer in range(config.num_layers))
     shapes = layout(backend, config, seq_len, batch, dtype, plan, training)
+    if packed_kept is None or training:
+        kernels = ((backend.layer_forward, ()),) * len(weights)
+    else:
+        packed = prepack(backend, weights, seq_len, batch, reads_recurrent_weights(seq_len, training, zero_start),
+                         plan, shapes.gates[2], packed_kept)
+        kernels = tuple((backend.layer_forward_packed, arrays) for arrays in packed)
+    num_dirs = config.num_directions
+    runs = tuple(tuple((k, direction, weights[k], direction * config.state_size) + kernels[k]
+                       for direction, k in enumerate(range(layer * num_dirs, (layer + 1) * num_dirs)))
+                 for layer in range(config.num_layers))
     h_shape, c_shape = config.state_shapes(batch)
     return Prepared(plan, shapes, params, weights, runs, backend.forward_calls_blas(plan, weights, seq_len * batch),
                     largest_product(config, seq_len, batch), zero_state, backend.allocator(h_shape, dtype),
                     backend.allocator(c_shape, dtype), backend.allocator(shapes.out, dtype))
 
 
+def prepack(backend, weights, seq_len, batch, reads_hh, plan, gate_columns, kept):
+    """For each layer and direction's ``weights`` (``_layer_weights``), the packed weights its
+    kernel takes with this plan, for (seq_len, batch) inputs (``new_packed_weights``), packed once
+    for every input shape that has their layout (their shapes; ``kept``: {shapes: arrays} from
+    earlier calls).  The weights must not change while the packed ones are used."""
+    layouts = tuple(backend.new_packed_weights(seq_len, batch, w_ih.shape[1], w_hh.shape[1], reads_hh, plan,
+                                               gate_columns, w_hh) for w_ih, w_hh, _, _, _ in weights)
+    key = tuple(tuple(array.shape for array in arrays) for arrays in layouts)
+    packed = kept.get(key)
+    if packed is None:
+        for (w_ih, w_hh, _, _, _), arrays in zip(weights, layouts):
+            backend.pack_layer_weights(w_ih, w_hh, *arrays)
+        packed = Workspace.keep(kept, key, layouts)
+    return packed
+
+
 class Workspace:
     """What one model keeps between its calls: the ``Prepared`` forwards of recent input shapes, the
-    inference work arrays (gates, cell states, projection inputs) and zero initial states.
+    inference work arrays (gates, cell states, projection inputs) and zero initial states; with
+    ``prepacks`` (a model whose weights never change, ``nblstm.freeze``: CPU inference only), its
+    weights packed for the kernels once per layout (``prepack``) instead of at every call.
 
     Fresh arrays of a MiB or more are new memory that the OS maps in page by page at
     first touch: at L100 N8 H128 that was 30% of a call (1.3 ms against 0.9 ms with
@@ -429,13 +479,14 @@ class Workspace:
 
     KEPT = 8  # prepared forwards and zero states of the latest few shapes
 
-    def __init__(self):
+    def __init__(self, prepacks=False):
         self._free = []
         self._prepared = {}
         self._zeros = {}
+        self._packed = {} if prepacks else None
 
     @staticmethod
-    def _keep(cache, key, value):
+    def keep(cache, key, value):
         """``value``, kept in ``cache`` under ``key`` (emptied first once it holds KEPT other values)."""
         if key not in cache and len(cache) >= Workspace.KEPT:
             cache.clear()
@@ -454,8 +505,8 @@ class Workspace:
         if prepared is None or (prepared.params is not params
                                 and prepared.weights[0][0] is not params[config.names(0, 0).weight_ih]):
             zero_state = self.zeros(backend, config.state_shapes(batch), dtype)
-            prepared = self._keep(self._prepared, key, prepare(backend, config, params, seq_len, batch, dtype,
-                                                               training, zero_start, zero_state))
+            prepared = self.keep(self._prepared, key, prepare(backend, config, params, seq_len, batch, dtype,
+                                                              training, zero_start, zero_state, self._packed))
         return prepared
 
     def take(self, backend, shapes, dtype):
@@ -480,7 +531,7 @@ class Workspace:
         key = (backend.name, shapes, dtype)
         zeros = self._zeros.get(key)
         if zeros is None:
-            zeros = self._keep(self._zeros, key, tuple(backend.zeros(shape, dtype) for shape in shapes))
+            zeros = self.keep(self._zeros, key, tuple(backend.zeros(shape, dtype) for shape in shapes))
         return zeros
 
 
@@ -532,13 +583,13 @@ def forward(params, config, x, h0=None, c0=None, training=False, dropout_rng=Non
                 tape.dropout_masks.append(mask)
                 layer_input = backend.multiply(layer_input, mask)
             out = prepared.new_out()
-            for k, direction, weights, out_col in runs:
+            for k, direction, weights, out_col, layer_forward, packed in runs:
                 if training:
                     gates, c_seq, h_cell_seq = tape.saved[(layer, direction)] = (
                         backend.empty(shapes.gates, dtype), backend.empty(shapes.c_seq, dtype),
                         backend.empty(shapes.h_cell_seq, dtype))
-                backend.layer_forward(layer_input, *weights, h0[k], c0[k], direction == 1, plan, gates, c_seq,
-                                      h_cell_seq, out, out_col, h_n[k], c_n[k])
+                layer_forward(layer_input, *weights, h0[k], c0[k], direction == 1, plan, gates, c_seq, h_cell_seq,
+                              out, out_col, h_n[k], c_n[k], *packed)
             if training:
                 tape.layer_inputs.append(layer_input)
                 tape.layer_outputs.append(out)
@@ -570,7 +621,7 @@ def backward(config, tape, grad_output, grad_h_n, grad_c_n, grads, grads_beta):
         for layer in reversed(range(config.num_layers)):
             layer_input, out = tape.layer_inputs[layer], tape.layer_outputs[layer]
             dx = backend.empty(layer_input.shape, dtype)
-            for k, direction, (w_ih, w_hh, _, _, w_hr), out_col in prepared.runs[layer]:
+            for k, direction, (w_ih, w_hh, _, _, w_hr), out_col, _, _ in prepared.runs[layer]:
                 # grads has the parameters' names: the same placeholders stand in for absent ones
                 dw_ih, dw_hh, db_ih, db_hh, dw_hr = _layer_weights(backend, grads, config, layer, direction)
                 gates, c_seq, h_cell_seq = tape.saved.pop((layer, direction))

@@ -3,9 +3,10 @@
 Parameters as attributes (PyTorch's names), ``named_parameters()``, gradients in
 ``grads`` under the same names, ``state_dict()`` / ``load_state_dict()`` (NumPy
 arrays or torch tensors), ``train()`` / ``eval()``, ``to(device)``, ``save()`` /
-``load()`` to a portable ``.npz`` file, and the argument and array checks used at
-the API boundary.
+``load()`` to a portable ``.npz`` file, the argument and array checks used at
+the API boundary, and ``freeze``: a read-only copy for inference.
 """
+import copy
 import json
 import numbers
 
@@ -95,6 +96,8 @@ class Module:
     (its constructor arguments, for ``save``/``load``).
     """
 
+    frozen = False  # a copy made by ``freeze``: read-only parameters, inference only
+
     def _init_parameters(self, shapes, hidden_size, dtype, seed, device="cpu"):
         object.__setattr__(self, "_parameters", {})
         self.dtype = _model_dtype(dtype)
@@ -120,6 +123,9 @@ class Module:
         device = check_device(device)
         if device == self.device:
             return self
+        if self.frozen:
+            raise RuntimeError(f"a frozen {type(self).__name__} stays on the CPU (nblstm.freeze): move the model "
+                               "it was frozen from instead")
         backend = engine.CPU if device == "cpu" else cuda_backend()
         place = (lambda array: array) if device == "cpu" else backend.from_host
         self._parameters = {name: place(_host_copy(value)) for name, value in self._parameters.items()}
@@ -175,6 +181,9 @@ class Module:
             object.__setattr__(self, name, value)
 
     def _set_parameter(self, name, value):
+        if self.frozen:
+            raise RuntimeError(f"cannot set {name}: the parameters of a frozen {type(self).__name__} are read-only "
+                               "(nblstm.freeze); change the model it was frozen from and freeze it again")
         expected = self._parameters[name].shape
         array = to_numpy(value)
         if not (np.issubdtype(array.dtype, np.floating) or np.issubdtype(array.dtype, np.integer)):
@@ -257,7 +266,11 @@ class Module:
 
     def train(self, mode=True):
         """Training mode: dropout on, and forward keeps what backward needs."""
-        self.training = check_bool("mode", mode)
+        mode = check_bool("mode", mode)
+        if mode and self.frozen:
+            raise RuntimeError(f"a frozen {type(self).__name__} runs inference only (nblstm.freeze): train the "
+                               "model it was frozen from, then freeze it again")
+        self.training = mode
         return self
 
     def eval(self):
@@ -301,6 +314,31 @@ class Module:
             raise ValueError(f"{name} must have the shape of the forward result {expected_shape}, "
                              f"got {shape_tuple(array)}")
         return array
+
+
+def freeze(model):
+    """A frozen copy of ``model`` (``LSTM``, ``LSTMCell`` or ``Linear``, on the CPU) for inference, as
+    ``torch.jit.freeze`` makes of a TorchScript module: in eval mode for good, its parameters copied
+    into read-only arrays.  Weights that cannot change need not be repacked at every call: an LSTM or
+    LSTMCell packs them for its kernels once for each input shape's layout and reuses them, which
+    ONNX Runtime, whose weights are constants, does too; results are the same numbers as the model's.
+
+    The copy does not follow later changes to ``model``: freeze again after training.  Writing into
+    its parameters raises NumPy's ValueError (read-only); ``train()``, setting a parameter
+    (``load_state_dict`` too) and ``to('cuda')`` raise RuntimeError; it has no gradients.
+    """
+    if not isinstance(model, Module):
+        raise TypeError(f"freeze takes an nblstm LSTM, LSTMCell or Linear, got {type(model).__name__}")
+    if model.device != "cpu":
+        raise ValueError(f"freeze: the model is on {model.device!r}; frozen models run on the CPU")
+    frozen = copy.copy(model)
+    parameters = {name: value.copy() for name, value in model._parameters.items()}
+    for array in parameters.values():
+        array.flags.writeable = False
+    frozen.__dict__.pop("_kept_layer_parameters", None)  # LSTMCell's view of the model's parameters
+    frozen.__dict__.update(_parameters=parameters, _grads={}, _zeros_pending=False, training=False, _tapes=[],
+                           _workspace=engine.Workspace(prepacks=True), frozen=True)
+    return frozen
 
 
 def check_device(device):

@@ -90,12 +90,22 @@ class Backend:
 
 
 class NblstmBackend(Backend):
-    """nblstm.api.LSTM on the CPU kernels, or on the CUDA kernels (``device='cuda'``)."""
+    """nblstm.api.LSTM on the CPU kernels, or on the CUDA kernels (``device='cuda'``); ``frozen``:
+    ``nblstm.freeze`` of it (inference only), whose weights are packed once, as ONNX Runtime's are
+    constants of its session."""
 
-    def __init__(self, name, device):
-        self.name, self.device = name, device
-        self.description = ("nblstm.api.LSTM, Numba CPU kernels" if device == "cpu"
+    def __init__(self, name, device, frozen=False):
+        self.name, self.device, self.frozen = name, device, frozen
+        if frozen:
+            self.modes = ("fwd",)
+        self.description = ("nblstm.freeze(nblstm.api.LSTM), Numba CPU kernels on weights packed once" if frozen
+                            else "nblstm.api.LSTM, Numba CPU kernels" if device == "cpu"
                             else "nblstm.api.LSTM(device='cuda'), Numba CUDA kernels")
+
+    def unsupported_reason(self, case, mode):
+        if mode not in self.modes:
+            return "a frozen model (nblstm.freeze) is inference only (no training)"
+        return None
 
     def unavailable_reason(self):
         if self.device == "cpu":
@@ -125,13 +135,15 @@ class NblstmBackend(Backend):
         return cuda.to_device, to_host, cuda.synchronize
 
     def prepare(self, problem, mode, threads):
-        from ..api import LSTM
+        from ..api import LSTM, freeze
 
         to_device, to_host, synchronize = self._device_io()
         model = LSTM(**problem.case.lstm_kwargs(), dtype=problem.case.dtype,
                      device=None if self.device == "cpu" else self.device)
         model.load_state_dict(problem.params)
         model.train(mode == "train")
+        if self.frozen:
+            model = freeze(model)
         x = to_device(problem.x)
         if mode == "fwd":
             def run():
@@ -268,6 +280,7 @@ class OnnxRuntimeBackend(Backend):
 
 BACKENDS = {backend.name: backend for backend in (
     NblstmBackend("nblstm", "cpu"),
+    NblstmBackend("nblstm-frozen", "cpu", frozen=True),
     NumpyBackend(),
     TorchBackend("torch-cpu", "cpu"),
     OnnxRuntimeBackend(),

@@ -8,7 +8,9 @@ o blocks, each padded to whole panels).  Per layer and direction:
    threads of the time loop's parallel region: each packs the panels it reads
    where they can meet at a barrier, or its own copy of all of them where they
    split the batch), w_ih repacked too (or, where BLAS projects the inputs,
-   its rows put in the padded gate layout);
+   its rows put in the padded gate layout); a model whose weights never change
+   (``nblstm.freeze``) has them packed before its calls, once for all of them
+   (``pack_layer_weights``, ``lstm_layer_forward_packed``);
 2. the input projection ``x_t @ w_ih.T`` of a block of time steps is one
    large matrix product (the packed product, its rows split between the
    threads, ``projects_packed``; BLAS with threads on machines without
@@ -385,6 +387,54 @@ def _run_steps_together(step0, step1, reverse, gates, bias, w_hh, packed_hh, w_h
 
 
 @njit(**JIT_OPTIONS)
+def _packs(plan, gate_columns, width):
+    """Whether a forward with ``plan`` runs on packed weights: it asks for them (``pack_weights``) and
+    its rows of gate_columns padded gates are whole panels of ``width``."""
+    return plan[3] and gate_columns % width == 0
+
+
+@njit(**JIT_OPTIONS)
+def new_packed_weights(seq_len, batch, input_size, state, reads_hh, plan, gate_columns, like):
+    """The packed weights a layer's forward with ``plan`` runs on, allocated (not filled; ``like``'s
+    dtype), for (seq_len, batch, input_size) input and gates of ``gate_columns`` columns; an array
+    with no panels where the forward does not use it:
+
+    packed_hh:         (copies, panels, state, width) w_hh: one copy, or one for each thread where
+                       threads split the batch (each packs and reads its own, ``_run_steps_by_batch``);
+                       no panels where the plan does not pack or no step reads w_hh (``reads_hh``
+                       false: one step from a zero initial state, ``adds_recurrent_product``)
+    packed_ih_by_rows: (copies, panels, input_size, width) w_ih for threads that split the batch and
+                       project their own rows' inputs, when they are few (``projects_by_batch``)
+    packed_ih:         (panels, input_size, width) one w_ih that serves every thread
+                       (``projects_packed``): no BLAS call, whose own threads would wake up and spin
+                       beside a serial loop, and on AVX-512 the packed product runs faster.  A call of
+                       a few rows (``PLAIN_INPUT_MAX_ROWS``) projects on w_ih as it is.
+    """
+    n_parts, _, by_batch, _ = plan
+    width = PANEL_VECTORS * lanes_of(like)  # columns per panel
+    packing = _packs(plan, gate_columns, width)
+    panels = gate_columns // width
+    copies = n_parts if by_batch else 1
+    packed_hh = empty_aligned((copies, panels if packing and reads_hh else 0, state, width), like)
+    by_rows_ih = packing and projects_by_batch(n_parts, by_batch, input_size)
+    packed_ih_by_rows = empty_aligned((copies, panels if by_rows_ih else 0, input_size, width), like)
+    packs_ih = packing and projects_packed(n_parts, by_batch, input_size, seq_len * batch)
+    packed_ih = empty_aligned((panels if packs_ih else 0, input_size, width), like)
+    return packed_hh, packed_ih_by_rows, packed_ih
+
+
+@njit(**JIT_OPTIONS)
+def pack_layer_weights(w_ih, w_hh, packed_hh, packed_ih_by_rows, packed_ih):
+    """Pack w_ih and w_hh into every array and copy of ``new_packed_weights`` (for
+    ``lstm_layer_forward_packed``: weights that do not change, packed once for the calls of a plan
+    and input shape, rather than at every call)."""
+    for copy in range(packed_hh.shape[0]):
+        pack_gate_rows(w_hh, packed_hh[copy])
+        pack_gate_rows(w_ih, packed_ih_by_rows[copy])
+    pack_gate_rows(w_ih, packed_ih)
+
+
+@njit(**JIT_OPTIONS)
 def lstm_layer_forward(x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, reverse, plan,
                        gates, c_seq, h_cell_seq, out, out_col, h_n, c_n):
     """Run one layer in one direction over the whole sequence.
@@ -415,35 +465,48 @@ def lstm_layer_forward(x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, reverse, plan,
     # with about 70 atomic adds a call (L10 N1 H20; 0.3 us).
     x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0 = borrowed((x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0))
     gates, c_seq, h_cell_seq, out, h_n, c_n = borrowed((gates, c_seq, h_cell_seq, out, h_n, c_n))
-    n_parts, together, by_batch, pack_weights = plan
+    packed = new_packed_weights(x.shape[0], x.shape[1], x.shape[2], h0.shape[1],
+                                x.shape[0] > 1 or adds_recurrent_product(0, h0), plan, gates.shape[2], gates)
+    _layer_forward(x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, reverse, plan, gates, c_seq, h_cell_seq, out, out_col,
+                   h_n, c_n, packed, False)
+
+
+@njit(**JIT_OPTIONS)
+def lstm_layer_forward_packed(x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, reverse, plan, gates, c_seq, h_cell_seq, out,
+                              out_col, h_n, c_n, packed_hh, packed_ih_by_rows, packed_ih):
+    """``lstm_layer_forward`` on weights packed before: ``new_packed_weights`` for this plan and these
+    arrays' shapes, filled by ``pack_layer_weights`` (a one-step call from zero states may be given a
+    packed_hh it does not read)."""
+    x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0 = borrowed((x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0))
+    gates, c_seq, h_cell_seq, out, h_n, c_n = borrowed((gates, c_seq, h_cell_seq, out, h_n, c_n))
+    packed = borrowed((packed_hh, packed_ih_by_rows, packed_ih))
+    _layer_forward(x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, reverse, plan, gates, c_seq, h_cell_seq, out, out_col,
+                   h_n, c_n, packed, True)
+
+
+@njit(**JIT_OPTIONS)
+def _layer_forward(x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, reverse, plan, gates, c_seq, h_cell_seq, out, out_col,
+                   h_n, c_n, packed, prepacked):
+    """``lstm_layer_forward`` on ``new_packed_weights``' arrays (``packed``), which it packs unless
+    they are ``prepacked``."""
+    n_parts, together, by_batch, _ = plan
     seq_len, batch = x.shape[0], x.shape[1]
     state = h0.shape[1]
     gate_slots = gates.shape[0]
     padded = gates.shape[2] // NUM_GATES
     width = PANEL_VECTORS * lanes_of(gates)  # columns per panel
-    packing = pack_weights and gates.shape[2] % width == 0
-    # Threads that split the batch each pack their own copy of the weights (``_run_steps_by_batch``);
-    # a one-step call from a zero initial state never reads w_hh (``adds_recurrent_product``).
-    copies = n_parts if by_batch else 1
-    packs_hh = packing and (seq_len > 1 or adds_recurrent_product(0, h0))
-    packed_hh_copies = empty_aligned((copies, gates.shape[2] // width if packs_hh else 0, state, width), gates)
+    packing = _packs(plan, gates.shape[2], width)
+    packed_hh_copies, packed_ih_copies, packed_ih = packed
     packed_hh = packed_hh_copies[0]
-    # Threads that split the batch project their own rows' inputs when they are few, each on its own
-    # packed copy of w_ih (``PROJECT_BY_BATCH_MAX_INPUT``); otherwise one packed w_ih, packed here,
-    # serves every thread (``projects_packed``): no BLAS call, whose own threads would wake up and
-    # spin beside a serial loop, and on AVX-512 the packed product runs faster.  A call of a few rows
-    # (``PLAIN_INPUT_MAX_ROWS``) projects on w_ih as it is.
-    by_rows_ih = packing and projects_by_batch(n_parts, by_batch, x.shape[2])
-    packs_ih = packing and projects_packed(n_parts, by_batch, x.shape[2], seq_len * batch)
-    packed_ih_copies = empty_aligned((copies, gates.shape[2] // width if by_rows_ih else 0, x.shape[2], width),
-                                     gates)
-    packed_ih = empty_aligned((gates.shape[2] // width if packs_ih else 0, x.shape[2], width), gates)
-    pack_gate_rows(w_ih, packed_ih)
+    by_rows_ih = packed_ih_copies.shape[1] > 0
+    packs_ih = packed_ih.shape[0] > 0
     # Threads that split the batch, or that can meet at a barrier, pack their own panels of w_hh
     # (below); otherwise pack here.
-    in_region = packing and n_parts > 1 and (together or by_batch)
-    if packing and not in_region:
-        pack_gate_rows(w_hh, packed_hh)
+    in_region = packing and n_parts > 1 and (together or by_batch) and not prepacked
+    if not prepacked:
+        pack_gate_rows(w_ih, packed_ih)
+        if packing and not in_region:
+            pack_gate_rows(w_hh, packed_hh)
     w_ih_rows = in_gate_layout(w_ih, padded) if not (packs_ih or by_rows_ih) else w_ih
     bias_rows = gate_bias(b_ih, b_hh, w_hh.shape[0] // NUM_GATES, padded)
     block = width if packing else PART_BLOCK
@@ -457,7 +520,7 @@ def lstm_layer_forward(x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, reverse, plan,
         t1 = min(seq_len, t0 + gate_slots)
         x_block = x[t0:t1].reshape(((t1 - t0) * batch, x.shape[2]))
         gates_block = gates[:t1 - t0].reshape(((t1 - t0) * batch, gates.shape[2]))
-        if packed_ih.shape[0] > 0:
+        if packs_ih:
             gemm_packed_rows(x_block, packed_ih, gates_block, False, n_parts)
         elif not by_rows_ih:
             matmul(x_block, w_ih_rows, gates_block, False, True, 0.0, n_parts)

@@ -19,6 +19,11 @@ def _check_model(model):
     if not (hasattr(model, "named_parameters") and hasattr(model, "grads")):
         raise TypeError("nblstm optimizers take the model itself, e.g. Adam(model, lr=1e-3), since gradients "
                         f"live in model.grads; got {type(model).__name__}")
+    read_only = [name for name, value in model.named_parameters()
+                 if isinstance(value, np.ndarray) and not value.flags.writeable]
+    if read_only:
+        raise ValueError(f"the model's parameters {read_only} are read-only (a frozen model, nblstm.freeze): "
+                         "optimize the model it was frozen from")
     return model
 
 

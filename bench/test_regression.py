@@ -2,6 +2,8 @@
 
 ``test_nblstm_speed`` times nblstm alone with pytest-benchmark (keep a history
 with ``--benchmark-autosave`` and compare with ``--benchmark-compare``).
+The floors are kept by kind: ``fwd`` and ``train`` time ``nblstm.api.LSTM``,
+``frozen`` the forward of ``nblstm.freeze`` of it.
 ``test_speed_relative_to_torch_is_above_floor`` times nblstm and PyTorch CPU
 interleaved in the same run on the same case (the ``nblstm-bench`` runner,
 which also checks both against the float64 reference) and fails when nblstm's
@@ -22,30 +24,32 @@ FLOORS_FILE = pathlib.Path(__file__).with_name("floors.json")
 FLOORS = json.loads(FLOORS_FILE.read_text())
 THREADS = FLOORS["threads"]
 SETTINGS = Settings(threads=THREADS, repeats=7, warmup=1, min_sample_s=0.05)
-FLOOR_CASES = [(mode, name) for mode, floors in FLOORS["floors"].items() for name in floors]
+FLOOR_CASES = [(kind, name) for kind, floors in FLOORS["floors"].items() for name in floors]
+# The nblstm-bench backend and mode each kind of floor times.
+KINDS = {"fwd": ("nblstm", "fwd"), "train": ("nblstm", "train"), "frozen": ("nblstm-frozen", "fwd")}
 
 
-@pytest.mark.parametrize("mode, name", FLOOR_CASES)
-def test_nblstm_speed(benchmark, mode, name):
-    case = NAMED[name]
-    benchmark.group = f"nblstm {mode}"
+@pytest.mark.parametrize("kind, name", FLOOR_CASES)
+def test_nblstm_speed(benchmark, kind, name):
+    case, (backend, mode) = NAMED[name], KINDS[kind]
+    benchmark.group = f"{backend} {mode}"
     benchmark.extra_info.update(case=case.label, threads=THREADS)
     with thread_limit(THREADS):
-        prepared = BACKENDS["nblstm"].prepare(make_problem(case), mode, THREADS)
+        prepared = BACKENDS[backend].prepare(make_problem(case), mode, THREADS)
         prepared.run()  # compilation or cache loading stays out of the timing
         benchmark(prepared.run)
 
 
-@pytest.mark.parametrize("mode, name", FLOOR_CASES)
-def test_speed_relative_to_torch_is_above_floor(mode, name, record_property):
+@pytest.mark.parametrize("kind, name", FLOOR_CASES)
+def test_speed_relative_to_torch_is_above_floor(kind, name, record_property):
     pytest.importorskip("torch")
-    case, floor = NAMED[name], FLOORS["floors"][mode][name]
-    [(_, rows)] = run_sweep([case], [mode], [BACKENDS["nblstm"], BACKENDS["torch-cpu"]], SETTINGS)
+    case, floor, (backend, mode) = NAMED[name], FLOORS["floors"][kind][name], KINDS[kind]
+    [(_, rows)] = run_sweep([case], [mode], [BACKENDS[backend], BACKENDS["torch-cpu"]], SETTINGS)
     by_backend = {row["backend"]: row for row in rows}
     for row in rows:
         assert row["status"] == "ok", f"{row['backend']} {mode} on {case.label}: {row['status']}: {row['reason']}"
-    ratio = by_backend["torch-cpu"]["median_s"] / by_backend["nblstm"]["median_s"]
+    ratio = by_backend["torch-cpu"]["median_s"] / by_backend[backend]["median_s"]
     record_property("speed_relative_to_torch", ratio)
-    print(f"nblstm {mode} {name} ({case.label}, {THREADS} threads): {ratio:.3f}x PyTorch CPU (floor {floor})")
-    assert ratio >= floor, (f"nblstm {mode} on {name} ({case.label}) ran at {ratio:.3f}x PyTorch CPU's speed, "
+    print(f"{backend} {mode} {name} ({case.label}, {THREADS} threads): {ratio:.3f}x PyTorch CPU (floor {floor})")
+    assert ratio >= floor, (f"{backend} {mode} on {name} ({case.label}) ran at {ratio:.3f}x PyTorch CPU's speed, "
                             f"below the floor {floor} in {FLOORS_FILE.name}")

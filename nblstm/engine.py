@@ -65,6 +65,13 @@ BATCH_SPLIT_ROWS_PER_THREAD = 8
 # 2^17 at L1 N8 H128 27.2-29.3 -> 23.1-23.6 us, 2^18 at L1 N16 H128 34.0-35.1 -> 29.6-29.7 and L1 N64
 # H32 30.9-31.7 -> 27.2-27.3; even at 2^19, L1 N32 H128, N64 H64, N16 H256).
 ONE_STEP_SPLIT_MIN_WORK = 1 << 19
+# ... and on one thread it packs w_ih for its product (a panel product rather than the plain one)
+# from PLAIN_INPUT_MAX_ROWS + 1 rows, with up to this many inputs (the widest layer's).  Measured
+# (one process, the two plans alternated 7x, medians of 200 calls; packed / plain, us): input 32: L1
+# N5 H128 9.8 / 13.3, N6 H64 7.8 / 9.0, N8 H32 6.9 / 7.6, N8 H128 11.2 / 16.6, N16 H128 15.4 / 22.0, N32
+# H64 15.1 / 20.2; input 16 N64 H64 24.1 / 28.5; input 64 N8 H128 13.9 / 17.2; input 128 N8 H128 18.5 /
+# 18.5; input 256 N8 H128 31.5 / 27.6.
+ONE_STEP_PACKED_MAX_INPUT = 64
 
 # Threads that split the batch each take at least this many rows (a register tile).
 BATCH_PART_MIN_ROWS = 4
@@ -252,7 +259,8 @@ class CPUBackend:
         ``pack_weights``: whether the kernels repack the weights (``packed.packs_weights``).
         ``zero_start``: the call starts from zero states (the caller gave none); a one-step inference
         call then never reads the recurrent weights (``adds_recurrent_product``): it runs on one
-        thread up to ``ONE_STEP_SPLIT_MIN_WORK`` (``input_size``: the largest layer input), else
+        thread up to ``ONE_STEP_SPLIT_MIN_WORK`` (``input_size``: the largest layer input; packing w_ih
+        for a few inputs, ``ONE_STEP_PACKED_MAX_INPUT``), else
         threads that split the batch only project their rows' inputs (measured on 2 cores, one
         process, 8 rounds alternated, input 32: 1.12-1.36x the units split from L1 N4 H256 to L1
         N64 H512, L1 N8 H1024).
@@ -262,9 +270,12 @@ class CPUBackend:
         """
         reads_weights = reads_recurrent_weights(seq_len, training, zero_start)
         weights = NUM_GATES * hidden * state if reads_weights else 0
-        pack_weights = packs_weights(seq_len, batch, weights, training) or (
-            prepacked and not training
-            and (seq_len * batch > PREPACKED_PLAIN_MAX_ROWS or hidden % vector_lanes(np.float32) == 0))
+        pack_weights = packs_weights(seq_len, batch, weights, training)
+        if prepacked and not training:  # packing paid for before the call
+            pack_weights = pack_weights or (seq_len * batch > PREPACKED_PLAIN_MAX_ROWS
+                                            or hidden % vector_lanes(np.float32) == 0)
+        if not reads_weights:  # one step from zero states: only w_ih to pack
+            pack_weights = pack_weights or (batch > PLAIN_INPUT_MAX_ROWS and input_size <= ONE_STEP_PACKED_MAX_INPUT)
         n_parts = thread_parts(batch, hidden, state)
         if not reads_weights and batch * NUM_GATES * hidden * input_size < ONE_STEP_SPLIT_MIN_WORK:
             n_parts = 1

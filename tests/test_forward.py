@@ -368,6 +368,26 @@ def test_first_step_from_a_zero_state_skips_only_a_zero_product(plan, seq_len, s
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+def test_one_step_from_no_state_on_one_thread_packs_few_inputs(dtype, rng):
+    """A one-step inference call from zero states on one thread projects more than PLAIN_INPUT_MAX_ROWS
+    rows of up to ONE_STEP_PACKED_MAX_INPUT inputs on packed w_ih (it reads no other weight); with a
+    state, wider inputs or fewer rows the packing rule of longer calls decides.  PyTorch's numbers
+    either way."""
+    from nblstm import engine
+
+    plan = engine.CPU.plan
+    assert plan(1, 5, 64, 64, False, zero_start=True, input_size=32) == (1, False, False, True)
+    assert not plan(1, 5, 64, 64, False, input_size=32)[3]
+    assert not plan(1, 5, 64, 64, False, zero_start=True, input_size=128)[3]
+    assert not plan(1, 4, 64, 64, False, zero_start=True, input_size=32)[3]
+    for input_size, batch in ((32, 5), (30, 9), (128, 5)):
+        model = LSTM(input_size, 20, num_layers=2, dtype=dtype, seed=8).eval()
+        x = rng.standard_normal((1, batch, input_size)).astype(dtype)
+        ours, theirs = run_both(model, x, None)
+        assert_same(ours, theirs, dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("plan", [(1, False, False, True), (2, True, False, True), (2, False, False, True)],
                          ids=["one-thread", "units-one-region", "units-region-per-step"])
 @pytest.mark.parametrize("training", [False, True], ids=["eval", "train"])

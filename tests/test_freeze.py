@@ -133,11 +133,10 @@ def test_shapes_of_one_packing_layout_share_their_packed_weights(rng):
 
 def test_plans_on_prepacked_weights_pack_all_but_few_padded_rows():
     """With packing paid for before the call, inference packs where the plan of a call would not
-    (one step of 8 rows at hidden 128), but not a few rows that the packed path would pad (hidden
+    (one step of one row at hidden 128), but not a few rows that the packed path would pad (hidden
     20); training never takes prepacked weights."""
     plan = engine.CPU.plan
-    assert not plan(1, 8, 128, 128, False, True, 32)[3] and plan(1, 8, 128, 128, False, True, 32, prepacked=True)[3]
-    assert plan(1, 1, 128, 128, False, False, 32, prepacked=True)[3]
+    assert not plan(1, 1, 128, 128, False, False, 32)[3] and plan(1, 1, 128, 128, False, False, 32, prepacked=True)[3]
     assert not plan(1, 1, 20, 20, False, False, 20, prepacked=True)[3]
     assert plan(1, 8, 20, 20, False, False, 20, prepacked=True)[3]
     assert not plan(1, 8, 128, 128, True, False, 32, prepacked=True)[3]

@@ -321,7 +321,8 @@ def freeze(model):
     ``torch.jit.freeze`` makes of a TorchScript module: in eval mode for good, its parameters copied
     into read-only arrays.  Weights that cannot change need not be repacked at every call: an LSTM or
     LSTMCell packs them for its kernels once for each input shape's layout and reuses them, which
-    ONNX Runtime, whose weights are constants, does too; results are the same numbers as the model's.
+    ONNX Runtime, whose weights are constants, does too.  Results are the model's to rounding: it may
+    pack where the model would not (``CPUBackend.plan``'s prepacked), and the sums then run in another order.
 
     The copy does not follow later changes to ``model``: freeze again after training.  Writing into
     its parameters raises NumPy's ValueError (read-only); ``train()``, setting a parameter

@@ -18,6 +18,7 @@ from cuda_helpers import (
 from numba import cuda
 from oracle import assert_close, torch
 
+import nblstm
 import nblstm.cuda
 import nblstm.cuda_backend as cuda_backend
 from nblstm.api import LSTM, LSTMCell
@@ -66,6 +67,14 @@ def test_to_moves_parameters_and_returns_self():
     assert all(type(p) is np.ndarray for p in model.parameters())
     cell = LSTMCell(2, 3, seed=0).to("cuda:0")
     assert cell.device == "cuda" and all(is_device_array(g) for g in cell.grads.values())
+
+
+def test_freeze_refuses_a_gpu_model():
+    """Frozen models run on the CPU: freezing a 'cuda' model says so (freeze its CPU copy instead)."""
+    with pytest.raises(ValueError, match="the model is on 'cuda'; frozen models run on the CPU"):
+        nblstm.freeze(LSTM(3, 4, seed=0, device="cuda"))
+    frozen = nblstm.freeze(LSTM(3, 4, seed=0, device="cuda").to("cpu"))
+    assert frozen.frozen and frozen.device == "cpu"
 
 
 def test_load_state_dict_and_zero_grad_on_the_gpu(rng):

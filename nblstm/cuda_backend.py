@@ -87,6 +87,11 @@ class CUDABackend:
         return device_zeros(shape, dtype, _plan())
 
     @staticmethod
+    def unpacked_weights(dtype):
+        """The CUDA forward kernel takes no packed weights (the CPU's last three arguments)."""
+        return ()
+
+    @staticmethod
     def plan(seq_len, batch, hidden, state, training, zero_start=False, input_size=0, prepacked=False):
         return _plan(persistent=batch <= PERSISTENT_MAX_BATCH)
 

@@ -20,8 +20,8 @@ from numba.np.ufunc import parallel as numba_parallel
 
 from .kernels.blas import single_threaded_blas, uses_blas
 from .kernels.cpu_backward import lstm_layer_backward
-from .kernels.cpu_forward import (PLAIN_INPUT_MAX_ROWS, calls_blas, lstm_layer_forward, lstm_layer_forward_packed,
-                                  new_packed_weights, pack_layer_weights)
+from .kernels.cpu_forward import (PLAIN_INPUT_MAX_ROWS, calls_blas, lstm_layer_forward, new_packed_weights,
+                                  pack_layer_weights)
 from .kernels.packed import gate_columns, packs_weights
 from .kernels.parallel import CACHE_LINE, cache_line_offset
 from .kernels.parallel import matmul as parallel_matmul
@@ -236,11 +236,16 @@ class CPUBackend:
     zeros = staticmethod(zeros_aligned)
     layer_forward = staticmethod(lstm_layer_forward)
     layer_backward = staticmethod(lstm_layer_backward)
-    # A model whose weights do not change (``Workspace(prepacks=True)``) packs them once per layout
-    # (``prepack``) and runs this kernel on them, which takes them as three more arguments.
-    layer_forward_packed = staticmethod(lstm_layer_forward_packed)
+    # The forward kernel takes three more arguments: weights packed before the call, where they do
+    # not change (``Workspace(prepacks=True)``: packed once per layout, ``prepack``), else arrays of no
+    # elements (``unpacked_weights``), and it packs them itself.
     new_packed_weights = staticmethod(new_packed_weights)
     pack_layer_weights = staticmethod(pack_layer_weights)
+
+    @staticmethod
+    def unpacked_weights(dtype):
+        """The forward kernel's packed weights for it to pack itself: three arrays of no elements."""
+        return tuple(_empty_placeholder(CPUBackend, shape, dtype) for shape in ((0, 0, 0, 0), (0, 0, 0, 0), (0, 0, 0)))
 
     @staticmethod
     def plan(seq_len, batch, hidden, state, training, zero_start=False, input_size=0, prepacked=False):
@@ -414,10 +419,10 @@ class Prepared:
     whether the forward kernels call BLAS (``forward_calls_blas``) and the multiply-adds of the call's
     largest product (``largest_product``), the zero (h0, c0) of calls given no state (only read),
     the ``allocator`` of each new array a call returns (h_n, c_n and a layer's output), and for each
-    layer the (k, direction, weights[k], out_col, layer_forward, packed) of each direction's kernel
-    call, forward and backward (``runs``: worked out at every call, they took 0.4 us of a 6.7 us L10 N1
-    H20 forward): the backend's ``layer_forward`` and no more arguments, or, with weights packed
-    before (``prepack``), its ``layer_forward_packed`` and the packed weights."""
+    layer the (k, direction, weights[k], out_col, packed) of each direction's kernel call, forward and
+    backward (``runs``: worked out at every call, they took 0.4 us of a 6.7 us L10 N1 H20 forward);
+    packed: the forward kernel's last arguments, weights packed before (``prepack``) or the backend's
+    ``unpacked_weights``."""
 
     plan: tuple
     shapes: Layout
@@ -442,13 +447,12 @@ def prepare(backend, config, params, seq_len, batch, dtype, training, zero_start
                     for layer in range(config.num_layers) for direction in range(config.num_directions))
     shapes = layout(backend, config, seq_len, batch, dtype, plan, training)
     if packed_kept is None or training:
-        kernels = ((backend.layer_forward, ()),) * len(weights)
+        packed = (backend.unpacked_weights(dtype),) * len(weights)
     else:
         packed = prepack(backend, weights, seq_len, batch, reads_recurrent_weights(seq_len, training, zero_start),
                          plan, shapes.gates[2], packed_kept)
-        kernels = tuple((backend.layer_forward_packed, arrays) for arrays in packed)
     num_dirs = config.num_directions
-    runs = tuple(tuple((k, direction, weights[k], direction * config.state_size) + kernels[k]
+    runs = tuple(tuple((k, direction, weights[k], direction * config.state_size, packed[k])
                        for direction, k in enumerate(range(layer * num_dirs, (layer + 1) * num_dirs)))
                  for layer in range(config.num_layers))
     h_shape, c_shape = config.state_shapes(batch)
@@ -594,13 +598,13 @@ def forward(params, config, x, h0=None, c0=None, training=False, dropout_rng=Non
                 tape.dropout_masks.append(mask)
                 layer_input = backend.multiply(layer_input, mask)
             out = prepared.new_out()
-            for k, direction, weights, out_col, layer_forward, packed in runs:
+            for k, direction, weights, out_col, packed in runs:
                 if training:
                     gates, c_seq, h_cell_seq = tape.saved[(layer, direction)] = (
                         backend.empty(shapes.gates, dtype), backend.empty(shapes.c_seq, dtype),
                         backend.empty(shapes.h_cell_seq, dtype))
-                layer_forward(layer_input, *weights, h0[k], c0[k], direction == 1, plan, gates, c_seq, h_cell_seq,
-                              out, out_col, h_n[k], c_n[k], *packed)
+                backend.layer_forward(layer_input, *weights, h0[k], c0[k], direction == 1, plan, gates, c_seq,
+                                      h_cell_seq, out, out_col, h_n[k], c_n[k], *packed)
             if training:
                 tape.layer_inputs.append(layer_input)
                 tape.layer_outputs.append(out)
@@ -632,7 +636,7 @@ def backward(config, tape, grad_output, grad_h_n, grad_c_n, grads, grads_beta):
         for layer in reversed(range(config.num_layers)):
             layer_input, out = tape.layer_inputs[layer], tape.layer_outputs[layer]
             dx = backend.empty(layer_input.shape, dtype)
-            for k, direction, (w_ih, w_hh, _, _, w_hr), out_col, _, _ in prepared.runs[layer]:
+            for k, direction, (w_ih, w_hh, _, _, w_hr), out_col, _ in prepared.runs[layer]:
                 # grads has the parameters' names: the same placeholders stand in for absent ones
                 dw_ih, dw_hh, db_ih, db_hh, dw_hr = _layer_weights(backend, grads, config, layer, direction)
                 gates, c_seq, h_cell_seq = tape.saved.pop((layer, direction))

@@ -97,6 +97,10 @@ class Module:
     """
 
     frozen = False  # a copy made by ``freeze``: read-only parameters, inference only
+    # A frozen copy's parameters as its users see them: read-only views of its own ``_parameters``,
+    # which stay writable for the kernels (Numba would compile each again, for about a minute per
+    # dtype, for read-only arrays).  None: the parameters themselves.
+    _parameter_views = None
 
     def _init_parameters(self, shapes, hidden_size, dtype, seed, device="cpu"):
         object.__setattr__(self, "_parameters", {})
@@ -169,7 +173,7 @@ class Module:
 
     # -- parameters as attributes, as in torch.nn.Module ---------------------------------
     def __getattr__(self, name):
-        parameters = self.__dict__.get("_parameters", {})
+        parameters = self.__dict__.get("_parameter_views") or self.__dict__.get("_parameters", {})
         if name in parameters:
             return parameters[name]
         raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
@@ -198,10 +202,10 @@ class Module:
 
     def named_parameters(self):
         """(name, array) pairs in PyTorch's order; the arrays are the live parameters."""
-        return iter(list(self._parameters.items()))
+        return iter(list((self._parameter_views or self._parameters).items()))
 
     def parameters(self):
-        return iter(list(self._parameters.values()))
+        return iter(list((self._parameter_views or self._parameters).values()))
 
     def state_dict(self, as_torch=False):
         """{name: host NumPy copy of the parameter}; ``as_torch=True`` gives (CPU) torch tensors, which
@@ -319,7 +323,8 @@ class Module:
 def freeze(model):
     """A frozen copy of ``model`` (``LSTM``, ``LSTMCell`` or ``Linear``, on the CPU) for inference, as
     ``torch.jit.freeze`` makes of a TorchScript module: in eval mode for good, its parameters copied
-    into read-only arrays.  Weights that cannot change need not be repacked at every call: an LSTM or
+    and shown as read-only arrays (views, whose flag one could set back, but then the packed weights
+    would not follow).  Weights that cannot change need not be repacked at every call: an LSTM or
     LSTMCell packs them for its kernels once for each input shape's layout and reuses them, which
     ONNX Runtime, whose weights are constants, does too.  Results are the model's to rounding: it may
     pack where the model would not (``CPUBackend.plan``'s prepacked), and the sums then run in another order.
@@ -334,11 +339,12 @@ def freeze(model):
         raise ValueError(f"freeze: the model is on {model.device!r}; frozen models run on the CPU")
     frozen = copy.copy(model)
     parameters = {name: value.copy() for name, value in model._parameters.items()}
-    for array in parameters.values():
-        array.flags.writeable = False
+    views = {name: value.view() for name, value in parameters.items()}
+    for view in views.values():
+        view.flags.writeable = False
     frozen.__dict__.pop("_kept_layer_parameters", None)  # LSTMCell's view of the model's parameters
-    frozen.__dict__.update(_parameters=parameters, _grads={}, _zeros_pending=False, training=False, _tapes=[],
-                           _workspace=engine.Workspace(prepacks=True), frozen=True)
+    frozen.__dict__.update(_parameters=parameters, _parameter_views=views, _grads={}, _zeros_pending=False,
+                           training=False, _tapes=[], _workspace=engine.Workspace(prepacks=True), frozen=True)
     return frozen
 
 

@@ -10,7 +10,7 @@ o blocks, each padded to whole panels).  Per layer and direction:
    split the batch), w_ih repacked too (or, where BLAS projects the inputs,
    its rows put in the padded gate layout); a model whose weights never change
    (``nblstm.freeze``) has them packed before its calls, once for all of them
-   (``pack_layer_weights``, ``lstm_layer_forward_packed``);
+   (``new_packed_weights``, ``pack_layer_weights``);
 2. the input projection ``x_t @ w_ih.T`` of a block of time steps is one
    large matrix product (the packed product, its rows split between the
    threads, ``projects_packed``; BLAS with threads on machines without
@@ -425,9 +425,9 @@ def new_packed_weights(seq_len, batch, input_size, state, reads_hh, plan, gate_c
 
 @njit(**JIT_OPTIONS)
 def pack_layer_weights(w_ih, w_hh, packed_hh, packed_ih_by_rows, packed_ih):
-    """Pack w_ih and w_hh into every array and copy of ``new_packed_weights`` (for
-    ``lstm_layer_forward_packed``: weights that do not change, packed once for the calls of a plan
-    and input shape, rather than at every call)."""
+    """Pack w_ih and w_hh into every array and copy of ``new_packed_weights``, for
+    ``lstm_layer_forward`` to run on: weights that do not change, packed once for the calls of a
+    plan and input shape, rather than at every call."""
     for copy in range(packed_hh.shape[0]):
         pack_gate_rows(w_hh, packed_hh[copy])
         pack_gate_rows(w_ih, packed_ih_by_rows[copy])
@@ -436,7 +436,7 @@ def pack_layer_weights(w_ih, w_hh, packed_hh, packed_ih_by_rows, packed_ih):
 
 @njit(**JIT_OPTIONS)
 def lstm_layer_forward(x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, reverse, plan,
-                       gates, c_seq, h_cell_seq, out, out_col, h_n, c_n):
+                       gates, c_seq, h_cell_seq, out, out_col, h_n, c_n, packed_hh_copies, packed_ih_copies, packed_ih):
     """Run one layer in one direction over the whole sequence.
 
     x:          (seq_len, batch, input_size) layer input, C-contiguous
@@ -460,35 +460,23 @@ def lstm_layer_forward(x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, reverse, plan,
                 (0, 0, 0)) without projection
     out:        (seq_len, batch, >= out_col + state) receives h_t in columns out_col:out_col + state
     h_n, c_n:   (batch, state), (batch, hidden) receive the final states
+    packed_hh_copies, packed_ih_copies, packed_ih: the weights packed before the call for this plan
+                and these arrays' shapes (``new_packed_weights``' packed_hh, packed_ih_by_rows and
+                packed_ih, filled by ``pack_layer_weights``: a model whose weights never change; a
+                one-step call from zero states may be given a packed_hh it does not read), or arrays
+                of no elements, for the kernel to pack the weights itself at every call.  One entry
+                point for both: each compiles the whole layer (about a minute, per dtype).
     """
     # The arguments as ``borrowed`` views: the views and calls below would otherwise count references
     # with about 70 atomic adds a call (L10 N1 H20; 0.3 us).
     x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0 = borrowed((x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0))
     gates, c_seq, h_cell_seq, out, h_n, c_n = borrowed((gates, c_seq, h_cell_seq, out, h_n, c_n))
-    packed = new_packed_weights(x.shape[0], x.shape[1], x.shape[2], h0.shape[1],
-                                x.shape[0] > 1 or adds_recurrent_product(0, h0), plan, gates.shape[2], gates)
-    _layer_forward(x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, reverse, plan, gates, c_seq, h_cell_seq, out, out_col,
-                   h_n, c_n, packed, False)
-
-
-@njit(**JIT_OPTIONS)
-def lstm_layer_forward_packed(x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, reverse, plan, gates, c_seq, h_cell_seq, out,
-                              out_col, h_n, c_n, packed_hh, packed_ih_by_rows, packed_ih):
-    """``lstm_layer_forward`` on weights packed before: ``new_packed_weights`` for this plan and these
-    arrays' shapes, filled by ``pack_layer_weights`` (a one-step call from zero states may be given a
-    packed_hh it does not read)."""
-    x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0 = borrowed((x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0))
-    gates, c_seq, h_cell_seq, out, h_n, c_n = borrowed((gates, c_seq, h_cell_seq, out, h_n, c_n))
-    packed = borrowed((packed_hh, packed_ih_by_rows, packed_ih))
-    _layer_forward(x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, reverse, plan, gates, c_seq, h_cell_seq, out, out_col,
-                   h_n, c_n, packed, True)
-
-
-@njit(**JIT_OPTIONS)
-def _layer_forward(x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, reverse, plan, gates, c_seq, h_cell_seq, out, out_col,
-                   h_n, c_n, packed, prepacked):
-    """``lstm_layer_forward`` on ``new_packed_weights``' arrays (``packed``), which it packs unless
-    they are ``prepacked``."""
+    packed_hh_copies, packed_ih_copies, packed_ih = borrowed((packed_hh_copies, packed_ih_copies, packed_ih))
+    prepacked = packed_hh_copies.shape[0] > 0  # packed weights have a copy at least
+    if not prepacked:
+        packed_hh_copies, packed_ih_copies, packed_ih = new_packed_weights(
+            x.shape[0], x.shape[1], x.shape[2], h0.shape[1], x.shape[0] > 1 or adds_recurrent_product(0, h0), plan,
+            gates.shape[2], gates)
     n_parts, together, by_batch, _ = plan
     seq_len, batch = x.shape[0], x.shape[1]
     state = h0.shape[1]
@@ -496,7 +484,6 @@ def _layer_forward(x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, reverse, plan, gates
     padded = gates.shape[2] // NUM_GATES
     width = PANEL_VECTORS * lanes_of(gates)  # columns per panel
     packing = _packs(plan, gates.shape[2], width)
-    packed_hh_copies, packed_ih_copies, packed_ih = packed
     packed_hh = packed_hh_copies[0]
     by_rows_ih = packed_ih_copies.shape[1] > 0
     packs_ih = packed_ih.shape[0] > 0

@@ -2,13 +2,13 @@
 
 ``test_nblstm_speed`` times nblstm alone with pytest-benchmark (keep a history
 with ``--benchmark-autosave`` and compare with ``--benchmark-compare``).
-The floors are kept by kind: ``fwd`` and ``train`` time ``nblstm.api.LSTM``,
-``frozen`` the forward of ``nblstm.freeze`` of it.
 ``test_speed_relative_to_torch_is_above_floor`` times nblstm and PyTorch CPU
 interleaved in the same run on the same case (the ``nblstm-bench`` runner,
 which also checks both against the float64 reference) and fails when nblstm's
 speed relative to PyTorch falls below the floor in ``bench/floors.json``.
-Both run on the thread count given there.
+Both run on the thread count given there.  The floors are kept by kind:
+``fwd`` and ``train`` time ``nblstm.api.LSTM``, ``frozen`` the forward of
+``nblstm.freeze`` of it.
 """
 import json
 import pathlib

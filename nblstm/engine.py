@@ -441,16 +441,17 @@ def prepare(backend, config, params, seq_len, batch, dtype, training, zero_start
     """The ``Prepared`` forward of (seq_len, batch, features) input (from zero states: ``zero_start``);
     ``zero_state``: zero (h0, c0) arrays of ``config.state_shapes(batch)``.  With ``packed_kept`` (a
     dict; inference on the CPU only), its kernels run on weights packed once (``prepack``)."""
+    prepacks = packed_kept is not None and not training
     plan = backend.plan(seq_len, batch, config.hidden_size, config.state_size, training, zero_start,
-                        widest_layer_input(config), packed_kept is not None)
+                        widest_layer_input(config), prepacks)
     weights = tuple(_layer_weights(backend, params, config, layer, direction)
                     for layer in range(config.num_layers) for direction in range(config.num_directions))
     shapes = layout(backend, config, seq_len, batch, dtype, plan, training)
-    if packed_kept is None or training:
-        packed = (backend.unpacked_weights(dtype),) * len(weights)
-    else:
+    if prepacks:
         packed = prepack(backend, weights, seq_len, batch, reads_recurrent_weights(seq_len, training, zero_start),
                          plan, shapes.gates[2], packed_kept)
+    else:
+        packed = (backend.unpacked_weights(dtype),) * len(weights)
     num_dirs = config.num_directions
     runs = tuple(tuple((k, direction, weights[k], direction * config.state_size, packed[k])
                        for direction, k in enumerate(range(layer * num_dirs, (layer + 1) * num_dirs)))

@@ -96,11 +96,15 @@ class Module:
     (its constructor arguments, for ``save``/``load``).
     """
 
-    frozen = False  # a copy made by ``freeze``: read-only parameters, inference only
     # A frozen copy's parameters as its users see them: read-only views of its own ``_parameters``,
     # which stay writable for the kernels (Numba would compile each again, for about a minute per
     # dtype, for read-only arrays).  None: the parameters themselves.
     _parameter_views = None
+
+    @property
+    def frozen(self):
+        """Whether this is a copy made by ``freeze``: read-only parameters, inference only."""
+        return self._parameter_views is not None
 
     def _init_parameters(self, shapes, hidden_size, dtype, seed, device="cpu"):
         object.__setattr__(self, "_parameters", {})
@@ -205,7 +209,7 @@ class Module:
         return iter(list((self._parameter_views or self._parameters).items()))
 
     def parameters(self):
-        return iter(list((self._parameter_views or self._parameters).values()))
+        return iter([array for _, array in self.named_parameters()])
 
     def state_dict(self, as_torch=False):
         """{name: host NumPy copy of the parameter}; ``as_torch=True`` gives (CPU) torch tensors, which
@@ -344,7 +348,7 @@ def freeze(model):
         view.flags.writeable = False
     frozen.__dict__.pop("_kept_layer_parameters", None)  # LSTMCell's view of the model's parameters
     frozen.__dict__.update(_parameters=parameters, _parameter_views=views, _grads={}, _zeros_pending=False,
-                           training=False, _tapes=[], _workspace=engine.Workspace(prepacks=True), frozen=True)
+                           training=False, _tapes=[], _workspace=engine.Workspace(prepacks=True))
     return frozen
 
 

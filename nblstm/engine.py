@@ -84,10 +84,20 @@ BATCH_PART_MIN_ROWS = 4
 # at 10; batch 32 1.18x at 5 steps; hidden 16, batch 8: 1.20x at 50 steps; hidden 64 1.12x at 10 steps;
 # hidden 80 1.49x at 100.  Only up to SMALL_STEPS_BATCH_SPLIT_MAX_INPUT inputs (input 128, hidden 32,
 # batch 8: 0.83x at 10 steps and 1.04x at 100 with the projection in BLAS; 0.68x and 0.79x with each
-# thread projecting its own rows).  Training keeps one thread: its backward splits every step (batch 8,
-# hidden 32-64, 100 steps: 0.70-0.73x).
+# thread projecting its own rows).
 SMALL_STEPS_BATCH_SPLIT_MIN_WORK = 1 << 20
 SMALL_STEPS_BATCH_SPLIT_MAX_INPUT = 64
+# Training splits such a call's batch from this many multiply-adds (its forward's), whatever its input:
+# the backward's threads then run their rows through every step on their own too, and split the
+# reductions of the weight gradients (``kernels.parallel.splits_reduction``).  Measured on 2 cores of an
+# AMD EPYC (Zen 5), forward + backward, one process, both plans alternated 5x, BLAS on one thread, rule
+# -> batch split (us): input 32, L100 N64 H16 1295 -> 858, L100 N256 H16 5419 -> 2971, L100 N32 H32 1318
+# -> 752, L100 N8 H16 188 -> 159, L100 N8 H64 768 -> 501, L10 N64 H16 156 -> 113, L10 N16 H32 108 -> 85,
+# L10 N8 H64 110 -> 95, L20 N8 H16 77 -> 65, L10 N8 H32 (655K) 66 -> 62, L3 N32 H32 86 -> 66; input
+# 128-512: L100 N16 I128 H32 1110 -> 677, L10 N16 I256 H32 242 -> 158, L10 N8 I128 H32 88 -> 75, L100 N8
+# I512 H16 820 -> 513; and below: L2 N8 H64 (393K) 48 -> 50, L1 N16 H64 (393K) 50 -> 49, L3 N8 H32 41 ->
+# 41, L10 N8 H16 (246K) 43 -> 51, L1 N8 H32 27 -> 35, L1 N256 H16 (786K) 99 -> 97.
+TRAINING_BATCH_SPLIT_MIN_WORK = 1 << 19
 
 # With weights packed before the call (``CPUBackend.plan``'s prepacked), inference runs on them at
 # any length, but for calls of up to this many (time, batch) rows whose hidden size is not a whole
@@ -256,8 +266,9 @@ class CPUBackend:
         weights fit in its cache and, in inference, the call has enough rows to repay every thread
         loading all of them: they then never wait for each other (measured on 2 cores:
         1.2-1.5x faster at batch 8-64 with hidden 128-256; slower when each thread must stream
-        weights of several MiB from memory, as at hidden 512-1024); in inference also where the
-        steps are too small to split but the whole call is not (``SMALL_STEPS_BATCH_SPLIT_MIN_WORK``).
+        weights of several MiB from memory, as at hidden 512-1024); also where the steps are too
+        small to split but the whole call is not (``SMALL_STEPS_BATCH_SPLIT_MIN_WORK`` in inference,
+        ``TRAINING_BATCH_SPLIT_MIN_WORK`` in training).
         Otherwise they split every step's hidden units, and may run many steps in one parallel
         region ("together"), which needs every part of a parallel loop on its own thread at the
         same time, as Numba's OpenMP layer provides (the kernels check, and fall back, anyway).
@@ -285,11 +296,15 @@ class CPUBackend:
         if not reads_weights and batch * NUM_GATES * hidden * input_size < ONE_STEP_SPLIT_MIN_WORK:
             n_parts = 1
         together = numba.threading_layer() == "omp" and numba.get_parallel_chunksize() == 0
-        if n_parts == 1 and not training:
+        if n_parts == 1:
             call_work = seq_len * batch * NUM_GATES * hidden * (input_size + (state if reads_weights else 0))
             batch_parts = min(numba.get_num_threads(), batch // BATCH_PART_MIN_ROWS)
-            if (call_work >= SMALL_STEPS_BATCH_SPLIT_MIN_WORK and batch_parts > 1
-                    and input_size <= SMALL_STEPS_BATCH_SPLIT_MAX_INPUT):
+            if training:
+                splits_batch = call_work >= TRAINING_BATCH_SPLIT_MIN_WORK
+            else:
+                splits_batch = (call_work >= SMALL_STEPS_BATCH_SPLIT_MIN_WORK
+                                and input_size <= SMALL_STEPS_BATCH_SPLIT_MAX_INPUT)
+            if splits_batch and batch_parts > 1:
                 return batch_parts, together, True, True
         if n_parts == 1:
             return 1, False, False, pack_weights

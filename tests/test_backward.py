@@ -420,3 +420,26 @@ def test_training_on_plain_weights_with_few_rows_matches_torch(plan, dtype, monk
     model = LSTM(input_size, hidden, dtype=dtype, seed=6)
     x = rng.standard_normal((seq_len, batch, input_size)).astype(dtype)
     check_against_torch(model, x, _random_state(model, batch, rng), rng)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("extra", [{}, dict(bidirectional=True, num_layers=2)], ids=["one-layer", "bi-2-layers"])
+def test_training_that_splits_a_batch_of_small_steps_matches_torch(extra, dtype, rng):
+    """Training whose steps are too small to split between threads (hidden 16) splits its batch
+    (``TRAINING_BATCH_SPLIT_MIN_WORK``, the rule's own plan), and over 600 (time, batch) rows its
+    weight gradients of 64 columns split their reductions (``parallel.splits_reduction``), uneven
+    ones (600 rows in blocks of 256): PyTorch's gradients."""
+    import numba
+
+    from nblstm import engine
+    from nblstm.kernels.parallel import splits_reduction
+
+    if numba.get_num_threads() < 2:
+        pytest.skip("needs two threads")
+    seq_len, batch, input_size, hidden = 50, 12, 24, 16
+    assert engine.CPU.plan(seq_len, batch, hidden, hidden, True, input_size=input_size)[:3:2] == (2, True)
+    rows, columns = seq_len * batch, 4 * hidden
+    assert splits_reduction(np.empty((rows, input_size)), np.empty((input_size, columns)), True, False, 2)
+    model = LSTM(input_size, hidden, dtype=dtype, seed=9, **extra)
+    x = rng.standard_normal((seq_len, batch, input_size)).astype(dtype)
+    check_against_torch(model, x, _random_state(model, batch, rng), rng)

@@ -607,11 +607,12 @@ def test_short_inference_calls_split_the_units_and_longer_ones_the_batch():
     assert engine.CPU.plan(1, 16, 128, 128, True)[2:] == (True, False)
 
 
-def test_inference_with_steps_too_small_to_split_splits_a_large_enough_call_by_batch():
+def test_calls_with_steps_too_small_to_split_split_a_large_enough_batch():
     """Steps under PARALLEL_MIN_WORK run on one thread, but an inference call of at least
     SMALL_STEPS_BATCH_SPLIT_MIN_WORK multiply-adds splits its batch, where every thread gets a
-    register tile of rows and projects its own inputs; training, short calls, batch 4 and input 128 do
-    not.  The thread settings then key the prepared forward from batch 8."""
+    register tile of rows and projects its own inputs; short calls, batch 4 and input 128 do not.
+    Training splits from TRAINING_BATCH_SPLIT_MIN_WORK, whatever the input.  The thread settings then
+    key the prepared forward from batch 8."""
     import numba
 
     from nblstm import engine
@@ -627,10 +628,14 @@ def test_inference_with_steps_too_small_to_split_splits_a_large_enough_call_by_b
     assert splits_batch(100, 8, 32, 32, False, input_size=32)
     assert splits_batch(100, 8, 16, 16, False, input_size=32)  # one panel of units
     assert splits_batch(10, 16, 32, 32, False, input_size=32)
-    assert not splits_batch(100, 8, 32, 32, True, input_size=32)
     assert not splits_batch(10, 8, 32, 32, False, input_size=32)  # 655K multiply-adds
     assert not splits_batch(100, 4, 32, 32, False, input_size=32)
     assert not splits_batch(100, 8, 32, 32, False, input_size=128)
+    assert splits_batch(10, 8, 32, 32, True, input_size=32)  # 655K
+    assert splits_batch(100, 64, 16, 16, True, input_size=32)
+    assert splits_batch(10, 16, 32, 32, True, input_size=256)
+    assert not splits_batch(3, 8, 32, 32, True, input_size=32)  # 197K
+    assert not splits_batch(100, 4, 32, 32, True, input_size=32)
     assert engine.CPU.plan_settings(8, 32, 32) and engine.CPU.plan_settings(4, 32, 32) == ()
 
 

@@ -102,10 +102,12 @@ def test_linear_multiplies_on_numbas_threads_not_numpys(monkeypatch, rng):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("m,n,k", [(3, 5, 4), (1, 300, 2), (120, 90, 70), (64, 500, 100), (700, 3, 200)], ids=str)
+@pytest.mark.parametrize("m,n,k", [(3, 5, 4), (1, 300, 2), (120, 90, 70), (64, 500, 100), (700, 3, 200),
+                                   (32, 64, 1000), (5, 100, 600)], ids=str)
 @pytest.mark.parametrize("trans_a,trans_b", [(False, False), (True, False), (False, True)])
 def test_engine_matmul_matches_numpy(m, n, k, trans_a, trans_b, dtype, rng):
-    """The layers' product: loops, BLAS, and splits by rows or columns between threads; beta accumulates."""
+    """The layers' product: loops, BLAS, and splits by rows, by columns or (a.T @ b of 64-127 columns
+    over 512 rows or more, ``splits_reduction``) by the reduction between threads; beta accumulates."""
     a = rng.standard_normal((k, m) if trans_a else (m, k)).astype(dtype)
     b = rng.standard_normal((n, k) if trans_b else (k, n)).astype(dtype)
     c = rng.standard_normal((m, n)).astype(dtype)

@@ -8,7 +8,7 @@ import numpy as np
 from numba import njit, prange
 
 from .._config import JIT_OPTIONS, PARALLEL_JIT_OPTIONS
-from .blas import gemm
+from .blas import PANELS_MIN_COLUMNS, gemm
 from .packed import gemm_packed
 from .tiles import TILE_ROWS
 
@@ -21,6 +21,11 @@ numba.get_num_threads()
 # a whole number of SIMD vectors).
 PART_BLOCK = 16
 CACHE_LINE = 64
+# A matrix product whose threads split its reduction (``splits_reduction``) gives each at least this
+# many rows of it, in blocks of as many.  Measured on 2 cores of an AMD EPYC (Zen 5), float32, c = a.T @ b
+# over 6400 rows (medians of 200): to 32 x 64 one thread 116 us, its columns split 380 (two 32-column
+# products with BLAS on one thread), its rows split 90, its reduction 68; to 16 x 64 60 / 64 / 36 us.
+REDUCTION_BLOCK = 256
 
 
 @njit(**JIT_OPTIONS)
@@ -129,6 +134,40 @@ def _matmul_parallel(a, b, c, trans_a, trans_b, beta, n_parts):
         _matmul_part(a, b, c, trans_a, trans_b, beta, part, n_parts)
 
 
+@njit(**PARALLEL_JIT_OPTIONS)
+def _matmul_split_reduction(a, b, c, beta, n_parts):
+    """c = a.T @ b + beta * c, each of ``n_parts`` threads over its rows of a and b (blocks of
+    REDUCTION_BLOCK), the first into c, the others into partial products added to c after."""
+    partials = empty_aligned((n_parts - 1, c.shape[0], c.shape[1]), c)
+    for part in prange(n_parts):
+        start, stop = part_range(part, n_parts, a.shape[0], REDUCTION_BLOCK)
+        if part == 0:
+            gemm(a[start:stop], b[start:stop], c, True, False, beta)
+        else:
+            gemm(a[start:stop], b[start:stop], partials[part - 1], True, False, 0.0)
+    _add_partials(c, partials)
+
+
+@njit(**JIT_OPTIONS)
+def _add_partials(c, partials):
+    """c += every partials[p] (outside a parallel function: there each row's add would be a parallel
+    region of its own, 30 us for 32 rows)."""
+    for partial in partials:
+        for row in range(c.shape[0]):
+            c_row, partial_row = c[row], partial[row]
+            for col in range(c.shape[1]):
+                c_row[col] += partial_row[col]
+
+
+@njit(**JIT_OPTIONS)
+def splits_reduction(a, c, trans_a, trans_b, n_parts):
+    """Whether ``matmul`` splits the reduction of a.T @ b (``_matmul_split_reduction``): c's columns make
+    whole panels (``blas.uses_panels``) that its slices would not, and the reduction gives every
+    thread REDUCTION_BLOCK rows."""
+    return (trans_a and not trans_b and c.shape[1] >= PANELS_MIN_COLUMNS > c.shape[1] // n_parts
+            and a.shape[0] >= n_parts * REDUCTION_BLOCK)
+
+
 @njit(**JIT_OPTIONS)
 def matmul(a, b, c, trans_a, trans_b, beta, n_parts):
     """c = op(a) @ op(b) + beta * c (see ``gemm``) on ``n_parts`` threads.
@@ -140,9 +179,12 @@ def matmul(a, b, c, trans_a, trans_b, beta, n_parts):
     splits alternated in one process, medians of 7), rows vs columns: a @ b.T, 8 x 512 by 512 x 2048:
     527 vs 283 us, 64 rows 914 vs 698, 800 rows even; a.T @ b to 256 x 1024 over 6400: 22.3 vs 17.1
     ms; where rows outnumber columns, 2048 x 32 over 800: 0.80 vs 1.26 ms, 6400 x 256 over 1024:
-    12.6 vs 14.4 ms.
+    12.6 vs 14.4 ms.  A weight gradient a.T @ b of fewer columns than two panels, over many rows,
+    splits its reduction instead (``splits_reduction``).
     """
-    if n_parts > 1:
+    if n_parts > 1 and splits_reduction(a, c, trans_a, trans_b, n_parts):
+        _matmul_split_reduction(a, b, c, beta, n_parts)
+    elif n_parts > 1:
         _matmul_parallel(a, b, c, trans_a, trans_b, beta, n_parts)
     else:
         gemm(a, b, c, trans_a, trans_b, beta)

@@ -142,6 +142,10 @@ def gate_math_part(gates_t, bias, c_prev, c_t, h_dst, h_dst_col, start, stop):
     stop may pass hidden (up to padded): the activations then run over the padding columns too,
     so that with whole vectors of units LLVM leaves no scalar remainder of four transcendentals
     per unit; the cell state and output cover the units below hidden.
+    One loop a gate: LLVM checks at run time, before each vectorised loop, that the arrays it writes
+    overlap none it reads, and one loop over all four gates and their biases took 44 comparisons a row,
+    four loops 2 each (one thread, batch 64, the gate math alone: 1.78 -> 1.45 ns a unit at hidden 16,
+    1.12 -> 1.08 at 32, 0.91 -> 0.86 at 64, 0.80 -> 0.77 at 128).
     """
     padded = gates_t.shape[1] // NUM_GATES
     units = min(stop, c_t.shape[1]) - start
@@ -150,8 +154,11 @@ def gate_math_part(gates_t, bias, c_prev, c_t, h_dst, h_dst_col, start, stop):
         i_row, f_row, g_row, o_row = gate_slices(row_of(gates_t, b), padded, start, stop)
         for j in range(stop - start):
             i_row[j] = sigmoid(i_row[j] + i_bias[j])
+        for j in range(stop - start):
             f_row[j] = sigmoid(f_row[j] + f_bias[j])
+        for j in range(stop - start):
             g_row[j] = tanh(g_row[j] + g_bias[j])
+        for j in range(stop - start):
             o_row[j] = sigmoid(o_row[j] + o_bias[j])
         c_prev_row, c_row = row_of(c_prev, b)[start:start + units], row_of(c_t, b)[start:start + units]
         h_row = row_of(h_dst, b)[h_dst_col + start:h_dst_col + start + units]

@@ -173,7 +173,7 @@ def matmul(a, b, c, trans_a=False, trans_b=False, beta=0.0):
     m, n = c.shape
     k = a.shape[0] if trans_a else a.shape[1]
     n_parts = 1 if m * n * k < PARALLEL_MIN_WORK else numba.get_num_threads()
-    with single_threaded_blas() if uses_blas(m, n, k, trans_a, trans_b) else _NO_GUARD:
+    with single_threaded_blas() if uses_blas(m, n, k, trans_a, trans_b, vector_lanes(c.dtype)) else _NO_GUARD:
         parallel_matmul(a, b, c, trans_a, trans_b, beta, n_parts)
 
 

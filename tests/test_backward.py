@@ -443,3 +443,27 @@ def test_training_that_splits_a_batch_of_small_steps_matches_torch(extra, dtype,
     model = LSTM(input_size, hidden, dtype=dtype, seed=9, **extra)
     x = rng.standard_normal((seq_len, batch, input_size)).astype(dtype)
     check_against_torch(model, x, _random_state(model, batch, rng), rng)
+
+
+@pytest.mark.parametrize("dtype, hidden", [(np.float32, 12), (np.float32, 16), (np.float32, 20), (np.float32, 32),
+                                           (np.float64, 8), (np.float64, 12)], ids=str)
+@pytest.mark.parametrize("plan", [(1, False, False, True), (2, True, False, True), (2, False, False, True),
+                                  (2, True, True, True)],
+                         ids=["one-thread", "units-one-region", "units-region-per-step", "batch-split"])
+def test_state_gradient_on_a_narrow_panel_matches_torch(plan, hidden, dtype, monkeypatch, rng):
+    """A state of one or two vectors (whole or padded: on AVX-512, float32 hidden 12-16 one, 20-32 two;
+    float64 hidden 8 one, 12 two) packs w_hh for the backward's state gradient as one narrow panel
+    (``state_panel_width``) that the first of the threads multiplies (``tiles.gemm_nn_narrow``), whatever
+    the plan: PyTorch's gradients, with and without a projection."""
+    from nblstm import engine
+    from nblstm.kernels.cpu_backward import state_panel_width
+    from nblstm.kernels.simd import VECTOR_BITS, vector_lanes
+    from nblstm.kernels.tiles import PANEL_VECTORS
+
+    lanes = vector_lanes(dtype)
+    assert VECTOR_BITS != 512 or state_panel_width(hidden, lanes) < PANEL_VECTORS * lanes
+    monkeypatch.setattr(engine.CPUBackend, "plan", staticmethod(lambda *args, **kwargs: plan))
+    for extra in ({}, dict(proj_size=6, num_layers=2)):
+        model = LSTM(10, hidden, dtype=dtype, seed=12, **extra)
+        x = rng.standard_normal((7, 9, 10)).astype(dtype)
+        check_against_torch(model, x, _random_state(model, 9, rng), rng)

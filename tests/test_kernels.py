@@ -9,7 +9,8 @@ from numba import njit, prange
 from nblstm._config import JIT_OPTIONS
 from nblstm.kernels import barrier, packed, simd
 from nblstm.kernels.activations import sigmoid, tanh
-from nblstm.kernels.blas import gemm, single_threaded_blas, uses_blas, uses_panels, uses_row_vectors, uses_vectors
+from nblstm.kernels.blas import (gemm, single_threaded_blas, uses_blas, uses_narrow, uses_panels, uses_row_vectors,
+                                 uses_vectors)
 from nblstm.kernels.views import borrowed
 from nblstm.kernels.parallel import grid_share, part_range, share_first_rows, share_segment, shares_split_blocks
 from nblstm.kernels.tiles import TILE_ROWS
@@ -93,14 +94,16 @@ def test_activation_special_values(dtype):
 @pytest.mark.parametrize("m,n,k", [(1, 1, 1), (3, 5, 7), (2, 9, 4), (1, 80, 20), (16, 300, 256),
                                    (17, 33, 5), (64, 300, 256), (5, 0, 3), (4, 6, 0), (4, 70, 0),
                                    (8, 520, 260), (3, 1031, 257), (13, 517, 256), (2, 700, 760), (6, 300, 900),
-                                   (8, 128, 32), (100, 128, 40), (1, 70, 32), (1, 13, 64)])
+                                   (8, 128, 32), (100, 128, 40), (1, 70, 32), (1, 13, 64),
+                                   (13, 16, 64), (9, 32, 20), (3, 8, 7), (70, 16, 1), (12, 8, 0)])
 @pytest.mark.parametrize("trans_a,trans_b", [(False, False), (False, True), (True, False), (True, True)])
 @pytest.mark.parametrize("beta", [0.0, 0.5, 1.0])
 def test_gemm_matches_numpy(m, n, k, trans_a, trans_b, beta, dtype, rng):
     """Loops, SIMD dot products (a @ b.T at 3-16 rows, and at one row over whole vectors: 1 x 70 x 32, 1 x
-    13 x 64), register tiles (a @ b at 2-100 rows and 64 columns or more; the tests below name the
-    shapes) and BLAS (64 x 300 x 256; a @ b.T at 100 x 128 x 40) alike, on column slices of wider
-    arrays; beta == 0 ignores NaN in c."""
+    13 x 64), register tiles (a @ b at 2-100 rows and 64 columns or more, or one or two vectors of
+    columns: 16 and 32 for float32, 8 and 16 for float64 on AVX-512; the tests below name the shapes)
+    and BLAS (64 x 300 x 256; a @ b.T at 100 x 128 x 40) alike, on column slices of wider arrays;
+    beta == 0 ignores NaN in c."""
     a = rng.standard_normal((k, m) if trans_a else (m, k)).astype(dtype)
     b = rng.standard_normal((n, k) if trans_b else (k, n)).astype(dtype)
     wide = rng.standard_normal((m, n + 10)).astype(dtype)
@@ -129,7 +132,7 @@ def test_few_rows_run_as_simd_dot_products():
     ``test_gemm_matches_numpy`` checks on that path, and the edges of the rule."""
     for m, n, k in [(8, 520, 260), (3, 1031, 257), (13, 517, 256), (16, 300, 256), (6, 300, 900), (8, 128, 32),
                     (48, 2048, 512)]:
-        assert uses_vectors(m, n, k, False, True) and not uses_blas(m, n, k, False, True), (m, n, k)
+        assert uses_vectors(m, n, k, False, True) and not uses_blas(m, n, k, False, True, 16), (m, n, k)
     for m, n, k in [(2, 4096, 512), (1, 80, 20), (9, 128, 64), (49, 2048, 512), (4, 80, 20)]:
         assert not uses_vectors(m, n, k, False, True), (m, n, k)
     assert not uses_vectors(8, 2048, 512, False, False) and not uses_vectors(8, 2048, 512, True, True)
@@ -141,10 +144,23 @@ def test_products_by_a_panel_of_columns_or_more_run_as_register_tiles():
     ``test_gemm_matches_numpy`` checks on that path, and the edges."""
     for m, n, k in [(8, 520, 260), (13, 517, 256), (2, 700, 760), (6, 300, 900), (16, 300, 256), (100, 128, 40),
                     (2, 64, 1)]:
-        assert uses_panels(m, n, k, False, False) and not uses_blas(m, n, k, False, False), (m, n, k)
+        assert uses_panels(m, n, k, False, False) and not uses_blas(m, n, k, False, False, 16), (m, n, k)
     for m, n, k in [(1, 4096, 512), (17, 300, 256), (64, 300, 256), (8, 63, 4096), (4, 70, 0)]:
         assert not uses_panels(m, n, k, False, False), (m, n, k)
     assert not uses_panels(8, 2048, 512, False, True) and not uses_panels(8, 2048, 512, True, True)
+
+
+def test_products_of_one_or_two_vectors_of_columns_run_as_narrow_tiles():
+    """a @ b with one or two whole vectors of columns runs as the narrow tiles whatever the rows and the
+    reduction (the shapes ``test_gemm_matches_numpy`` checks on that path, 8-row and 4-row tiles and
+    single rows); other widths, a transposed operand, or a panel of columns or more do not."""
+    for m, n, k, lanes in [(13, 16, 64, 16), (9, 32, 20, 16), (3, 8, 7, 8), (70, 16, 1, 16), (12, 8, 0, 8),
+                           (9, 16, 20, 8)]:
+        assert uses_narrow(n, lanes, False, False) and not uses_blas(m, n, k, False, False, lanes), (m, n, k)
+        assert not uses_panels(m, n, k, False, False)
+    for n, lanes in [(48, 16), (24, 16), (24, 8), (64, 16), (0, 16)]:
+        assert not uses_narrow(n, lanes, False, False), (n, lanes)
+    assert not uses_narrow(16, 16, True, False) and not uses_narrow(16, 16, False, True)
 
 
 def test_weight_gradient_products_run_as_register_tiles():
@@ -152,7 +168,7 @@ def test_weight_gradient_products_run_as_register_tiles():
     a read in place: the shapes ``test_gemm_matches_numpy`` checks with trans_a; fewer columns, or an
     empty reduction, stay with BLAS or the loops."""
     for m, n, k in [(1, 80, 20), (16, 300, 256), (64, 300, 256), (2048, 512, 800), (3, 1031, 257), (4, 64, 1)]:
-        assert uses_panels(m, n, k, True, False) and not uses_blas(m, n, k, True, False), (m, n, k)
+        assert uses_panels(m, n, k, True, False) and not uses_blas(m, n, k, True, False, 16), (m, n, k)
     assert not uses_panels(2048, 63, 800, True, False) and not uses_panels(4, 70, 0, True, False)
 
 

@@ -25,7 +25,7 @@ from numba.extending import intrinsic, overload
 
 from .._config import JIT_OPTIONS
 from .simd import lanes_of, vfma, vload, vsplat, vsums
-from .tiles import gemm_nn_panels
+from .tiles import NARROW_MAX_VECTORS, gemm_nn_narrow, gemm_nn_panels
 from .views import flat_rows, row_of
 
 # Where the compiled loops below beat BLAS, measured on 2 cores of an AMD EPYC (Zen 5, AVX-512) with
@@ -324,6 +324,24 @@ def _gemm_nn_panels(a, b, c, trans_a, beta):
 
 
 @njit(**JIT_OPTIONS)
+def _gemm_nn_narrow(a, b, c, beta):
+    """c = a @ b + beta * c on ``tiles.gemm_nn_narrow``."""
+    if beta != 0.0 and beta != 1.0:
+        _scale(c, beta)
+    gemm_nn_narrow(a, b, c, beta != 0.0)
+
+
+@njit(**JIT_OPTIONS)
+def uses_narrow(n, lanes, trans_a, trans_b):
+    """Whether ``gemm`` runs an (m, k) by (k, n) product as ``tiles.gemm_nn_narrow``: a @ b whose n
+    columns are one or two whole vectors of ``lanes``, whatever the rows.  One thread, AMD EPYC (Zen 5),
+    float32, narrow tiles / loops / BLAS (us, as (m, k, n)): 1 x 20 x 16 0.31 / 0.40 / 0.65, 2 x 64 x 16
+    0.35 / 0.67 / 0.90, 4 x 128 x 32 0.61 / 2.59 / 2.30, 13 x 64 x 32 0.55 / 2.55 / 1.64, 16 x 256 x 32
+    1.44 / 10.9 / 4.95, 64 x 1024 x 16 10.3 / 161 / 24.6, 3200 x 64 x 32 59 / - / 116."""
+    return not trans_a and not trans_b and n % lanes == 0 and 0 < n // lanes <= NARROW_MAX_VECTORS
+
+
+@njit(**JIT_OPTIONS)
 def uses_row_vectors(m, k, lanes, trans_a, trans_b):
     """Whether ``gemm`` runs an (m, k) by (k, n) product as ``_gemm_nt_row``: a @ b.T with one row and a
     reduction of two or more whole vectors of ``lanes``.  Against the loops, one thread (AMD EPYC,
@@ -353,11 +371,12 @@ def uses_panels(m, n, k, trans_a, trans_b):
 
 
 @njit(**JIT_OPTIONS)
-def uses_blas(m, n, k, trans_a, trans_b):
-    """Whether ``gemm`` hands an (m, k) by (k, n) product to BLAS rather than to compiled loops."""
+def uses_blas(m, n, k, trans_a, trans_b, lanes):
+    """Whether ``gemm`` hands an (m, k) by (k, n) product to BLAS rather than to compiled loops (``lanes``:
+    of the arrays' dtype)."""
     small = m * n * k < BLAS_MIN_WORK or (m <= LOOPS_MAX_ROWS and not trans_a)
     return ((not small or (trans_a and trans_b)) and not uses_vectors(m, n, k, trans_a, trans_b)
-            and not uses_panels(m, n, k, trans_a, trans_b))
+            and not uses_panels(m, n, k, trans_a, trans_b) and not uses_narrow(n, lanes, trans_a, trans_b))
 
 
 @njit(**JIT_OPTIONS)
@@ -378,7 +397,9 @@ def gemm(a, b, c, trans_a=False, trans_b=False, beta=0.0):
         _gemm_nt_vectors(a, b, c, beta)
     elif uses_panels(m, n, k, trans_a, trans_b):
         _gemm_nn_panels(a, b, c, trans_a, beta)
-    elif uses_blas(m, n, k, trans_a, trans_b):
+    elif uses_narrow(n, lanes_of(c), trans_a, trans_b):
+        _gemm_nn_narrow(a, b, c, beta)
+    elif uses_blas(m, n, k, trans_a, trans_b, lanes_of(c)):
         _gemm_blas(a, b, c, trans_a, trans_b, beta, m, n, k)
     elif trans_b:
         _gemm_nt_loops(a, b, c, beta)

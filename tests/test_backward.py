@@ -453,8 +453,8 @@ def test_training_that_splits_a_batch_of_small_steps_matches_torch(extra, dtype,
 def test_state_gradient_on_a_narrow_panel_matches_torch(plan, hidden, dtype, monkeypatch, rng):
     """A state of one or two vectors (whole or padded: on AVX-512, float32 hidden 12-16 one, 20-32 two;
     float64 hidden 8 one, 12 two) packs w_hh for the backward's state gradient as one narrow panel
-    (``state_panel_width``) that the first of the threads multiplies (``tiles.gemm_nn_narrow``), whatever
-    the plan: PyTorch's gradients, with and without a projection."""
+    (``state_panel_width``) that one of the threads multiplies (``tiles.gemm_nn_narrow``), whatever the
+    plan: PyTorch's gradients, with and without a projection."""
     from nblstm import engine
     from nblstm.kernels.cpu_backward import state_panel_width
     from nblstm.kernels.simd import VECTOR_BITS, vector_lanes

@@ -143,8 +143,8 @@ def state_panel_width(state, lanes):
 @njit(**STEP_JIT_OPTIONS)
 def state_product_part(gates_t, w_hh, packed_hh, dh_next, part, n_parts, step):
     """The part's columns of dh_next = gates_t @ w_hh (gates_t in the padded gate layout) at time
-    step ``step``; odd steps read the packed weights backwards (see ``packed.gemm_packed``).  One
-    narrow panel (``state_panel_width``) goes to the first part."""
+    step ``step``; odd steps read the packed weights backwards (see ``packed.gemm_packed``).  A single
+    narrow panel (``state_panel_width``) is the product of the part ``part_range`` gives it to."""
     if packed_hh.shape[0] > 0:
         first, last = part_range(part, n_parts, packed_hh.shape[0], 1)
         if packed_hh.shape[2] < PANEL_VECTORS * lanes_of(packed_hh[0, 0]):

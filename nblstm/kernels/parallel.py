@@ -23,8 +23,8 @@ PART_BLOCK = 16
 CACHE_LINE = 64
 # A matrix product whose threads split its reduction (``splits_reduction``) gives each at least this
 # many rows of it, in blocks of as many.  Measured on 2 cores of an AMD EPYC (Zen 5), float32, c = a.T @ b
-# over 6400 rows (medians of 200): to 32 x 64 one thread 116 us, its columns split 380 (two 32-column
-# products with BLAS on one thread), its rows split 90, its reduction 68; to 16 x 64 60 / 64 / 36 us.
+# over 6400 rows, BLAS on one thread (medians of 200): to 32 x 64 one thread 115 us, its columns split
+# 221 (two 32-column products in BLAS), its rows split 86, its reduction 66; to 16 x 64 61, 138, 63, 35.
 REDUCTION_BLOCK = 256
 
 

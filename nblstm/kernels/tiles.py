@@ -4,7 +4,8 @@ A tile keeps rows x ``PANEL_VECTORS`` vectors of c in registers for a whole redu
 one row of the weights per step: ``weights[offset + kk * stride:][:width]`` multiplies ``a[:, kk]``
 into columns col..col + width of c (width = PANEL_VECTORS vectors).  The weights are either a
 panel packed for it (``packed.py``: stride = width, contiguous along the reduction) or the rows of
-a plain matrix read in place (stride = its row stride, ``gemm_nn_panels``).
+a plain matrix read in place (stride = its row stride, ``gemm_nn_panels``).  Products of only one or
+two vectors of columns run on narrow tiles of as many vectors (``gemm_nn_narrow``).
 """
 from numba import njit
 

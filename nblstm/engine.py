@@ -296,17 +296,13 @@ class CPUBackend:
         if not reads_weights and batch * NUM_GATES * hidden * input_size < ONE_STEP_SPLIT_MIN_WORK:
             n_parts = 1
         together = numba.threading_layer() == "omp" and numba.get_parallel_chunksize() == 0
-        if n_parts == 1:
+        if n_parts == 1:  # steps too small to split; a large enough call splits its batch
             call_work = seq_len * batch * NUM_GATES * hidden * (input_size + (state if reads_weights else 0))
             batch_parts = min(numba.get_num_threads(), batch // BATCH_PART_MIN_ROWS)
-            if training:
-                splits_batch = call_work >= TRAINING_BATCH_SPLIT_MIN_WORK
-            else:
-                splits_batch = (call_work >= SMALL_STEPS_BATCH_SPLIT_MIN_WORK
-                                and input_size <= SMALL_STEPS_BATCH_SPLIT_MAX_INPUT)
-            if splits_batch and batch_parts > 1:
+            min_work = TRAINING_BATCH_SPLIT_MIN_WORK if training else SMALL_STEPS_BATCH_SPLIT_MIN_WORK
+            if (batch_parts > 1 and call_work >= min_work
+                    and (training or input_size <= SMALL_STEPS_BATCH_SPLIT_MAX_INPUT)):
                 return batch_parts, together, True, True
-        if n_parts == 1:
             return 1, False, False, pack_weights
         weights_fit = weights * 4 <= CACHE_BYTES_PER_THREAD
         # A short inference call reads the weights too few times to repay every thread loading all

@@ -9,17 +9,19 @@ launching the input projection and the recurrence); and, when PyTorch is
 installed, the GPU time per call of each kernel (PyTorch's profiler records
 every kernel of the process, Numba's too).  A call whose host time exceeds its
 GPU time is bound by the host.  First the costs the parts are made of: an empty
-kernel's launch, a cooperative launch, an allocation.
+kernel's launch, a cooperative launch, an allocation, and the two launches of a
+small call split into numba-cuda's steps (configuring, typing the arguments,
+flattening them into the kernel's parameters, the compiled kernel's own launch).
 """
 import functools
 import time
 from collections import defaultdict
 
 import numpy as np
-from numba import cuda
+from numba import config, cuda
 
 from nblstm import LSTM, cuda_backend, engine
-from nblstm.kernels import cuda_forward
+from nblstm.kernels import cuda_common, cuda_forward
 
 # (seq_len, batch, input, hidden, recurrence design)
 CASES = [(10, 1, 20, 20, "persistent"), (100, 1, 128, 512, "persistent"), (100, 8, 128, 512, "persistent"),
@@ -116,6 +118,71 @@ def launch_costs():
           per_call_ms(functools.partial(cuda.device_array, (10, 1, 20), np.float32), 200, False))
 
 
+class CapturingKernel:
+    """A kernel that records each launch's (launch configuration, arguments) in ``launches``, then runs it."""
+
+    def __init__(self, kernel):
+        self.kernel, self.launches = kernel, []
+
+    def __getitem__(self, launch_config):
+        def launch(*args):
+            self.launches.append((launch_config, args))
+            self.kernel[launch_config](*args)
+        return launch
+
+
+def launch_parts(kernel, launch_config, args, calls):
+    """{part: host us per launch} of ``kernel[launch_config](*args)`` back to back: the whole launch and,
+    on a GPU, its steps in numba-cuda (internals): configuring, typing the arguments (the dispatcher's
+    key), flattening them into the kernel's parameters, and the compiled kernel's launch (flattening
+    included, typing not)."""
+    configured = kernel[launch_config]
+    parts = {"whole launch": lambda: configured(*args), "configure": lambda: kernel[launch_config]}
+    if not config.ENABLE_CUDASIM:
+        compiled = kernel.compile(tuple(kernel.typeof_pyval(arg) for arg in args))
+
+        def flatten():
+            parameters = []
+            for argument_type, arg in zip(compiled.argument_types, args):
+                compiled._prepare_args(argument_type, arg, configured.stream, [], parameters)
+            return parameters
+
+        parts["typing"] = lambda: tuple(kernel.typeof_pyval(arg) for arg in args)
+        parts["flattening"] = flatten
+        parts["compiled launch"] = lambda: compiled.launch(args, configured.griddim, configured.blockdim,
+                                                           configured.stream, configured.sharedmem)
+        parts["kernel parameters"] = lambda: len(flatten())
+    timings = {}
+    for name, part in parts.items():
+        cuda.synchronize()
+        start = time.perf_counter()
+        for _ in range(calls):
+            value = part()
+        timings[name] = value if name == "kernel parameters" else round((time.perf_counter() - start) / calls * 1e6, 1)
+    cuda.synchronize()
+    return timings
+
+
+def launch_costs_by_part(seq_len, batch, inputs, hidden, calls):
+    """Print ``launch_parts`` of the input projection's and the recurrence's launch in an eval call."""
+    model = LSTM(inputs, hidden, device="cuda").eval()
+    x = cuda.to_device(np.random.default_rng(0).standard_normal((seq_len, batch, inputs)).astype(np.float32))
+    model(x)  # compiled before the capture
+    captured = {"input projection": (cuda_common, "gemm_tiles"), "recurrence": (cuda_forward, "forward_persistent")}
+    kernels = {name: getattr(module, attribute) for name, (module, attribute) in captured.items()}
+    try:
+        for name, (module, attribute) in captured.items():
+            setattr(module, attribute, CapturingKernel(kernels[name]))
+        model(x)
+        launches = {name: getattr(module, attribute).launches[0] for name, (module, attribute) in captured.items()}
+    finally:
+        for name, (module, attribute) in captured.items():
+            setattr(module, attribute, kernels[name])
+    for name, (launch_config, args) in launches.items():
+        print(f"L{seq_len} N{batch} I{inputs} H{hidden} {name}, {len(args)} arguments, host us per launch:",
+              launch_parts(kernels[name], launch_config, args, calls))
+
+
 def call_costs(cases, calls):
     """Print where the time of eval calls of each case goes."""
     engine.forward = host_timed("engine.forward", engine.forward)
@@ -144,4 +211,8 @@ def call_costs(cases, calls):
 
 if __name__ == "__main__":
     launch_costs()
+    try:  # numba-cuda internals: a release that moved them must not cost the rest of the report
+        launch_costs_by_part(10, 1, 20, 20, 200)
+    except Exception as error:  # noqa: BLE001
+        print("launch_costs_by_part failed:", repr(error))
     call_costs(CASES, CALLS)

@@ -4,7 +4,7 @@ import pathlib
 import runpy
 
 from nblstm import cuda_backend, engine
-from nblstm.kernels import cuda_forward
+from nblstm.kernels import cuda_common, cuda_forward
 
 TOOL = runpy.run_path(str(pathlib.Path(__file__).parents[2] / "tools" / "cuda_host_cost.py"))
 
@@ -22,3 +22,12 @@ def test_call_costs_name_each_part(monkeypatch, capsys):
         assert part in persistent
     assert "recurrence launches" in per_step and "persistent grid" not in per_step
     assert "GPU ms per call" in per_step
+
+
+def test_launch_costs_by_part_capture_both_launches_of_a_call(capsys):
+    kernels = cuda_common.gemm_tiles, cuda_forward.forward_persistent
+    TOOL["launch_costs_by_part"](2, 1, 2, 3, 1)
+    projection, recurrence = capsys.readouterr().out.splitlines()
+    assert projection.startswith("L2 N1 I2 H3 input projection, 7 arguments, host us per launch: {'whole launch'")
+    assert recurrence.startswith("L2 N1 I2 H3 recurrence, 19 arguments, host us per launch: {'whole launch'")
+    assert (cuda_common.gemm_tiles, cuda_forward.forward_persistent) == kernels  # put back

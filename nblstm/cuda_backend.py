@@ -25,7 +25,6 @@ from .kernels.cuda_common import (
     as_rows,
     elementwise,
     flat_launch,
-    launch,
     swap_leading_axes_kernel,
 )
 from .kernels.cuda_common import zeros as device_zeros  # the backend's own zeros() takes no plan
@@ -179,7 +178,7 @@ class CUDABackend:
         """A C-contiguous (B, A, F) device copy of an (A, B, F) device array."""
         swapped = cuda.device_array((array.shape[1], array.shape[0], array.shape[2]), array.dtype)
         if array.size:
-            launch(swap_leading_axes_kernel, *flat_launch(array.size, _plan()), (array, swapped))
+            swap_leading_axes_kernel[flat_launch(array.size, _plan())](array, swapped)
         return swapped
 
 

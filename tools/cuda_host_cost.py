@@ -43,18 +43,17 @@ def host_timed(name, function):
     return timed
 
 
-def host_timed_launches(launch, names):
-    """``launch`` (``cuda_common.launch``), adding the host time of each launch of a kernel in ``names``
-    ({kernel: part}) to host_seconds[part]."""
-    @functools.wraps(launch)
-    def timed(kernel, *args, **kwargs):
-        start = time.perf_counter()
-        try:
-            return launch(kernel, *args, **kwargs)
-        finally:
-            if kernel in names:
-                host_seconds[names[kernel]] += time.perf_counter() - start
-    return timed
+class HostTimedKernel:
+    """A kernel whose launches add their host time to host_seconds[name]."""
+
+    def __init__(self, name, kernel):
+        self.name, self.kernel = name, kernel
+
+    def __getattr__(self, attribute):
+        return getattr(self.kernel, attribute)
+
+    def __getitem__(self, launch_config):
+        return host_timed(self.name, self.kernel[launch_config])
 
 
 def per_call_ms(call, calls, wait_each):
@@ -119,38 +118,31 @@ def launch_costs():
           per_call_ms(functools.partial(cuda.device_array, (10, 1, 20), np.float32), 200, False))
 
 
-def captured_launches(call):
-    """[(kernel, griddim, blockdim, args, shared_bytes)] of the launches that ``call()`` makes."""
-    launches, modules = [], (cuda_common, cuda_forward)
-    launch = cuda_common.launch
+class CapturingKernel:
+    """A kernel that records each launch's (launch configuration, arguments) in ``launches``, then runs it."""
 
-    def recording(kernel, griddim, blockdim, args, shared_bytes=0):
-        launches.append((kernel, griddim, blockdim, args, shared_bytes))
-        launch(kernel, griddim, blockdim, args, shared_bytes)
+    def __init__(self, kernel):
+        self.kernel, self.launches = kernel, []
 
-    kept = [module.launch for module in modules]
-    try:
-        for module in modules:
-            module.launch = recording
-        call()
-    finally:
-        for module, function in zip(modules, kept):
-            module.launch = function
-    return launches
+    def __getattr__(self, attribute):  # persistent_grid types the arguments and compiles through it
+        return getattr(self.kernel, attribute)
+
+    def __getitem__(self, launch_config):
+        def launch(*args):
+            self.launches.append((launch_config, args))
+            self.kernel[launch_config](*args)
+        return launch
 
 
-def launch_parts(kernel, griddim, blockdim, args, shared_bytes, calls):
-    """{part: host us per launch} of one launch, timed back to back: through numba-cuda's dispatcher
-    (``kernel[...](*args)``), nblstm's own (``cuda_common.launch``) and, on a GPU, the dispatcher's
-    steps (numba-cuda internals): configuring, typing the arguments (its key), flattening them into
-    the kernel's parameters, the compiled kernel's launch (flattening included, typing not); and
-    ``compiled_for``'s look-up, which nblstm's launch does instead of the typing."""
-    configured = kernel[griddim, blockdim, 0, shared_bytes]
-    parts = {"dispatcher launch": lambda: configured(*args),
-             "nblstm launch": lambda: cuda_common.launch(kernel, griddim, blockdim, args, shared_bytes),
-             "configure": lambda: kernel[griddim, blockdim, 0, shared_bytes]}
+def launch_parts(kernel, launch_config, args, calls):
+    """{part: host us per launch} of ``kernel[launch_config](*args)`` back to back: the whole launch and,
+    on a GPU, its steps in numba-cuda (internals): configuring, typing the arguments (the dispatcher's
+    key), flattening them into the kernel's parameters, and the compiled kernel's launch (flattening
+    included, typing not)."""
+    configured = kernel[launch_config]
+    parts = {"whole launch": lambda: configured(*args), "configure": lambda: kernel[launch_config]}
     if not config.ENABLE_CUDASIM:
-        compiled = cuda_common.compiled_for(kernel, args)
+        compiled = kernel.compile(tuple(kernel.typeof_pyval(arg) for arg in args))
 
         def flatten():
             parameters = []
@@ -159,7 +151,6 @@ def launch_parts(kernel, griddim, blockdim, args, shared_bytes, calls):
             return parameters
 
         parts["typing"] = lambda: tuple(kernel.typeof_pyval(arg) for arg in args)
-        parts["look-up"] = lambda: cuda_common.compiled_for(kernel, args)
         parts["flattening"] = flatten
         parts["compiled launch"] = lambda: compiled.launch(args, configured.griddim, configured.blockdim,
                                                            configured.stream, configured.sharedmem)
@@ -176,33 +167,23 @@ def launch_parts(kernel, griddim, blockdim, args, shared_bytes, calls):
 
 
 def launch_costs_by_part(seq_len, batch, inputs, hidden, calls):
-    """Print ``launch_parts`` of each launch of an eval call (the input projection and the recurrence)."""
+    """Print ``launch_parts`` of the input projection's and the recurrence's launch in an eval call."""
     model = LSTM(inputs, hidden, device="cuda").eval()
     x = cuda.to_device(np.random.default_rng(0).standard_normal((seq_len, batch, inputs)).astype(np.float32))
     model(x)  # compiled before the capture
-    for kernel, griddim, blockdim, args, shared_bytes in captured_launches(functools.partial(model, x)):
-        print(f"L{seq_len} N{batch} I{inputs} H{hidden} {kernel.__name__}, {len(args)} arguments, host us per launch:",
-              launch_parts(kernel, griddim, blockdim, args, shared_bytes, calls))
-
-
-def training_call(model, x):
-    """A function of no arguments: one forward in training mode and its backward."""
-    grad_output = cuda.to_device(np.ones((x.shape[0], x.shape[1], model.hidden_size), np.float32))
-
-    def call():
-        model(x)
-        model.backward(grad_output)
-    return call
-
-
-def through_dispatcher(call, calls, wait_each):
-    """``per_call_ms`` with every kernel launched through numba-cuda's dispatcher (``DIRECT_LAUNCH`` off)."""
-    direct = cuda_common.DIRECT_LAUNCH
-    cuda_common.DIRECT_LAUNCH = False
+    captured = {"input projection": (cuda_common, "gemm_tiles"), "recurrence": (cuda_forward, "forward_persistent")}
+    kernels = {name: getattr(module, attribute) for name, (module, attribute) in captured.items()}
     try:
-        return per_call_ms(call, calls, wait_each)
+        for name, (module, attribute) in captured.items():
+            setattr(module, attribute, CapturingKernel(kernels[name]))
+        model(x)
+        launches = {name: getattr(module, attribute).launches[0] for name, (module, attribute) in captured.items()}
     finally:
-        cuda_common.DIRECT_LAUNCH = direct
+        for name, (module, attribute) in captured.items():
+            setattr(module, attribute, kernels[name])
+    for name, (launch_config, args) in launches.items():
+        print(f"L{seq_len} N{batch} I{inputs} H{hidden} {name}, {len(args)} arguments, host us per launch:",
+              launch_parts(kernels[name], launch_config, args, calls))
 
 
 def call_costs(cases, calls):
@@ -211,15 +192,14 @@ def call_costs(cases, calls):
     cuda_backend.CUDABackend.empty = staticmethod(host_timed("allocate", cuda_backend.CUDABackend.empty))
     cuda_forward.persistent_grid = host_timed("persistent grid", cuda_forward.persistent_grid)
     cuda_forward.matmul = host_timed("input projection launch", cuda_forward.matmul)
-    cuda_forward.launch = host_timed_launches(cuda_forward.launch, {
-        cuda_forward.forward_persistent: "recurrence launch", cuda_forward.cell_forward_parallel: "recurrence launches"})
+    cuda_forward.forward_persistent = HostTimedKernel("recurrence launch", cuda_forward.forward_persistent)
+    cuda_forward.cell_forward_parallel = HostTimedKernel("recurrence launches", cuda_forward.cell_forward_parallel)
     default_max_batch = cuda_backend.PERSISTENT_MAX_BATCH
     rng = np.random.default_rng(0)
     for seq_len, batch, inputs, hidden, design in cases:
         cuda_backend.PERSISTENT_MAX_BATCH = default_max_batch if design == "persistent" else -1
         model = LSTM(inputs, hidden, device="cuda").eval()
-        x = cuda.to_device(rng.standard_normal((seq_len, batch, inputs)).astype(np.float32))
-        call = functools.partial(model, x)
+        call = functools.partial(model, cuda.to_device(rng.standard_normal((seq_len, batch, inputs)).astype(np.float32)))
         for _ in range(3):
             call()
         host_seconds.clear()
@@ -229,12 +209,6 @@ def call_costs(cases, calls):
               f" {waiting}, back to back {per_call_ms(call, calls, False)}")
         print("  host ms per call:", parts)
         print("  GPU ms per call:", gpu_ms_per_kernel(call, 10))
-        print("  through numba-cuda's dispatcher: ms per call (host, total) waiting for each",
-              through_dispatcher(call, calls, True))
-        train = training_call(model.train(), x)
-        train()
-        print("  training call, ms (host, total) waiting for each:", per_call_ms(train, calls, True),
-              "through numba-cuda's dispatcher", through_dispatcher(train, calls, True))
     cuda_backend.PERSISTENT_MAX_BATCH = default_max_batch
 
 

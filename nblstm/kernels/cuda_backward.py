@@ -37,7 +37,6 @@ from .cuda_common import (
     elementwise,
     gemm_tile,
     group_lanes,
-    launch,
     matmul,
     persistent_grid,
     slice_length,
@@ -223,14 +222,13 @@ def _steps_per_launch(w_hh, w_hr, c0, gates, c_seq, reverse, plan, d_out, out_co
     seq_len, batch = gates.shape[0], gates.shape[1]
     projecting = w_hr.shape[0] > 0
     tile, rows = plan.tile, blocks_for(batch, plan.tile)
-    cell_grid, product_grid = (blocks_for(c0.shape[1], tile), rows), (blocks_for(dh0.shape[1], tile), rows)
+    cell_step = cell_backward_parallel[(blocks_for(c0.shape[1], tile), rows), (tile, tile)]
+    product_step = recurrent_gradient_parallel[(blocks_for(dh0.shape[1], tile), rows), (tile, tile)]
     for step in range(seq_len - 1, -1, -1):
         if projecting:
             matmul(dh_seq[step_time(step, seq_len, reverse)], w_hr, dh_cell, False, False, 0.0, plan)
-        launch(cell_backward_parallel, cell_grid, (tile, tile),
-               (gates, c_seq, c0, dh_cell if projecting else dh, dc_n, dc, dc0, reverse, step))
-        launch(recurrent_gradient_parallel, product_grid, (tile, tile),
-               (gates, w_hh, d_out, out_col, dh0, dh_seq, dh, reverse, step))
+        cell_step(gates, c_seq, c0, dh_cell if projecting else dh, dc_n, dc, dc0, reverse, step)
+        product_step(gates, w_hh, d_out, out_col, dh0, dh_seq, dh, reverse, step)
 
 
 def lstm_layer_backward(x, w_ih, w_hh, w_hr, h0, c0, out, out_col, gates, c_seq, h_cell_seq,
@@ -252,9 +250,9 @@ def lstm_layer_backward(x, w_ih, w_hh, w_hr, h0, c0, out, out_col, gates, c_seq,
                             if plan.persistent else (0, 0))
     if blocks:
         state_units = math.ceil(state / blocks)
-        launch(backward_persistent, blocks, plan.threads,
-               (*persistent_args[:-3], math.ceil(hidden / blocks), state_units,
-                group_lanes(plan.threads, batch * state_units, NUM_GATES * hidden)), shared_bytes)
+        backward_persistent[blocks, plan.threads, 0, shared_bytes](
+            *persistent_args[:-3], math.ceil(hidden / blocks), state_units,
+            group_lanes(plan.threads, batch * state_units, NUM_GATES * hidden))
     else:
         _steps_per_launch(w_hh, w_hr, c0, gates, c_seq, reverse, plan, d_out, out_col, dc_n,
                           dh, dc, dh_cell, dh_seq, dh0, dc0)
@@ -270,8 +268,8 @@ def lstm_layer_backward(x, w_ih, w_hh, w_hr, h0, c0, out, out_col, gates, c_seq,
     first = rows - batch if reverse else 0
     matmul(d_gates[first:first + batch], h0, dw_hh, True, False, 1.0, plan)
     if db_ih.shape[0] > 0:
-        launch(bias_gradients_parallel, blocks_for(db_ih.shape[0], plan.tile), (plan.tile, plan.tile),
-               (db_ih, db_hh, d_gates, d_gates.dtype.type(dw_beta)))
+        bias_gradients_parallel[blocks_for(db_ih.shape[0], plan.tile), (plan.tile, plan.tile)](
+            db_ih, db_hh, d_gates, d_gates.dtype.type(dw_beta))
     if projecting:
         matmul(dh_seq.reshape((rows, state)), h_cell_seq.reshape((rows, hidden)), dw_hr, True, False, dw_beta, plan)
     matmul(d_gates, w_ih, dx.reshape((rows, dx.shape[2])), False, False, dx_beta, plan)

@@ -100,40 +100,6 @@ def gemm_tiles(a, b, c, trans_a, trans_b, beta, addend):
     gemm_tile(a, b, c, trans_a, trans_b, beta, addend)
 
 
-# Launches go to the compiled kernel itself, looked up by a key of the arguments' types that costs
-# about 1 us for 19 arguments, instead of through numba-cuda's dispatcher, which types every
-# argument again at every launch (17 us for 19 on this machine's CPU, numba-cuda 0.30.4).  Off
-# under the simulator, whose kernels are Python.
-DIRECT_LAUNCH = not config.ENABLE_CUDASIM
-_compiled_kernels = {}
-
-
-def _argument_key(arg):
-    """What ``arg``'s Numba type depends on: a device array's type (kept on the array), a scalar's class."""
-    numba_type = getattr(arg, "_numba_type_", None)
-    return type(arg) if numba_type is None else numba_type
-
-
-def compiled_for(kernel, args):
-    """``kernel`` compiled for the types of ``args`` (a numba-cuda ``_Kernel``), kept per key."""
-    key = (kernel, *map(_argument_key, args))
-    compiled = _compiled_kernels.get(key)
-    if compiled is None:
-        compiled = _compiled_kernels[key] = kernel.compile(tuple(kernel.typeof_pyval(arg) for arg in args))
-    return compiled
-
-
-def launch(kernel, griddim, blockdim, args, shared_bytes=0):
-    """``kernel[griddim, blockdim, 0, shared_bytes](*args)``, the compiled kernel launched directly
-    when ``DIRECT_LAUNCH``."""
-    configured = kernel[griddim, blockdim, 0, shared_bytes]
-    if DIRECT_LAUNCH:
-        compiled_for(kernel, args).launch(args, configured.griddim, configured.blockdim, configured.stream,
-                                          configured.sharedmem)
-    else:
-        configured(*args)
-
-
 def matmul(a, b, c, trans_a, trans_b, beta, plan, addend=None):
     """c = op(a) @ op(b) + beta * (c, or addend when given), as ``gemm_tiles`` launches (see there for shapes)."""
     rows, cols = c.shape
@@ -141,8 +107,7 @@ def matmul(a, b, c, trans_a, trans_b, beta, plan, addend=None):
         return
     tile = plan.tile
     grid = (blocks_for(cols, tile), blocks_for(rows, tile))
-    launch(gemm_tiles, grid, (tile, tile),
-           (a, b, c, trans_a, trans_b, c.dtype.type(beta), c if addend is None else addend))
+    gemm_tiles[grid, (tile, tile)](a, b, c, trans_a, trans_b, c.dtype.type(beta), c if addend is None else addend)
 
 
 # Operations of ``elementwise_kernel``.
@@ -199,14 +164,14 @@ def zeros(shape, dtype, plan):
     """A new device array of zeros."""
     array = cuda.device_array(shape, dtype)
     if array.size:
-        launch(fill_kernel, *flat_launch(array.size, plan), (as_rows(array), array.dtype.type(0)))
+        fill_kernel[flat_launch(array.size, plan)](as_rows(array), array.dtype.type(0))
     return array
 
 
 def elementwise(op, a, b, out, plan):
     """``elementwise_kernel`` over 2-D device arrays of one shape (b may be None for COPY)."""
     if out.size:
-        launch(elementwise_kernel, *flat_launch(out.size, plan), (a, a if b is None else b, out, op))
+        elementwise_kernel[flat_launch(out.size, plan)](a, a if b is None else b, out, op)
 
 
 def group_lanes(threads, items, terms):
@@ -259,14 +224,15 @@ def cooperative_launch_supported():
 
 
 @functools.cache
-def cooperative_block_limit(compiled, threads, shared_bytes):
-    """How many blocks of the ``compiled`` kernel (``compiled_for``; None under the simulator, which
-    runs cooperative grids of one block only: 1) can run at once in a cooperative grid.  Cached:
-    ``persistent_grid`` took the host 0.33-0.39 ms a call on an H200 without the cache and
-    0.14-0.15 ms with it, most of that typing the arguments for the key (tools/cuda_host_cost.py)."""
-    if compiled is None:
+def cooperative_block_limit(kernel, signature, threads, shared_bytes):
+    """How many blocks of ``kernel`` compiled for ``signature`` (its arguments' Numba types) can run
+    at once in a cooperative grid (1 under the simulator, which runs cooperative grids of one block
+    only).  Cached: ``persistent_grid`` took the host 0.33-0.39 ms a call on an H200 without the
+    cache and 0.14-0.15 ms with it, most of that typing the arguments for the key
+    (tools/cuda_host_cost.py)."""
+    if config.ENABLE_CUDASIM:
         return 1
-    return compiled.max_cooperative_grid_blocks(threads, shared_bytes)
+    return kernel.compile(signature).max_cooperative_grid_blocks(threads, shared_bytes)
 
 
 def persistent_grid(kernel, args, threads, itemsize, shared_elements, units):
@@ -279,13 +245,14 @@ def persistent_grid(kernel, args, threads, itemsize, shared_elements, units):
     """
     if not cooperative_launch_supported():
         return 0, 0
-    compiled = None if config.ENABLE_CUDASIM else compiled_for(kernel, args)
-    blocks = min(units, cooperative_block_limit(compiled, threads, 0))
+    # The simulator types nothing (and cooperative_block_limit answers 1 there).
+    signature = () if config.ENABLE_CUDASIM else tuple(kernel.typeof_pyval(arg) for arg in args)
+    blocks = min(units, cooperative_block_limit(kernel, signature, threads, 0))
     while blocks > 0:
         shared_bytes = shared_elements(blocks) * itemsize
         if shared_bytes > SHARED_BYTES_LIMIT:
             return 0, 0
-        resident = cooperative_block_limit(compiled, threads, shared_bytes)
+        resident = cooperative_block_limit(kernel, signature, threads, shared_bytes)
         if blocks <= resident:
             return blocks, shared_bytes
         blocks = resident

@@ -40,7 +40,6 @@ from .cuda_common import (
     element_or_zero,
     elementwise,
     group_lanes,
-    launch,
     matmul,
     persistent_grid,
     slice_length,
@@ -236,10 +235,10 @@ def _steps_per_launch(w_hh, b_ih, b_hh, w_hr, h0, c0, reverse, plan, gates, c_se
     """Loop steps [step0, step1) with one ``cell_forward_parallel`` launch (and a projection) per step."""
     seq_len, batch = out.shape[0], out.shape[1]
     hidden, state = c0.shape[1], h0.shape[1]
-    grid = blocks_for(hidden, plan.tile), blocks_for(batch, plan.tile)
+    step_kernel = cell_forward_parallel[(blocks_for(hidden, plan.tile), blocks_for(batch, plan.tile)),
+                                        (plan.tile, plan.tile)]
     for step in range(step0, step1):
-        launch(cell_forward_parallel, grid, (plan.tile, plan.tile),
-               (gates, b_ih, b_hh, w_hh, h0, c0, reverse, step, c_seq, h_cell_seq, out, out_col))
+        step_kernel(gates, b_ih, b_hh, w_hh, h0, c0, reverse, step, c_seq, h_cell_seq, out, out_col)
         if w_hr.shape[0] > 0:
             t = step_time(step, seq_len, reverse)
             matmul(h_cell_seq[t % c_seq.shape[0]], w_hr, out[t, :, out_col:out_col + state], False, True, 0.0, plan)
@@ -275,7 +274,7 @@ def lstm_layer_forward(x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, reverse, plan,
         step0, step1 = (seq_len - t1, seq_len - t0) if reverse else (t0, t1)
         if blocks:
             persistent_args[8:10] = step0, step1
-            launch(forward_persistent, blocks, plan.threads, persistent_args, shared_bytes)
+            forward_persistent[blocks, plan.threads, 0, shared_bytes](*persistent_args)
         else:
             _steps_per_launch(w_hh, b_ih, b_hh, w_hr, h0, c0, reverse, plan, gates, c_seq, h_cell_seq, out, out_col,
                               step0, step1)

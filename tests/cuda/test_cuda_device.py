@@ -158,39 +158,3 @@ def test_without_gpu_or_simulator_the_package_imports_and_refuses_cuda():
 ])
 def test_group_lanes(threads, items, terms, lanes):
     assert cuda_common.group_lanes(threads, items, terms) == lanes
-
-
-class CountingKernel:
-    """Stands in for a dispatcher: counts compilations, types arguments as numba.typeof does."""
-
-    def __init__(self):
-        self.signatures = []
-
-    @staticmethod
-    def typeof_pyval(value):
-        return numba.typeof(value)
-
-    def compile(self, signature):
-        self.signatures.append(signature)
-        return object()
-
-
-class TypedArray:
-    """An argument carrying its Numba type, as numba-cuda's device arrays do (``_numba_type_``)."""
-
-    def __init__(self, array):
-        self.array, self._numba_type_ = array, numba.typeof(array)
-
-
-def test_compiled_for_compiles_once_per_argument_types():
-    """Direct launches find the compiled kernel by the arguments' types: one compilation for each
-    combination of array types and scalar classes, whatever the values."""
-    kernel = CountingKernel()
-    f32, f64 = TypedArray(np.zeros((2, 3), np.float32)), TypedArray(np.zeros((2, 3), np.float64))
-    first = cuda_common.compiled_for(kernel, (f32, 1, False))
-    assert cuda_common.compiled_for(kernel, (TypedArray(np.ones((5, 1), np.float32)), 7, True)) is first
-    assert cuda_common.compiled_for(kernel, (f64, 1, False)) is not first
-    assert cuda_common.compiled_for(kernel, (f32, 1.0, False)) is not first
-    assert cuda_common.compiled_for(kernel, (TypedArray(np.zeros((2, 3, 1), np.float32)), 1, False)) is not first
-    assert [len(signature) for signature in kernel.signatures] == [3] * 4
-    assert kernel.signatures[0] == (numba.float32[:, ::1], numba.int64, numba.boolean)

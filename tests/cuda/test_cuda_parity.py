@@ -6,12 +6,12 @@ that every kernel still runs several blocks.
 """
 import numpy as np
 import pytest
-from cuda_helpers import RESULT_NAMES, SIMULATED, force_recurrence, forward_backward, host
+from cuda_helpers import RESULT_NAMES, force_recurrence, forward_backward, host
 from oracle import assert_close, numpy, tensor, torch, torch_twin
 
 from nblstm import cuda_backend, engine
 from nblstm.api import LSTM, LSTMCell
-from nblstm.kernels import cuda_backward, cuda_common, cuda_forward
+from nblstm.kernels import cuda_backward, cuda_forward
 from nblstm.params import NUM_GATES, LSTMConfig
 
 SEQ_LEN, BATCH, INPUT, HIDDEN = 3, 3, 3, 5
@@ -94,24 +94,6 @@ def _check_against_cpu_and_torch(case, rng):
     ours = forward_backward(gpu, *inputs)
     assert_same_results(ours, torch_forward_backward(gpu, *inputs), dtype, "torch")
     assert_same_results(ours, forward_backward(cpu, *inputs), dtype, "cpu engine")
-
-
-@pytest.mark.skipif(SIMULATED, reason="the simulator launches every kernel through its dispatcher")
-@pytest.mark.parametrize("case", [MATRIX[3], MATRIX[4]], ids=_case_id)
-def test_direct_launches_give_the_dispatchers_bits(case, recurrence, monkeypatch, rng):
-    """``cuda_common.launch`` runs the compiled kernel it finds by its own key of the arguments'
-    types: the kernels numba-cuda's dispatcher would pick, so the same results to the bit."""
-    options, dtype, batched = case
-    inputs = _inputs(LSTM(INPUT, HIDDEN, dtype=dtype, **options), rng, batched)
-    results = {}
-    for direct in (True, False):
-        monkeypatch.setattr(cuda_common, "DIRECT_LAUNCH", direct)
-        results[direct] = forward_backward(LSTM(INPUT, HIDDEN, dtype=dtype, seed=3, device="cuda", **options), *inputs)
-    (direct_results, direct_grads), (dispatched_results, dispatched_grads) = results[True], results[False]
-    for name, a, b in zip(RESULT_NAMES, direct_results, dispatched_results):
-        np.testing.assert_array_equal(a, b, err_msg=name)
-    for name in direct_grads:
-        np.testing.assert_array_equal(direct_grads[name], dispatched_grads[name], err_msg=name)
 
 
 def test_gradients_overwrite_after_zero_grad_and_accumulate_after_that(recurrence, rng):

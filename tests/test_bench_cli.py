@@ -10,8 +10,10 @@ import pytest
 from click.testing import CliRunner
 
 from nblstm.bench import cases as bench_cases
+from nblstm.bench import cli
 from nblstm.bench.backends import BACKENDS, Backend, Prepared, Problem, make_problem
 from nblstm.bench.cli import main
+from nblstm.bench.report import add_derived
 from nblstm.bench import runner
 from nblstm.bench.runner import Settings, measure_case, run_sweep
 from nblstm.bench.threads import thread_limit
@@ -256,3 +258,33 @@ def test_presets_hold_the_sizes_of_the_brief():
     assert {c.modes for c in deepbench if c.batch <= 4} == {("fwd",)}
     assert set(bench_cases.PRESETS["quick"]) <= set(bench_cases.PRESETS["full"])
 
+
+
+def _timed(backend, device, median_s):
+    return dict(backend=backend, device=device, case="L1 N1 I1 H1", mode="fwd", dtype="float32", status="ok",
+                median_s=median_s, batch=1, flops=1e9)
+
+
+def test_gpu_backends_are_compared_with_pytorch_on_the_gpu():
+    rows = [_timed("nblstm", "cpu", 1.0), _timed("torch-cpu", "cpu", 2.0), _timed("numba-cuda", "cuda", 0.5),
+            _timed("torch-cuda", "cuda", 0.25)]
+    add_derived(rows, {"float32": 100.0})
+    by_backend = {row["backend"]: row for row in rows}
+    assert (by_backend["nblstm"]["baseline"], by_backend["nblstm"]["speedup"]) == ("torch-cpu", 2.0)
+    assert (by_backend["numba-cuda"]["baseline"], by_backend["numba-cuda"]["speedup"]) == ("torch-cuda", 0.5)
+    assert by_backend["nblstm"]["pct_peak"] == 1.0 and by_backend["numba-cuda"]["pct_peak"] is None
+    # without PyTorch on the GPU a GPU row has no speed-up, rather than one over a CPU time
+    alone = [_timed("numba-cuda", "cuda", 0.5), _timed("torch-cpu", "cpu", 2.0)]
+    add_derived(alone, {})
+    assert (alone[0]["baseline"], alone[0]["speedup"]) == (None, None)
+
+
+def test_a_run_of_gpu_backends_only_measures_no_cpu_peak(monkeypatch, tmp_path):
+    monkeypatch.setattr(BACKENDS["numpy"], "device", "cuda")  # stands in for a GPU backend
+    monkeypatch.setattr(cli, "measure_peak", lambda *args: pytest.fail("the CPU peak was measured"))
+    result = invoke("run", "-b", "numpy", "--mode", "fwd", *TINY_SIZES, *FAST, "--json", str(tmp_path / "r.json"))
+    assert result.exit_code == 0, result.output
+    assert "matrix-product peak" not in result.output
+    results = json.loads((tmp_path / "r.json").read_text())
+    assert results["peak"] == {}
+    assert [(row["device"], row["pct_peak"]) for row in results["rows"]] == [("cuda", None)]

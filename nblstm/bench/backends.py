@@ -288,8 +288,9 @@ BACKENDS = {backend.name: backend for backend in (
     NblstmBackend("numba-cuda", "cuda"),
 )}
 
-# Speed-ups are reported against the first of these that ran the same case and mode.
-BASELINES = ("torch-cpu", "numpy")
+# Speed-ups are reported against the first of these, on the row's device, that ran the same case and mode:
+# a GPU backend against PyTorch on the GPU (cuDNN), never against a CPU time.
+BASELINES = {"cpu": ("torch-cpu", "numpy"), "cuda": ("torch-cuda",)}
 
 
 def select_backends(names=None):

@@ -4,7 +4,8 @@ One PNG, one row of two panels per (mode, dtype): left, GFLOP/s of every
 backend for each case (median, with bars over the interquartile range of the
 times; cases ordered by FLOPs per call, log scale, with the machine's
 matrix-product peak as a dashed line); right, each backend's speed-up
-over the baseline (PyTorch CPU, or NumPy without it; log scale, 1 = as fast).
+over the baseline (PyTorch CPU, or NumPy without it; PyTorch CUDA for GPU
+backends; log scale, 1 = as fast).
 Drawn on a bare ``matplotlib.figure.Figure`` (Agg), so no display is needed.
 """
 from matplotlib.figure import Figure

@@ -95,8 +95,8 @@ def backend_table(available, unavailable):
 def add_derived(rows, peaks):
     """Fill seq_per_s, gflops, pct_peak, baseline and speedup of the timed rows (in place).
 
-    peaks: {dtype: GFLOP/s}; the speed-up baseline of a (case, mode, dtype) group is the first
-    backend of BASELINES that was timed in it.
+    peaks: {dtype: GFLOP/s}; the speed-up baseline of a row is the first backend of BASELINES[its
+    device] timed in its (case, mode, dtype) group.
     """
     timed = [row for row in rows if row["status"] == "ok" and row.get("median_s")]
     medians = {(r["case"], r["mode"], r["dtype"], r["backend"]): r["median_s"] for r in timed}
@@ -106,7 +106,7 @@ def add_derived(rows, peaks):
         peak = peaks.get(row["dtype"])
         row["pct_peak"] = 100.0 * row["gflops"] / peak if peak and row["device"] == "cpu" else None
         group = (row["case"], row["mode"], row["dtype"])
-        baseline = next((name for name in BASELINES if group + (name,) in medians), None)
+        baseline = next((name for name in BASELINES[row["device"]] if group + (name,) in medians), None)
         row["baseline"] = baseline
         row["speedup"] = medians[group + (baseline,)] / row["median_s"] if baseline else None
     return rows

@@ -446,12 +446,13 @@ def lstm_layer_backward(x, w_ih, w_hh, w_hr, h0, c0, out, out_col, gates, c_seq,
     seq_len, batch = x.shape[0], x.shape[1]
     state = h0.shape[1]
     gate_columns = gates.shape[2]
-    width = PANEL_VECTORS * lanes_of(gates[0, 0])  # columns per panel
+    lanes = lanes_of(gates[0, 0])
+    width = PANEL_VECTORS * lanes  # columns per panel
     packing = pack_weights and gate_columns % width == 0  # as the forward did
     projecting = w_hr.shape[0] > 0
     # Threads that split the batch each pack their own copy of the weights (``_backward_steps_by_batch``).
     copies = n_parts if by_batch else 1
-    hh_width = state_panel_width(state, lanes_of(gates[0, 0]))
+    hh_width = state_panel_width(state, lanes)
     packed_hh_copies = empty_aligned((copies, (state + hh_width - 1) // hh_width if packing else 0, gate_columns,
                                       hh_width), gates)
     packed_hh = packed_hh_copies[0]

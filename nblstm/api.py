@@ -133,7 +133,7 @@ class LSTM(Module):
                                                 backend=self._backend, workspace=self._workspace)
         if tape is not None:
             tape.layout = (batched, seq_len, batch)
-            self._tapes.append(tape)
+            self._keep_tape(tape)
         if batched and not c.batch_first and self.device == "cpu":
             return output, (h_n, c_n)  # as they are: small models are called often
         output, h_n, c_n = self._for_caller(input, self._user_layout(output, batched), self._squeeze(h_n, batched),
@@ -286,7 +286,7 @@ class LSTMCell(Module):
                                            self.training, backend=self._backend, workspace=self._workspace)
         if tape is not None:
             tape.layout = (batched, batch)
-            self._tapes.append(tape)
+            self._keep_tape(tape)
         return self._for_caller(input, self._unbatch(h_n[0], batched), self._unbatch(c_n[0], batched))
 
     __call__ = forward

@@ -395,6 +395,12 @@ class Tape:
     saved: dict = field(default_factory=dict)
     dropout_masks: list = field(default_factory=list)
 
+    @property
+    def nbytes(self):
+        """Bytes of the arrays the tape keeps (the first layer's input is the caller's, kept alive too)."""
+        kept = sum(array.nbytes for array in (*self.layer_inputs, *self.layer_outputs, *self.dropout_masks))
+        return kept + sum(array.nbytes for saved in self.saved.values() for array in saved)
+
 
 @dataclass(frozen=True)
 class Layout:

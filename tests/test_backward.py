@@ -1,11 +1,14 @@
 """Backward parity: every gradient of nblstm's BPTT against torch autograd, finite differences and the reference."""
+import warnings
+
 import numpy as np
 import pytest
 from oracle import assert_close, numpy, tensor, torch_twin
 from test_forward import MATRIX, ODD_SIZES, _case_id, _random_state
 
-from nblstm import reference
+from nblstm import module, reference
 from nblstm.api import LSTM, LSTMCell
+from nblstm.train import Linear
 
 DTYPES = [np.float32, np.float64]
 
@@ -333,6 +336,44 @@ def test_eval_forward_keeps_nothing_for_backward(rng):
     for _ in range(3):
         model(rng.standard_normal((50, 2, 3)).astype(np.float32))
     assert model._tapes == []
+
+
+@pytest.mark.parametrize("make", [lambda: LSTM(3, 4, seed=0), lambda: LSTMCell(3, 4, seed=0), lambda: Linear(3, 4)],
+                         ids=["LSTM", "LSTMCell", "Linear"])
+def test_training_forwards_waiting_for_backward_warn_past_the_limit(make, monkeypatch, rng):
+    """Training-mode forwards never backpropagated (inference without eval()) keep what backward needs:
+    the model warns once they hold PENDING_WARNING_BYTES, looked at for 2, 4, 8, ... of them."""
+    model = make()
+    x = rng.standard_normal((50, 2, 3) if isinstance(model, LSTM) else (2, 3)).astype(np.float32)
+    grad = np.ones((50, 2, 4) if isinstance(model, LSTM) else (2, 4), np.float32)
+    model(x)
+    one = model._tapes[0].nbytes
+    assert one >= x.nbytes + (50 * 2 * 4 * 4 * 4 if isinstance(model, LSTM) else 0)  # x and the gates
+    monkeypatch.setattr(module, "PENDING_WARNING_BYTES", 3 * one)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for _ in range(2):
+            model(x)  # 2 and 3 kept: under the limit, and 3 is not looked at
+        model.eval()(x)
+    with pytest.warns(RuntimeWarning, match=r"4 training-mode forwards wait for backward, holding about .* call "
+                                            r"\.eval\(\) first"):
+        model.train()(x)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for _ in range(4):
+            model(x)  # 8 kept: the limit was passed before
+    for _ in range(8):
+        model.backward(grad)
+    assert model._tapes == []
+    monkeypatch.setattr(module, "PENDING_WARNING_BYTES", one // 2)  # each forward alone holds more
+    model(x)
+    with pytest.warns(RuntimeWarning, match="2 training-mode forwards"):
+        model(x)
+    for _ in range(2):
+        model.backward(grad)
+    with pytest.raises(RuntimeError, match="needs a forward pass in training mode"):
+        model.backward(grad)
+
 
 
 @pytest.mark.parametrize("plan", [(2, True, False, True), (2, True, True, True)], ids=["units", "batch-split"])

@@ -49,7 +49,7 @@ class Linear(Module):
         if self.bias_enabled:
             y += self._parameters["bias"]
         if self.training:
-            self._tapes.append(x)
+            self._keep_tape(x)
         return y
 
     __call__ = forward

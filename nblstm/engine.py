@@ -44,6 +44,18 @@ BLAS_THREADS_MIN_WORK = 1 << 18
 # Recurrent weights up to this size stay in one core's cache between steps (a
 # conservative share of the 1-2 MiB L2 caches of current x86 cores).
 CACHE_BYTES_PER_THREAD = 1 << 20
+# Inference also splits the batch with up to this many bytes of recurrent weights (float32 up to
+# hidden 512; counted as float32, as CACHE_BYTES_PER_THREAD): each thread then streams its own packed
+# copy from the shared L3 cache at every step, where splitting the units would read half of them
+# but meet at a barrier after every step.  Measured on 2 vCPUs of an AMD EPYC (Zen 4, 1 MiB of L2 a
+# core, 32 MiB of L3), one process, the two plans alternated 7x, input 32, time of the units split /
+# the batch split: hidden 384 1.01-1.14x (L10-L100, N8-N64), hidden 512 0.95-1.04x in the machine's
+# fast state and 1.13-1.28x in its slow one, where two-thread calls ran up to 1.3x slower and the
+# units split lost twice as much as the batch split (L100 N64: 91-97 / 80-84 ms against 71-72 /
+# 71-72; one thread 136-150 ms in both); hidden 768 (9 MiB) 0.80-0.95x, so it stays units.  With
+# input 512, hidden 512: L100 N64 1.10x, L10 N64 1.07x.  Training keeps the L2 bound (hidden 384-512,
+# L10-L100, N8-N64: 0.93-1.06x).
+INFERENCE_BATCH_SPLIT_MAX_BYTES = 4 << 20
 # Inference splits the batch only from (weights / this) ** 2 rows (seq_len * batch), and then packs the
 # weights even for one step; with fewer rows, splitting the hidden units, where each thread packs or
 # reads half of the weights, was faster.  Measured on 2 cores (one process, the rule's plan and the
@@ -263,10 +275,11 @@ class CPUBackend:
         ``lstm_layer_forward``).
 
         Threads split the batch when each gets whole register tiles of rows, the recurrent
-        weights fit in its cache and, in inference, the call has enough rows to repay every thread
+        weights fit in its cache (in inference, up to INFERENCE_BATCH_SPLIT_MAX_BYTES from the L3)
+        and, in inference, the call has enough rows to repay every thread
         loading all of them: they then never wait for each other (measured on 2 cores:
         1.2-1.5x faster at batch 8-64 with hidden 128-256; slower when each thread must stream
-        weights of several MiB from memory, as at hidden 512-1024); also where the steps are too
+        weights of 9 MiB or more, as at hidden 768-1024); also where the steps are too
         small to split but the whole call is not (``SMALL_STEPS_BATCH_SPLIT_MIN_WORK`` in inference,
         ``TRAINING_BATCH_SPLIT_MIN_WORK`` in training).
         Otherwise they split every step's hidden units, and may run many steps in one parallel
@@ -304,7 +317,7 @@ class CPUBackend:
                     and (training or input_size <= SMALL_STEPS_BATCH_SPLIT_MAX_INPUT)):
                 return batch_parts, together, True, True
             return 1, False, False, pack_weights
-        weights_fit = weights * 4 <= CACHE_BYTES_PER_THREAD
+        weights_fit = weights * 4 <= (CACHE_BYTES_PER_THREAD if training else INFERENCE_BATCH_SPLIT_MAX_BYTES)
         # A short inference call reads the weights too few times to repay every thread loading all
         # of them, where the units can be split in one region instead; from two steps, threads with
         # BATCH_SPLIT_ROWS_PER_THREAD rows each repay it anyway.

@@ -367,6 +367,29 @@ def test_first_step_from_a_zero_state_skips_only_a_zero_product(plan, seq_len, s
     assert used[2] == (plan == "batch" or (hx is None and seq_len == 1))  # one step from none: the batch
 
 
+def test_inference_splits_the_batch_up_to_4_mib_of_recurrent_weights(rng):
+    """Inference splits the batch with up to INFERENCE_BATCH_SPLIT_MAX_BYTES of recurrent weights (float32
+    hidden 512: each thread streams its own packed copy from the L3 cache) where the call has the rows to
+    repay the copies; training only up to CACHE_BYTES_PER_THREAD (hidden 256); hidden 768 splits the
+    units.  PyTorch's numbers through the batch split at hidden 384."""
+    from nblstm import engine
+
+    plan = engine.CPU.plan(100, 64, 512, 512, False)
+    if plan[0] == 1 or not plan[1]:
+        pytest.skip("needs two threads and Numba's OpenMP layer")
+    assert plan[2]
+    assert not engine.CPU.plan(100, 64, 512, 512, True)[2]
+    assert not engine.CPU.plan(100, 64, 768, 768, False)[2]
+    assert not engine.CPU.plan(10, 8, 512, 512, False)[2]  # 80 rows: too few to repay two copies
+    assert engine.CPU.plan(3, 16, 384, 384, False)[2]
+    model = LSTM(24, 384, seed=2).eval()
+    x = rng.standard_normal((3, 16, 24)).astype(np.float32)
+    hx = _random_state(model, 16, rng)
+    ours, theirs = run_both(model, x, hx)
+    assert_same(ours, theirs, np.float32)
+    assert model._workspace.prepare(engine.CPU, model.config, model._parameters, 3, 16, np.float32, False).plan[2]
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_one_step_from_no_state_on_one_thread_packs_few_inputs(dtype, rng):
     """A one-step inference call from zero states on one thread projects more than PLAIN_INPUT_MAX_ROWS

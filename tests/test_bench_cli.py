@@ -13,7 +13,8 @@ from nblstm.bench import cases as bench_cases
 from nblstm.bench import cli
 from nblstm.bench.backends import BACKENDS, Backend, Prepared, Problem, make_problem
 from nblstm.bench.cli import main
-from nblstm.bench.report import add_derived
+from nblstm.bench import report
+from nblstm.bench.report import add_derived, cpu_caches, cpu_identity, describe_machine
 from nblstm.bench import runner
 from nblstm.bench.runner import Settings, measure_case, run_sweep
 from nblstm.bench.threads import thread_limit
@@ -35,6 +36,30 @@ def test_help_lists_the_commands():
         assert command in result.output
 
 
+def test_machine_info_tells_the_cpu_generation_and_caches(tmp_path):
+    """A VM may name its CPU only "AMD EPYC": the results also keep its family, model and stepping, its
+    data caches and the kernels' vector width, and the summary prints them."""
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 25\nmodel\t\t: 17\n"
+                       "model name\t: AMD EPYC\nstepping\t: 1\n\nprocessor\t: 1\ncpu family\t: 99\n")
+    identity = cpu_identity(report._cpuinfo(str(cpuinfo)))
+    assert identity == {"vendor": "AuthenticAMD", "family": 25, "model": 17, "stepping": 1}
+    assert cpu_identity({"model": "?"}) == {"vendor": None, "family": None, "model": None, "stepping": None}
+    cache = tmp_path / "cache"
+    for index, (level, kind, size) in enumerate([("1", "Data", "32K"), ("1", "Instruction", "32K"),
+                                                 ("2", "Unified", "1024K"), ("3", "Unified", "32768K")]):
+        entry = cache / f"index{index}"
+        entry.mkdir(parents=True)
+        for name, value in (("level", level), ("type", kind), ("size", size)):
+            (entry / name).write_text(value + "\n")
+    caches = cpu_caches(str(cache))
+    assert caches == {"L1d": 32 << 10, "L2": 1 << 20, "L3": 32 << 20}
+    assert cpu_caches(str(tmp_path / "none")) == {}
+    machine = {"cpu": "AMD EPYC", "cpu_id": identity, "caches": caches, "vector_bits": 512, "threads": 2}
+    assert describe_machine(machine) == ("AMD EPYC (family 25 model 17), L2 1 MiB, L3 32 MiB, 512-bit vectors "
+                                         "in nblstm's kernels, 2 threads")
+
+
 def test_tiny_run_writes_json_csv_and_png(tmp_path):
     paths = {kind: tmp_path / f"out.{kind}" for kind in ("json", "csv", "png")}
     result = invoke("run", "-b", "nblstm", "-b", "numpy", "--mode", "both", *TINY_SIZES, "--layers", "1",
@@ -44,6 +69,8 @@ def test_tiny_run_writes_json_csv_and_png(tmp_path):
     results = json.loads(paths["json"].read_text())
     assert results["format"] == "nblstm-bench/1"
     assert results["machine"]["threads"] == 1 and results["machine"]["libraries"]["numpy"] == np.__version__
+    assert results["machine"]["vector_bits"] in (256, 512)
+    assert f"machine: {describe_machine(results['machine'])}" in result.output
     assert set(results["peak"]) == {"float64"}
     rows = results["rows"]
     assert len(rows) == 2 * 2 * 2  # cases x modes x backends

@@ -20,6 +20,7 @@ from .report import (
     add_derived,
     backend_table,
     compile_summary,
+    describe_machine,
     document,
     format_table,
     machine_info,
@@ -161,17 +162,19 @@ def run(backend_names, mode, preset, seq_len, batch, input_size, hidden_size, la
     start = time.perf_counter()
     rows = _run_units(run_sweep(cases, modes, available, settings), units, "benchmarking")
     add_derived(rows, {d: peak["gflops"] for d, peak in peaks.items()})
-    _print_summary(rows, peaks, threads, time.perf_counter() - start)
-    results = document(rows, machine_info(threads), vars(settings), peaks, backend_table(available, unavailable),
+    machine = machine_info(threads)
+    _print_summary(rows, peaks, machine, time.perf_counter() - start)
+    results = document(rows, machine, vars(settings), peaks, backend_table(available, unavailable),
                        " ".join(["nblstm-bench"] + sys.argv[1:]),
                        dict(modes=list(modes), preset=None if any(sizes.values()) else preset or "quick"))
     _write(results, _output_paths(out, json_path, csv_path, plot_path))
 
 
-def _print_summary(rows, peaks, threads, seconds):
+def _print_summary(rows, peaks, machine, seconds):
     click.echo(format_table(rows))
+    click.echo(f"machine: {describe_machine(machine)}")
     for dtype, peak in peaks.items():
-        click.echo(f"matrix-product peak ({dtype}, {peak['size']}x{peak['size']}, {threads} threads): "
+        click.echo(f"matrix-product peak ({dtype}, {peak['size']}x{peak['size']}, {machine['threads']} threads): "
                    f"{peak['gflops']:.1f} GFLOP/s")
     overhead = ", ".join(f"{name} {first_s:.2f} s" for name, first_s in compile_summary(rows).items())
     click.echo(f"first-call overhead, not in the timings (compilation, cache loading, set-up): {overhead}")

@@ -1,7 +1,8 @@
 """Results of a sweep: derived metrics, the machine they came from, table, JSON and CSV.
 
 A results document (JSON) holds ``format``, ``created``, ``command``,
-``machine`` (CPU model, cores, thread count, library versions, BLAS),
+``machine`` (CPU model and identity, caches, SIMD width of the kernels, cores, thread count, library
+versions, BLAS),
 ``settings``, ``peak`` ({dtype: matrix-product ceiling}), ``backends``
 ({name: availability and reason}) and ``rows``: one per (case, mode, backend)
 with the configuration, ``status`` (ok, mismatch, unsupported, error, skipped)
@@ -33,16 +34,82 @@ CSV_COLUMNS = (
 )
 
 
-def cpu_model():
-    """The CPU's marketing name where the OS tells it, else the architecture."""
+def _cpuinfo(path="/proc/cpuinfo"):
+    """The first processor's fields of /proc/cpuinfo ({} where there is none)."""
+    fields = {}
     try:
-        with open("/proc/cpuinfo") as cpuinfo:
+        with open(path) as cpuinfo:
             for line in cpuinfo:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
+                if not line.strip():
+                    break
+                name, _, value = line.partition(":")
+                fields[name.strip()] = value.strip()
     except OSError:
         pass
-    return platform.processor() or platform.machine()
+    return fields
+
+
+def cpu_model():
+    """The CPU's marketing name where the OS tells it, else the architecture."""
+    return _cpuinfo().get("model name") or platform.processor() or platform.machine()
+
+
+def cpu_identity(cpuinfo=None):
+    """vendor, family, model and stepping (as /proc/cpuinfo gives them; None elsewhere): a virtual
+    machine often names its CPU only "AMD EPYC", and these tell its generations apart (family 25
+    model 17 is a Zen 4 EPYC, family 26 a Zen 5)."""
+    fields = _cpuinfo() if cpuinfo is None else cpuinfo
+    keys = {"vendor": "vendor_id", "family": "cpu family", "model": "model", "stepping": "stepping"}
+    identity = {key: fields.get(name) for key, name in keys.items()}
+    for key in ("family", "model", "stepping"):
+        identity[key] = int(identity[key]) if (identity[key] or "").isdigit() else None
+    return identity
+
+
+_SIZE_UNITS = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+
+
+def cpu_caches(root="/sys/devices/system/cpu/cpu0/cache"):
+    """{"L1d", "L2", "L3": bytes} of the first CPU's data caches, as Linux's sysfs lists them ({} elsewhere;
+    a virtual machine lists its host's L3, which it shares)."""
+    caches = {}
+    try:
+        entries = sorted(os.listdir(root))
+    except OSError:
+        return caches
+    for entry in entries:
+        try:
+            with open(os.path.join(root, entry, "level")) as level, open(os.path.join(root, entry, "type")) as kind, \
+                    open(os.path.join(root, entry, "size")) as size:
+                level, kind, size = level.read().strip(), kind.read().strip(), size.read().strip()
+        except OSError:
+            continue
+        if kind == "Instruction" or not size:
+            continue
+        unit = _SIZE_UNITS.get(size[-1], 1)
+        digits = size[:-1] if size[-1] in _SIZE_UNITS else size
+        if digits.isdigit():
+            caches["L1d" if level == "1" else f"L{level}"] = int(digits) * unit
+    return caches
+
+
+def _kernel_vector_bits():
+    from ..kernels.simd import VECTOR_BITS
+
+    return VECTOR_BITS
+
+
+def describe_machine(machine):
+    """One line on the CPU of a ``machine_info`` for the printed summary."""
+    identity = machine.get("cpu_id") or {}
+    parts = [machine.get("cpu", "?")]
+    if identity.get("family") is not None:
+        parts[0] += f" (family {identity['family']} model {identity['model']})"
+    caches = machine.get("caches") or {}
+    parts += [f"{name} {size / 2**20:g} MiB" for name, size in caches.items() if name != "L1d"]
+    parts.append(f"{machine.get('vector_bits')}-bit vectors in nblstm's kernels")
+    parts.append(f"{machine.get('threads')} threads")
+    return ", ".join(parts)
 
 
 def _version(distribution):
@@ -72,6 +139,9 @@ def machine_info(threads):
     """Where the numbers come from: CPU, cores, thread count, OS, library versions, BLAS pools."""
     return {
         "cpu": cpu_model(),
+        "cpu_id": cpu_identity(),
+        "caches": cpu_caches(),
+        "vector_bits": _kernel_vector_bits(),
         "logical_cores": os.cpu_count(),
         "usable_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
         "threads": threads,

@@ -51,9 +51,9 @@ CACHE_BYTES_PER_THREAD = 1 << 20
 # core, 32 MiB of L3), one process, the two plans alternated 7x, input 32, time of the units split /
 # the batch split: hidden 384 1.01-1.14x (L10-L100, N8-N64), hidden 512 0.95-1.04x in the machine's
 # fast state and 1.13-1.28x in its slow one, where two-thread calls ran up to 1.3x slower and the
-# units split lost twice as much as the batch split (L100 N64: 91-97 / 80-84 ms against 71-72 /
-# 71-72; one thread 136-150 ms in both); hidden 768 (9 MiB) 0.80-0.95x, so it stays units.  With
-# input 512, hidden 512: L100 N64 1.10x, L10 N64 1.07x.  Training keeps the L2 bound (hidden 384-512,
+# units split lost twice as much as the batch split (L100 N64: 91-98 / 80-85 ms against 71-77 /
+# 71-77; one thread 135-151 ms in both); hidden 768 (9 MiB) 0.80-0.95x, so it stays units.  With
+# input 512, hidden 512: L100 N64 1.10x, L10 N64 1.08x.  Training keeps the L2 bound (hidden 384-512,
 # L10-L100, N8-N64: 0.93-1.06x).
 INFERENCE_BATCH_SPLIT_MAX_BYTES = 4 << 20
 # Inference splits the batch only from (weights / this) ** 2 rows (seq_len * batch), and then packs the

@@ -327,11 +327,13 @@ class Module:
         (taking each to hold what the latest does: a look costs as little as it can)."""
         self._tapes.append(tape)
         kept = len(self._tapes)
-        if kept > 1 and kept & (kept - 1) == 0 and kept * tape.nbytes >= PENDING_WARNING_BYTES and (
-                kept == 2 or kept // 2 * tape.nbytes < PENDING_WARNING_BYTES):  # once, where the limit is passed
-            warnings.warn(
+        if kept < 2 or kept & (kept - 1):
+            return
+        each = tape.nbytes
+        if kept * each >= PENDING_WARNING_BYTES and (kept == 2 or kept // 2 * each < PENDING_WARNING_BYTES):
+            warnings.warn(  # once, at the look where the limit is passed
                 f"{type(self).__name__}: {kept} training-mode forwards wait for backward, holding about "
-                f"{kept * tape.nbytes / 2**20:,.0f} MiB: each keeps what its backward needs until backward "
+                f"{kept * each / 2**20:,.0f} MiB: each keeps what its backward needs until backward "
                 "runs (nblstm cannot see whether the results will be backpropagated). For inference call "
                 ".eval() first; backpropagating the forwards frees them.", RuntimeWarning, stacklevel=3)
 

@@ -137,6 +137,7 @@ def test_peak_runs_on_a_tiny_size():
     result = invoke("peak", "--size", "32", "--dtype", "float32", "--threads", "1", "--repeats", "1")
     assert result.exit_code == 0
     assert "float32:" in result.output and "GFLOP/s" in result.output
+    assert result.output.startswith("machine: ") and result.output.splitlines()[0].endswith(", 1 thread")
 
 
 @pytest.mark.parametrize("args, message", [

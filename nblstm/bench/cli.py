@@ -230,6 +230,7 @@ def backends():
 @click.option("--repeats", type=click.IntRange(min=1), default=5, show_default=True)
 def peak(dtypes, size, threads, repeats):
     """Matrix-product throughput of this machine (NumPy/BLAS GEMM): the practical ceiling for the LSTMs."""
+    click.echo(f"machine: {describe_machine(machine_info(threads))}")
     for dtype in dtypes or bench_cases.DTYPES:
         result = measure_peak(dtype, size, threads, repeats)
         click.echo(f"{dtype}: {result['gflops']:.1f} GFLOP/s best, {result['median_gflops']:.1f} median "

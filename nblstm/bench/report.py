@@ -108,7 +108,8 @@ def describe_machine(machine):
     caches = machine.get("caches") or {}
     parts += [f"{name} {size / 2**20:g} MiB" for name, size in caches.items() if name != "L1d"]
     parts.append(f"{machine.get('vector_bits')}-bit vectors in nblstm's kernels")
-    parts.append(f"{machine.get('threads')} threads")
+    threads = machine.get("threads")
+    parts.append(f"{threads} thread{'' if threads == 1 else 's'}")
     return ", ".join(parts)
 
 

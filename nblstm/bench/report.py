@@ -69,6 +69,11 @@ def cpu_identity(cpuinfo=None):
 _SIZE_UNITS = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
 
 
+def _read_text(path):
+    with open(path) as handle:
+        return handle.read().strip()
+
+
 def cpu_caches(root="/sys/devices/system/cpu/cpu0/cache"):
     """{"L1d", "L2", "L3": bytes} of the first CPU's data caches, as Linux's sysfs lists them ({} elsewhere;
     a virtual machine lists its host's L3, which it shares)."""
@@ -79,9 +84,7 @@ def cpu_caches(root="/sys/devices/system/cpu/cpu0/cache"):
         return caches
     for entry in entries:
         try:
-            with open(os.path.join(root, entry, "level")) as level, open(os.path.join(root, entry, "type")) as kind, \
-                    open(os.path.join(root, entry, "size")) as size:
-                level, kind, size = level.read().strip(), kind.read().strip(), size.read().strip()
+            level, kind, size = (_read_text(os.path.join(root, entry, name)) for name in ("level", "type", "size"))
         except OSError:
             continue
         if kind == "Instruction" or not size:

@@ -152,8 +152,17 @@ def splits_steps(batch, hidden, state):
 
 def thread_parts(batch, hidden, state):
     """How many threads to split each time step between."""
-    if not splits_steps(batch, hidden, state):
-        return 1
+    return unit_parts(hidden) if splits_steps(batch, hidden, state) else 1
+
+
+def runs_together():
+    """Whether threads may run many steps in one parallel region, meeting at a barrier: every part of a
+    parallel loop then needs its own thread at the same time, as Numba's OpenMP layer gives it."""
+    return numba.threading_layer() == "omp" and numba.get_parallel_chunksize() == 0
+
+
+def unit_parts(hidden):
+    """How many threads may split a step's hidden units: all of them, but 16 units at least each."""
     return max(1, min(numba.get_num_threads(), math.ceil(hidden / 16)))
 
 
@@ -308,7 +317,7 @@ class CPUBackend:
         n_parts = thread_parts(batch, hidden, state)
         if not reads_weights and batch * NUM_GATES * hidden * input_size < ONE_STEP_SPLIT_MIN_WORK:
             n_parts = 1
-        together = numba.threading_layer() == "omp" and numba.get_parallel_chunksize() == 0
+        together = runs_together()
         if n_parts == 1:  # steps too small to split; a large enough call splits its batch
             call_work = seq_len * batch * NUM_GATES * hidden * (input_size + (state if reads_weights else 0))
             batch_parts = min(numba.get_num_threads(), batch // BATCH_PART_MIN_ROWS)
@@ -327,6 +336,26 @@ class CPUBackend:
         # Each thread that splits the batch in inference packs its own copy, which beat BLAS's
         # products on its rows from the first step (hidden 128, batch 8, one step: 29 against 48 us).
         return n_parts, together, by_batch, pack_weights or (by_batch and not training)
+
+    @staticmethod
+    def plans(seq_len, batch, hidden, state, training, zero_start=False, input_size=0, prepacked=False):
+        """Every plan the kernels can run this call with, ``plan``'s choice first, for ``nblstm.tune`` to
+        time: on one thread or all of them (no more than ``unit_parts``, or than the batch has
+        BATCH_PART_MIN_ROWS rows), splitting each step's hidden units or the batch
+        (which in inference always packs: ``plan``), on packed weights or not."""
+        chosen = CPUBackend.plan(seq_len, batch, hidden, state, training, zero_start, input_size, prepacked)
+        threads = numba.get_num_threads()
+        together = runs_together()
+        units = unit_parts(hidden)
+        batch_parts = min(threads, batch // BATCH_PART_MIN_ROWS)
+        plans = [chosen]
+        for pack_weights in (False, True):
+            plans.append((1, False, False, pack_weights))
+            if units > 1:
+                plans.append((units, together, False, pack_weights))
+            if batch_parts > 1 and (pack_weights or training):
+                plans.append((batch_parts, together, True, pack_weights))
+        return tuple(dict.fromkeys(plans))
 
     @staticmethod
     def plan_settings(batch, hidden, state):
@@ -467,13 +496,21 @@ class Prepared:
     new_out: object
 
 
-def prepare(backend, config, params, seq_len, batch, dtype, training, zero_start, zero_state, packed_kept=None):
+def plan_arguments(config, seq_len, batch, training, zero_start, prepacks):
+    """The arguments of a backend's ``plan`` (and ``plans``) for a forward over (seq_len, batch, features)
+    input (from zero states: ``zero_start``; on weights packed before the call: ``prepacks``)."""
+    return (seq_len, batch, config.hidden_size, config.state_size, training, zero_start, widest_layer_input(config),
+            prepacks)
+
+
+def prepare(backend, config, params, seq_len, batch, dtype, training, zero_start, zero_state, packed_kept=None,
+            plan=None):
     """The ``Prepared`` forward of (seq_len, batch, features) input (from zero states: ``zero_start``);
     ``zero_state``: zero (h0, c0) arrays of ``config.state_shapes(batch)``.  With ``packed_kept`` (a
-    dict; inference on the CPU only), its kernels run on weights packed once (``prepack``)."""
+    dict; inference on the CPU only), its kernels run on weights packed once (``prepack``).  ``plan``:
+    one of the backend's ``plans`` for this call (``nblstm.tune``'s), or None for its ``plan``."""
     prepacks = packed_kept is not None and not training
-    plan = backend.plan(seq_len, batch, config.hidden_size, config.state_size, training, zero_start,
-                        widest_layer_input(config), prepacks)
+    plan = plan or backend.plan(*plan_arguments(config, seq_len, batch, training, zero_start, prepacks))
     weights = tuple(_layer_weights(backend, params, config, layer, direction)
                     for layer in range(config.num_layers) for direction in range(config.num_directions))
     shapes = layout(backend, config, seq_len, batch, dtype, plan, training)
@@ -530,6 +567,8 @@ class Workspace:
         self._prepared = {}
         self._zeros = {}
         self._packed = {} if prepacks else None
+        self.plans = {}  # {prepare's key: the plan ``nblstm.tune`` chose}, for good
+        self.trial = None  # a ``Trial`` while ``nblstm.tune`` times plans
 
     @staticmethod
     def keep(cache, key, value):
@@ -544,15 +583,23 @@ class Workspace:
         the recurrent weights (calls with and without a state share one, and so their work arrays,
         unless that differs) while the parameters are the same arrays: the same dict, or one holding
         the same first weight (a model replaces all its arrays at once, as ``Module.to``, which takes
-        a new workspace too)."""
+        a new workspace too).  Its plan: the one ``nblstm.tune`` chose for the key (``plans``), the
+        ``trial``'s while it times them, else the backend's ``plan``."""
         key = (backend.name, seq_len, batch, dtype, training, reads_recurrent_weights(seq_len, training, zero_start),
                backend.plan_settings(batch, config.hidden_size, config.state_size))
+        if self.trial is None:
+            plan = self.plans.get(key)
+        else:
+            prepacks = self._packed is not None and not training
+            plan = self.trial.plan(key, backend.plans(*plan_arguments(config, seq_len, batch, training, zero_start,
+                                                                      prepacks)))
         prepared = self._prepared.get(key)
-        if prepared is None or (prepared.params is not params
-                                and prepared.weights[0][0] is not params[config.names(0, 0).weight_ih]):
+        if (prepared is None or (plan is not None and prepared.plan != plan)
+                or (prepared.params is not params
+                    and prepared.weights[0][0] is not params[config.names(0, 0).weight_ih])):
             zero_state = self.zeros(backend, config.state_shapes(batch), dtype)
             prepared = self.keep(self._prepared, key, prepare(backend, config, params, seq_len, batch, dtype,
-                                                              training, zero_start, zero_state, self._packed))
+                                                              training, zero_start, zero_state, self._packed, plan))
         return prepared
 
     def take(self, backend, shapes, dtype):
@@ -579,6 +626,20 @@ class Workspace:
         if zeros is None:
             zeros = self.keep(self._zeros, key, tuple(backend.zeros(shape, dtype) for shape in shapes))
         return zeros
+
+
+class Trial:
+    """Which of a call's plans (a backend's ``plans``) the calls of a model run while ``nblstm.tune`` times
+    them: the one at ``index``.  ``Workspace.prepare`` gives it each call's key and plans, kept as
+    ``key`` and ``plans`` for the tuner to choose from."""
+
+    def __init__(self):
+        self.index = 0
+        self.key = self.plans = None
+
+    def plan(self, key, plans):
+        self.key, self.plans = key, plans
+        return plans[self.index]
 
 
 @functools.cache

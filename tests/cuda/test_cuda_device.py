@@ -77,6 +77,12 @@ def test_freeze_refuses_a_gpu_model():
     assert frozen.frozen and frozen.device == "cpu"
 
 
+def test_tune_refuses_a_gpu_model():
+    """tune chooses between the CPU kernels' plans: a 'cuda' model (one plan) is refused with the reason."""
+    with pytest.raises(ValueError, match="the model is on 'cuda'; tune chooses between the CPU kernels' plans"):
+        nblstm.tune(LSTM(3, 4, seed=0, device="cuda"), np.zeros((2, 1, 3), np.float32))
+
+
 def test_load_state_dict_and_zero_grad_on_the_gpu(rng):
     cpu = LSTM(3, 4, seed=1)
     gpu = LSTM(3, 4, seed=2, device="cuda")

@@ -88,6 +88,25 @@ def test_tiny_run_writes_json_csv_and_png(tmp_path):
     assert "median ms" in result.output and "idle ms" in result.output
 
 
+def test_tuned_backend_tunes_at_set_up_and_the_summary_says_so(tmp_path, monkeypatch):
+    """nblstm-tuned runs nblstm.tune on each case's model before its first call: the tuning's time is the
+    row's setup_s, which the summary adds up per backend apart from the first-call overhead."""
+    tuned = []
+    monkeypatch.setattr("nblstm.tune", lambda model, x, rounds: tuned.append((model.training, x.shape, rounds)))
+    path = tmp_path / "out.json"
+    result = invoke("run", "-b", "nblstm-tuned", "-b", "numpy", "--mode", "both", *TINY_SIZES, *FAST,
+                    "--json", str(path))
+    assert result.exit_code == 0, result.output
+    assert tuned == [(False, (3, 2, 4), 3), (True, (3, 2, 4), 3)]
+    rows = {(row["backend"], row["mode"]): row for row in json.loads(path.read_text())["rows"]}
+    assert all(row["status"] == "ok" and row["setup_s"] > 0 for row in rows.values())
+    setups = {name: sum(row["setup_s"] for (backend, _), row in rows.items() if backend == name)
+              for name in ("nblstm-tuned", "numpy")}
+    assert ("set-up, not in the timings (building the models; nblstm-tuned's tunes them): "
+            f"nblstm-tuned {setups['nblstm-tuned']:.2f} s, numpy {setups['numpy']:.2f} s") in result.output
+    assert "first-call overhead, not in the timings (compilation, cache loading, set-up): nblstm-tuned" in result.output
+
+
 def test_run_without_paths_fills_the_results_folder(tmp_path):
     result = invoke("run", "-b", "numpy", "--mode", "fwd", *TINY_SIZES, *FAST, "--out", str(tmp_path / "res"))
     assert result.exit_code == 0, result.output

@@ -92,13 +92,17 @@ class Backend:
 class NblstmBackend(Backend):
     """nblstm.api.LSTM on the CPU kernels, or on the CUDA kernels (``device='cuda'``); ``frozen``:
     ``nblstm.freeze`` of it (inference only), whose weights are packed once, as ONNX Runtime's are
-    constants of its session."""
+    constants of its session; ``tuned``: after ``nblstm.tune`` (``TUNE_ROUNDS``) chose its plan for the
+    case on this machine, in its set-up (``setup_s``)."""
 
-    def __init__(self, name, device, frozen=False):
-        self.name, self.device, self.frozen = name, device, frozen
+    TUNE_ROUNDS = 3
+
+    def __init__(self, name, device, frozen=False, tuned=False):
+        self.name, self.device, self.frozen, self.tuned = name, device, frozen, tuned
         if frozen:
             self.modes = ("fwd",)
         self.description = ("nblstm.freeze(nblstm.api.LSTM), Numba CPU kernels on weights packed once" if frozen
+                            else "nblstm.api.LSTM after nblstm.tune (the fastest plan here, timed at set-up)" if tuned
                             else "nblstm.api.LSTM, Numba CPU kernels" if device == "cpu"
                             else "nblstm.api.LSTM(device='cuda'), Numba CUDA kernels")
 
@@ -135,6 +139,7 @@ class NblstmBackend(Backend):
         return cuda.to_device, to_host, cuda.synchronize
 
     def prepare(self, problem, mode, threads):
+        from .. import tune
         from ..api import LSTM, freeze
 
         to_device, to_host, synchronize = self._device_io()
@@ -145,6 +150,8 @@ class NblstmBackend(Backend):
         if self.frozen:
             model = freeze(model)
         x = to_device(problem.x)
+        if self.tuned:
+            tune(model, x, rounds=self.TUNE_ROUNDS)
         if mode == "fwd":
             def run():
                 output, _ = model(x)
@@ -280,6 +287,7 @@ class OnnxRuntimeBackend(Backend):
 
 BACKENDS = {backend.name: backend for backend in (
     NblstmBackend("nblstm", "cpu"),
+    NblstmBackend("nblstm-tuned", "cpu", tuned=True),
     NblstmBackend("nblstm-frozen", "cpu", frozen=True),
     NumpyBackend(),
     TorchBackend("torch-cpu", "cpu"),

@@ -19,7 +19,7 @@ from .peak import DEFAULT_SIZE, measure_peak
 from .report import (
     add_derived,
     backend_table,
-    compile_summary,
+    backend_totals,
     describe_machine,
     document,
     format_table,
@@ -176,8 +176,10 @@ def _print_summary(rows, peaks, machine, seconds):
     for dtype, peak in peaks.items():
         click.echo(f"matrix-product peak ({dtype}, {peak['size']}x{peak['size']}, {machine['threads']} threads): "
                    f"{peak['gflops']:.1f} GFLOP/s")
-    overhead = ", ".join(f"{name} {first_s:.2f} s" for name, first_s in compile_summary(rows).items())
-    click.echo(f"first-call overhead, not in the timings (compilation, cache loading, set-up): {overhead}")
+    for field, what in (("setup_s", "set-up, not in the timings (building the models; nblstm-tuned's tunes them)"),
+                        ("compile_s", "first-call overhead, not in the timings (compilation, cache loading, set-up)")):
+        totals = ", ".join(f"{name} {seconds:.2f} s" for name, seconds in backend_totals(rows, field).items())
+        click.echo(f"{what}: {totals}")
     click.echo(f"sweep took {seconds:.1f} s")
 
 
@@ -213,10 +215,11 @@ def plot(results_json, out):
 def backends():
     """List the backends, what they run, and why any is unavailable here."""
     available, unavailable = select_backends()
+    width = max(map(len, BACKENDS))
     for name, backend in BACKENDS.items():
         status = "available" if name not in unavailable else f"unavailable: {unavailable[name]}"
-        click.echo(f"{name:<12} {backend.device:<5} {'/'.join(backend.modes):<10} {status}")
-        click.echo(f"{'':<12} {backend.description}")
+        click.echo(f"{name:<{width}} {backend.device:<5} {'/'.join(backend.modes):<10} {status}")
+        click.echo(f"{'':<{width}} {backend.description}")
     if not available:
         raise click.ClickException("no backend is available")
 

@@ -268,10 +268,11 @@ def format_table(rows):
     return "\n".join(text + list(reasons))
 
 
-def compile_summary(rows):
-    """{backend: first-call overhead (compilation, cache loading, lazy set-up) summed over the rows, seconds}."""
-    overhead = {}
+def backend_totals(rows, field):
+    """{backend: ``field`` of its rows summed, seconds}: ``compile_s``, the first-call overhead (compilation,
+    cache loading, lazy set-up), or ``setup_s``, building the models (nblstm-tuned's: tuning them too)."""
+    totals = {}
     for row in rows:
-        if row.get("compile_s") is not None:
-            overhead[row["backend"]] = overhead.get(row["backend"], 0.0) + row["compile_s"]
-    return overhead
+        if row.get(field) is not None:
+            totals[row["backend"]] = totals.get(row["backend"], 0.0) + row[field]
+    return totals

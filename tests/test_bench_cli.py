@@ -17,6 +17,7 @@ from nblstm.bench import report
 from nblstm.bench.report import add_derived, cpu_caches, cpu_identity, describe_machine
 from nblstm.bench import runner
 from nblstm.bench.runner import Settings, measure_case, run_sweep
+from nblstm.tuning import PlanTiming
 from nblstm.bench.threads import thread_limit
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -92,7 +93,12 @@ def test_tuned_backend_tunes_at_set_up_and_the_summary_says_so(tmp_path, monkeyp
     """nblstm-tuned runs nblstm.tune on each case's model before its first call: the tuning's time is the
     row's setup_s, which the summary adds up per backend apart from the first-call overhead."""
     tuned = []
-    monkeypatch.setattr("nblstm.tune", lambda model, x, rounds: tuned.append((model.training, x.shape, rounds)))
+
+    def tune(model, x, rounds):
+        tuned.append((model.training, x.shape, rounds))
+        return [PlanTiming(1, "none", True, 1.0, False, False), PlanTiming(2, "units", False, 2.0, True, True)]
+
+    monkeypatch.setattr("nblstm.tune", tune)
     path = tmp_path / "out.json"
     result = invoke("run", "-b", "nblstm-tuned", "-b", "numpy", "--mode", "both", *TINY_SIZES, *FAST,
                     "--json", str(path))
@@ -100,6 +106,9 @@ def test_tuned_backend_tunes_at_set_up_and_the_summary_says_so(tmp_path, monkeyp
     assert tuned == [(False, (3, 2, 4), 3), (True, (3, 2, 4), 3)]
     rows = {(row["backend"], row["mode"]): row for row in json.loads(path.read_text())["rows"]}
     assert all(row["status"] == "ok" and row["setup_s"] > 0 for row in rows.values())
+    assert {row["plan"] for (backend, _), row in rows.items() if backend == "nblstm-tuned"} == {
+        "2 threads splitting each step's units, weights as they are (the default)"}
+    assert {row["plan"] for (backend, _), row in rows.items() if backend == "numpy"} == {""}
     setups = {name: sum(row["setup_s"] for (backend, _), row in rows.items() if backend == name)
               for name in ("nblstm-tuned", "numpy")}
     assert ("set-up, not in the timings (building the models; nblstm-tuned's tunes them): "

@@ -61,10 +61,12 @@ def numpy_lstm(params, config, x, grad_output, train):
 
 @dataclass
 class Prepared:
-    """A backend ready to time: ``run()`` is one call; ``collect(run())`` gives the results dict."""
+    """A backend ready to time: ``run()`` is one call; ``collect(run())`` gives the results dict; ``plan``:
+    how it chose to run the case, where it chose (nblstm-tuned: the plan ``nblstm.tune`` kept)."""
 
     run: Callable[[], object]
     collect: Callable[[object], dict]
+    plan: str = ""
 
 
 class Backend:
@@ -150,15 +152,14 @@ class NblstmBackend(Backend):
         if self.frozen:
             model = freeze(model)
         x = to_device(problem.x)
-        if self.tuned:
-            tune(model, x, rounds=self.TUNE_ROUNDS)
+        plan = _kept_plan(tune(model, x, rounds=self.TUNE_ROUNDS)) if self.tuned else ""
         if mode == "fwd":
             def run():
                 output, _ = model(x)
                 synchronize()
                 return output
 
-            return Prepared(run, lambda output: {"output": to_host(output)})
+            return Prepared(run, lambda output: {"output": to_host(output)}, plan)
 
         grad_output = to_device(problem.grad_output)
 
@@ -174,7 +175,15 @@ class NblstmBackend(Backend):
             results.update({f"grad/{name}": to_host(grad) for name, grad in model.grads.items()})
             return results
 
-        return Prepared(run_train, collect)
+        return Prepared(run_train, collect, plan)
+
+
+def _kept_plan(timings):
+    """The plan ``nblstm.tune`` kept, in words, from its ``PlanTiming``s."""
+    kept = next(timing for timing in timings if timing.kept)
+    split = {"none": "", "batch": " splitting the batch", "units": " splitting each step's units"}[kept.split]
+    return (f"{kept.threads} thread{'s' if kept.threads > 1 else ''}{split}, weights "
+            f"{'packed' if kept.packed else 'as they are'}{' (the default)' if kept.default else ''}")
 
 
 class NumpyBackend(Backend):

@@ -29,7 +29,7 @@ LIBRARIES = ("nblstm", "numpy", "numba", "llvmlite", "scipy", "torch", "onnx", "
 CSV_COLUMNS = (
     "case", "mode", "backend", "device", "dtype", "seq_len", "batch", "input_size", "hidden_size", "num_layers",
     "bidirectional", "proj_size", "threads", "status", "reason", "median_s", "q1_s", "q3_s", "min_s", "max_s",
-    "samples", "calls_per_sample", "idle_call_s", "setup_s", "first_call_s", "compile_s", "max_error", "flops",
+    "samples", "calls_per_sample", "idle_call_s", "setup_s", "plan", "first_call_s", "compile_s", "max_error", "flops",
     "seq_per_s", "gflops", "pct_peak", "baseline", "speedup",
 )
 

@@ -136,6 +136,7 @@ def _warm_up_and_check(backend, problem, mode, expected, settings, row):
     start = time.perf_counter()
     prepared = backend.prepare(problem, mode, settings.threads)
     row["setup_s"] = time.perf_counter() - start
+    row["plan"] = prepared.plan
     start = time.perf_counter()
     first = prepared.run()
     row["first_call_s"] = time.perf_counter() - start

@@ -266,6 +266,35 @@ def test_the_calls_after_an_idle_pause_are_kept_out_of_the_samples(monkeypatch):
     assert row["max_s"] < 0.01
 
 
+def test_each_row_says_how_long_the_threads_took_to_meet_after_its_samples(monkeypatch):
+    """After each sample the runner times two threads meeting at the kernels' barrier (``latency.barrier_ns``):
+    the row keeps the median of its samples' times, the table prints it and says what it means."""
+    if numba.get_num_threads() < 2:
+        pytest.skip("one thread: nothing meets")
+    # the sweep's first (compiling) call, then after each sample: rounds of (numpy, nblstm), (nblstm, numpy), ...
+    measured = iter([9999.0, 100.0, 500.0, 90.0, 80.0, 70.0, 60.0])
+    monkeypatch.setattr(runner, "barrier_ns", lambda: next(measured))
+    settings = Settings(threads=2, repeats=3, warmup=0, min_sample_s=0.0)
+    [(_, rows)] = run_sweep([bench_cases.NAMED["tiny"]], ["fwd"], [BACKENDS["numpy"], BACKENDS["nblstm"]], settings)
+    assert {row["backend"]: row["barrier_ns"] for row in rows} == {"numpy": 80.0, "nblstm": 90.0}
+    table = report.format_table([dict(row, baseline=None, speedup=None, seq_per_s=1.0, gflops=1.0, pct_peak=None)
+                                 for row in rows])
+    assert "barrier ns" in table.splitlines()[0] and "barrier ns = two threads meeting" in table
+    monkeypatch.undo()
+    [(_, rows)] = run_sweep([bench_cases.NAMED["tiny"]], ["fwd"], [BACKENDS["numpy"]], FAST_SETTINGS)
+    assert rows[0]["barrier_ns"] is None  # one thread
+
+
+def test_barrier_timing_needs_two_threads_running_together():
+    from nblstm.bench.latency import barrier_ns
+
+    if numba.get_num_threads() < 2:
+        pytest.skip("one thread: nothing meets")
+    assert 0 < barrier_ns(rounds=200) < 1e6
+    with thread_limit(1):
+        assert barrier_ns() is None
+
+
 @pytest.mark.parametrize("name", ["tiny", "stacked-bi"])
 def test_onnxruntime_graph_matches_the_reference(name):
     pytest.importorskip("onnxruntime")

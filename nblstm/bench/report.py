@@ -29,7 +29,7 @@ LIBRARIES = ("nblstm", "numpy", "numba", "llvmlite", "scipy", "torch", "onnx", "
 CSV_COLUMNS = (
     "case", "mode", "backend", "device", "dtype", "seq_len", "batch", "input_size", "hidden_size", "num_layers",
     "bidirectional", "proj_size", "threads", "status", "reason", "median_s", "q1_s", "q3_s", "min_s", "max_s",
-    "samples", "calls_per_sample", "idle_call_s", "setup_s", "plan", "first_call_s", "compile_s", "max_error", "flops",
+    "samples", "calls_per_sample", "idle_call_s", "barrier_ns", "setup_s", "plan", "first_call_s", "compile_s", "max_error", "flops",
     "seq_per_s", "gflops", "pct_peak", "baseline", "speedup",
 )
 
@@ -240,16 +240,17 @@ def _number(value, digits=3):
 
 def _table_cells(row):
     if row["status"] != "ok":
-        return [row["case"], row["dtype"], row["mode"], row["backend"], "", "", "", "", "", "", "", row["status"]]
+        return [row["case"], row["dtype"], row["mode"], row["backend"], "", "", "", "", "", "", "", "", row["status"]]
     ms = 1e3
     speedup = f"{row['speedup']:.2f}x" if row.get("speedup") else "-"
     return [row["case"], row["dtype"], row["mode"], row["backend"], _number(row["median_s"] * ms),
             f"{_number(row['q1_s'] * ms)}-{_number(row['q3_s'] * ms)}", _number(row["idle_call_s"] * ms),
-            _number(row["seq_per_s"]), _number(row["gflops"]), _number(row["pct_peak"], 2), speedup, "ok"]
+            _number(row["seq_per_s"]), _number(row["gflops"]), _number(row["pct_peak"], 2), speedup,
+            _number(row.get("barrier_ns")), "ok"]
 
 
 TABLE_HEADER = ["case", "dtype", "mode", "backend", "median ms", "IQR ms", "idle ms", "seq/s", "GFLOP/s", "% peak",
-                "speed-up", "status"]
+                "speed-up", "barrier ns", "status"]
 
 
 def format_table(rows):
@@ -263,6 +264,10 @@ def format_table(rows):
         text.append(f"speed-up = {' or '.join(baselines)} median time / backend median time (> 1: faster)")
     if any(row["status"] == "ok" for row in rows):
         text.append("idle ms = one call after the process sat idle for a moment (threads asleep), not in the median")
+    if any(row.get("barrier_ns") is not None for row in rows):
+        text.append("barrier ns = two threads meeting, right after each sample (median): on a virtual machine, a few "
+                    "times the usual value means its CPUs sat far apart, and calls whose threads meet at every step "
+                    "ran slower")
     reasons = dict.fromkeys(f"{r['backend']} {r['mode']}: {r['status']}: {r['reason']}"
                             for r in rows if r["status"] != "ok")
     return "\n".join(text + list(reasons))

@@ -35,7 +35,9 @@ For each case and mode:
 
 Every backend runs on the same thread count (``threads.thread_limit``).
 Per backend the row holds the median and the quartiles, minimum and maximum
-of the per-call times of the samples.
+of the per-call times of the samples, and the median time two threads took to
+meet right after each sample (``barrier_ns``, ``latency``): on a virtual machine
+it tells how near each other the hypervisor had placed the virtual CPUs.
 """
 import contextlib
 import gc
@@ -46,6 +48,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .backends import make_problem, numpy_lstm
+from .latency import barrier_ns
 from .threads import thread_limit
 
 # Scaled error allowed against the float64 reference, per dtype of the case.
@@ -155,10 +158,10 @@ def _warm_up_and_check(backend, problem, mode, expected, settings, row):
 
 
 def _time_interleaved(ready, repeats):
-    """{name: (per-call seconds of each sample, seconds of each sample's idle call)};
-    ``ready`` is {name: (run, calls per sample)}."""
+    """{name: (per-call seconds of each sample, seconds of each sample's idle call, ``barrier_ns`` right
+    after each sample)}; ``ready`` is {name: (run, calls per sample)}."""
     names = list(ready)
-    samples = {name: ([], []) for name in names}
+    samples = {name: ([], [], []) for name in names}
     if not names:
         return samples
     gc.collect()
@@ -167,21 +170,23 @@ def _time_interleaved(ready, repeats):
             shift = round_index % len(names)
             for name in names[shift:] + names[:shift]:
                 run, calls = ready[name]
-                per_call, idle_calls = samples[name]
+                per_call, idle_calls, barriers = samples[name]
                 time.sleep(SETTLE_S)
                 idle_calls.append(_timed(run))
                 _timed(run, calls)  # back up to speed, untimed
                 per_call.append(_timed(run, calls))
+                barriers.append(barrier_ns())  # the threads' state the sample ran in (awake, as in it)
     return samples
 
 
-def _summary(samples, idle_calls, calls, first_call_s):
+def _summary(samples, idle_calls, barriers, calls, first_call_s):
     times = np.asarray(samples)
     median = float(np.median(times))
     q1, q3 = (float(q) for q in np.percentile(times, [25, 75]))
     return dict(median_s=median, q1_s=q1, q3_s=q3, min_s=float(times.min()), max_s=float(times.max()),
                 samples=len(samples), calls_per_sample=calls, idle_call_s=float(np.median(idle_calls)),
-                compile_s=max(0.0, first_call_s - median))
+                compile_s=max(0.0, first_call_s - median),
+                barrier_ns=None if None in barriers else float(np.median(barriers)))
 
 
 def _memory_reason(case, modes, n_backends):
@@ -211,9 +216,9 @@ def _measure_mode(problem, mode, expected, backends, settings, rows):
             continue
         if prepared:
             ready[backend.name] = prepared
-    for name, (samples, idle_calls) in _time_interleaved(ready, settings.repeats).items():
+    for name, (samples, idle_calls, barriers) in _time_interleaved(ready, settings.repeats).items():
         row = rows[(mode, name)]
-        row.update(_summary(samples, idle_calls, ready[name][1], row["first_call_s"]))
+        row.update(_summary(samples, idle_calls, barriers, ready[name][1], row["first_call_s"]))
 
 
 def measure_case(case, modes, backends, settings):
@@ -237,5 +242,6 @@ def measure_case(case, modes, backends, settings):
 def run_sweep(cases, modes, backends, settings):
     """Yield (case, rows) for each case, every backend on ``settings.threads`` threads."""
     with thread_limit(settings.threads):
+        barrier_ns()  # compiles, or loads from the cache, the barrier's timing kernel
         for case in cases:
             yield case, measure_case(case, modes, backends, settings)

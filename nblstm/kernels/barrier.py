@@ -28,11 +28,11 @@ import platform
 
 import numpy as np
 from llvmlite import ir
-from numba import njit, types
+from numba import njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from .._config import JIT_OPTIONS
+from .._config import JIT_OPTIONS, PARALLEL_JIT_OPTIONS
 
 _COUNT, _GENERATION, _HANDSHAKE, _FIRST_CPU = 0, 8, 16, 24  # one 64-byte cache line each
 BARRIER_STATE_SIZE = 32
@@ -220,3 +220,17 @@ def wait_for_all(state, n_threads):
         while _atomic_load(state, _GENERATION) == generation:
             _wait_a_turn(spins)
             spins += 1
+
+
+@njit(**PARALLEL_JIT_OPTIONS)
+def meet_repeatedly(state, rounds):
+    """Two threads meet at ``wait_for_all`` ``rounds`` times, as threads that split every step's units do
+    after each step, with nothing else to do: what each meeting costs at least (``nblstm-bench`` times it).
+    ``state``: BARRIER_STATE_SIZE int64 zeros.  Returns whether the two ran together (else they did not meet)."""
+    together = np.zeros(2, np.bool_)
+    for part in prange(2):
+        together[part] = arrive_together(state, 2)
+        if together[part]:
+            for _ in range(rounds):
+                wait_for_all(state, 2)
+    return together.all()

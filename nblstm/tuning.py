@@ -45,7 +45,8 @@ def tune(model, input, hx=None, *, rounds=5, min_sample_time=0.002, margin=0.1):
     ``model``: an ``LSTM`` or ``LSTMCell`` on the CPU; ``input`` and ``hx`` as its call takes them.
     """
     if not isinstance(model, (LSTM, LSTMCell)):
-        raise TypeError(f"tune takes an nblstm LSTM or LSTMCell, got {type(model).__name__}")
+        raise TypeError(f"tune takes an nblstm LSTM or LSTMCell (in a Sequential, tune the LSTM with the input it "
+                        f"takes: nblstm.tune(model[0], x)), got {type(model).__name__}")
     if model.device != "cpu":
         raise ValueError(f"tune: the model is on {model.device!r}; tune chooses between the CPU kernels' plans")
     if not isinstance(rounds, int) or isinstance(rounds, bool) or rounds < 1:

@@ -8,7 +8,7 @@ from test_forward import DTYPES, ODD_SIZES, _random_state, assert_same, run_both
 import nblstm
 from nblstm import engine, tuning
 from nblstm.api import LSTM, LSTMCell
-from nblstm.train import Linear
+from nblstm.train import LastStep, Linear, Sequential
 
 
 def run_plans(model, call):
@@ -127,6 +127,25 @@ def test_a_plan_replaces_the_default_only_by_the_margin(margin, kept, monkeypatc
     assert model._workspace.plans == {(*model._workspace.plans,)[0]: plans[kept]}
 
 
+@pytest.mark.parametrize("layout", ["batch_first", "unbatched", "cell"])
+def test_the_kept_plan_serves_the_calls_of_the_input_as_the_user_gives_it(layout, monkeypatch, rng):
+    """batch_first and unbatched inputs, and LSTMCell's (N, H_in), are tuned under the time-major shape the
+    engine runs: the next call of the same input runs on the kept plan."""
+    model = LSTMCell(3, 300, seed=0) if layout == "cell" else LSTM(3, 300, batch_first=layout == "batch_first")
+    model.eval()
+    shape = {"batch_first": (8, 5, 3), "unbatched": (5, 3), "cell": (8, 3)}[layout]
+    seq_len, batch = {"batch_first": (5, 8), "unbatched": (5, 1), "cell": (1, 8)}[layout]
+    x = rng.standard_normal(shape).astype(np.float32)
+    plans = engine.CPU.plans(seq_len, batch, 300, 300, False, True, 3)
+    FakeClock(monkeypatch, [1.0] * (len(plans) - 1) + [0.5])
+    nblstm.tune(model, x, rounds=1)
+    monkeypatch.undo()
+    [(key, plan)] = model._workspace.plans.items()
+    assert key[1:3] == (seq_len, batch) and plan == plans[-1]
+    model(x)
+    assert model._workspace._prepared[key].plan == plans[-1]
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_tuned_model_gives_the_same_numbers(dtype, rng):
     model = LSTM(20, 64, num_layers=2, bidirectional=True, dtype=dtype, seed=2).eval()
@@ -163,8 +182,10 @@ def test_tuning_leaves_gradients_pending_backward_and_dropout_stream_alone(rng):
 
 def test_tune_refuses_what_it_cannot_tune():
     x = np.zeros((3, 2, 4), np.float32)
-    with pytest.raises(TypeError, match="tune takes an nblstm LSTM or LSTMCell, got Linear"):
+    with pytest.raises(TypeError, match=r"tune takes an nblstm LSTM or LSTMCell \(in a Sequential, .*\), got Linear"):
         nblstm.tune(Linear(4, 2), x)
+    with pytest.raises(TypeError, match=r"nblstm.tune\(model\[0\], x\)\), got Sequential"):
+        nblstm.tune(Sequential(LSTM(4, 8), LastStep()), x)
     with pytest.raises(TypeError, match="got str"):
         nblstm.tune("LSTM", x)
     model = LSTM(4, 8)

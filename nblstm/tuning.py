@@ -26,6 +26,12 @@ class PlanTiming(NamedTuple):
     default: bool  # the plan the model runs without tuning
     kept: bool  # the plan the model runs such calls with from now on
 
+    def describe(self):
+        """The plan in words, e.g. "2 threads splitting each step's units, weights packed (the default)"."""
+        split = {"none": "", "batch": " splitting the batch", "units": " splitting each step's units"}[self.split]
+        return (f"{self.threads} thread{'s' if self.threads > 1 else ''}{split}, weights "
+                f"{'packed' if self.packed else 'as they are'}{' (the default)' if self.default else ''}")
+
 
 def tune(model, input, hx=None, *, rounds=5, min_sample_time=0.002, margin=0.1):
     """Time every plan the kernels can run ``model(input, hx)`` with and keep the fastest for the model's

@@ -106,6 +106,13 @@ def test_tune_keeps_the_fastest_plan_for_that_kind_of_call(training, monkeypatch
                                            0.5, False, True)
     assert [timing.default for timing in timings].count(True) == 1 and timings[1].default
     assert [timing.kept for timing in timings].count(True) == 1
+    assert timings[1].describe().endswith(", weights packed (the default)")
+    for timing, words in ((tuning.PlanTiming(1, "none", False, 1.0, False, True), "1 thread, weights as they are"),
+                          (tuning.PlanTiming(2, "batch", True, 1.0, False, True),
+                           "2 threads splitting the batch, weights packed"),
+                          (tuning.PlanTiming(4, "units", True, 1.0, False, False),
+                           "4 threads splitting each step's units, weights packed")):
+        assert timing.describe() == words
     monkeypatch.undo()
     model(x)  # the kept plan serves the model's calls of this shape and mode from zero states
     assert model._workspace._prepared[next(iter(model._workspace.plans))].plan == plans[-1]

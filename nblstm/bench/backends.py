@@ -180,10 +180,7 @@ class NblstmBackend(Backend):
 
 def _kept_plan(timings):
     """The plan ``nblstm.tune`` kept, in words, from its ``PlanTiming``s."""
-    kept = next(timing for timing in timings if timing.kept)
-    split = {"none": "", "batch": " splitting the batch", "units": " splitting each step's units"}[kept.split]
-    return (f"{kept.threads} thread{'s' if kept.threads > 1 else ''}{split}, weights "
-            f"{'packed' if kept.packed else 'as they are'}{' (the default)' if kept.default else ''}")
+    return next(timing for timing in timings if timing.kept).describe()
 
 
 class NumpyBackend(Backend):

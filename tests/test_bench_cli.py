@@ -11,7 +11,7 @@ from click.testing import CliRunner
 
 from nblstm.bench import cases as bench_cases
 from nblstm.bench import cli
-from nblstm.bench.backends import BACKENDS, Backend, Prepared, Problem, make_problem
+from nblstm.bench.backends import BACKENDS, Backend, Prepared, Problem, make_problem, select_backends
 from nblstm.bench.cli import main
 from nblstm.bench import report
 from nblstm.bench.report import add_derived, cpu_caches, cpu_identity, describe_machine
@@ -114,6 +114,13 @@ def test_tuned_backend_tunes_at_set_up_and_the_summary_says_so(tmp_path, monkeyp
     assert ("set-up, not in the timings (building the models; nblstm-tuned's tunes them): "
             f"nblstm-tuned {setups['nblstm-tuned']:.2f} s, numpy {setups['numpy']:.2f} s") in result.output
     assert "first-call overhead, not in the timings (compilation, cache loading, set-up): nblstm-tuned" in result.output
+
+
+def test_the_tuned_backend_runs_only_when_named():
+    available, _ = select_backends()
+    assert "nblstm-tuned" not in {backend.name for backend in available}
+    assert "nblstm-tuned" in {backend.name for backend in select_backends(["nblstm-tuned"])[0]}
+    assert "available (runs when named: -b nblstm-tuned)" in invoke("backends").output
 
 
 def test_run_without_paths_fills_the_results_folder(tmp_path):

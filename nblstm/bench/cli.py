@@ -46,7 +46,7 @@ THREADS_OPTION = click.option("--threads", type=click.IntRange(1, max_threads())
 def main(ctx):
     """Benchmark LSTM throughput: nblstm against NumPy, PyTorch and ONNX Runtime on the same problems.
 
-    Without a command, runs the quick sweep over every available backend and writes
+    Without a command, runs the quick sweep over every available backend (but nblstm-tuned) and writes
     results.json, results.csv and results.png into nblstm-results/<timestamp>/.
     """
     if ctx.invoked_subcommand is None:
@@ -96,7 +96,8 @@ def _run_units(sweep, units, label):
 
 @main.command()
 @click.option("--backend", "-b", "backend_names", multiple=True, type=click.Choice(list(BACKENDS)),
-              help="Backend to run (repeatable); default: every available one.")
+              help="Backend to run (repeatable); default: every available one but nblstm-tuned (tuning a "
+                   "case takes up to a minute).")
 @click.option("--mode", type=click.Choice(["fwd", "train", "both"]), default="both", show_default=True,
               help="Forward only, forward + backward to every gradient, or both.")
 @click.option("--preset", type=click.Choice(list(bench_cases.PRESETS)), default=None,
@@ -218,6 +219,7 @@ def backends():
     width = max(map(len, BACKENDS))
     for name, backend in BACKENDS.items():
         status = "available" if name not in unavailable else f"unavailable: {unavailable[name]}"
+        status += "" if backend.in_default_run or name in unavailable else " (runs when named: -b " + name + ")"
         click.echo(f"{name:<{width}} {backend.device:<5} {'/'.join(backend.modes):<10} {status}")
         click.echo(f"{'':<{width}} {backend.description}")
     if not available:

@@ -1,9 +1,10 @@
 """How long two of Numba's threads take to meet: the least each time step costs threads that split its units.
 
 On a virtual machine this moves from minute to minute, as the hypervisor places the virtual CPUs on cores
-near or far from each other (on this project's 2-vCPU VM about 100 ns or 500 ns; threads splitting the units
-of L100 N4 H128 then took 0.51 or 1.0-1.2 ms a call, one thread 0.71 throughout). ``nblstm-bench`` times it
-after every sample, so that a row tells in which state its samples ran.
+near or far from each other, or on the two threads of one core: on this project's 2-vCPU VM 77-112 ns, 320-405
+ns or 22-35 ns, while threads splitting the units of L100 N4 I32 H128 forward took 0.50-0.66, 1.03-1.20 or
+0.74-0.75 ms a call and one thread about 0.73 throughout (README).  ``nblstm-bench`` times it after every
+sample, so that a row tells in which state its samples ran.
 """
 import time
 

@@ -29,8 +29,8 @@ LIBRARIES = ("nblstm", "numpy", "numba", "llvmlite", "scipy", "torch", "onnx", "
 CSV_COLUMNS = (
     "case", "mode", "backend", "device", "dtype", "seq_len", "batch", "input_size", "hidden_size", "num_layers",
     "bidirectional", "proj_size", "threads", "status", "reason", "median_s", "q1_s", "q3_s", "min_s", "max_s",
-    "samples", "calls_per_sample", "idle_call_s", "barrier_ns", "setup_s", "plan", "first_call_s", "compile_s", "max_error", "flops",
-    "seq_per_s", "gflops", "pct_peak", "baseline", "speedup",
+    "samples", "calls_per_sample", "idle_call_s", "barrier_ns", "setup_s", "plan", "first_call_s", "compile_s",
+    "max_error", "flops", "seq_per_s", "gflops", "pct_peak", "baseline", "speedup",
 )
 
 
@@ -265,9 +265,9 @@ def format_table(rows):
     if any(row["status"] == "ok" for row in rows):
         text.append("idle ms = one call after the process sat idle for a moment (threads asleep), not in the median")
     if any(row.get("barrier_ns") is not None for row in rows):
-        text.append("barrier ns = two threads meeting, right after each sample (median): on a virtual machine, a few "
-                    "times the usual value means its CPUs sat far apart, and calls whose threads meet at every step "
-                    "ran slower")
+        text.append("barrier ns = two threads meeting, right after each sample (median): on a virtual machine, "
+                    "several times its usual value means the CPUs sat far apart, a fraction of it two threads of one "
+                    "core; both slow down two-thread calls")
     reasons = dict.fromkeys(f"{r['backend']} {r['mode']}: {r['status']}: {r['reason']}"
                             for r in rows if r["status"] != "ok")
     return "\n".join(text + list(reasons))

@@ -8,12 +8,23 @@ does for cuDNN's algorithms, but only when asked, for the shape asked.
 import copy
 import numbers
 import time
+import warnings
 from typing import NamedTuple
 
+import numba
 import numpy as np
 
 from . import engine
 from .api import LSTM, LSTMCell
+from .kernels.barrier import BARRIER_STATE_SIZE, meet_repeatedly
+
+# Tuning keeps the default plan, and warns, where the threads' meeting time (``barrier_ns``, after each sample)
+# moved by more than this factor while it ran (``_steady``): the machine moved the threads, as this project's 2-vCPU VM does
+# between three levels (77-112 ns near, 320-405 ns far apart, 22-35 ns on one core's two threads; README), and
+# a plan timed in one state can lose in another (two-thread calls of L100 N4 H128 took 0.50-0.66, 1.05-1.15 and
+# 0.74-0.78 ms in them, one thread 0.73 throughout).
+STEADY_BARRIER_RATIO = 2.0
+BARRIER_ROUNDS = 2000
 
 
 class PlanTiming(NamedTuple):
@@ -45,6 +56,8 @@ def tune(model, input, hx=None, *, rounds=5, min_sample_time=0.002, margin=0.1):
     from thresholds measured over many runs) only where its median is ``margin`` (a fraction) lower,
     so that a few seconds' noise does not.  Tuning changes no results beyond rounding (the sums may run
     in another order), nor the model's gradients, pending backward passes or dropout random stream.
+    Where the threads' meeting time (``barrier_ns``, after each sample) moved by more than
+    ``STEADY_BARRIER_RATIO`` meanwhile, the default is kept and a RuntimeWarning says why.
     The choice is kept for the model's lifetime, in its workspace: ``to(device)`` and ``freeze`` start
     without it (tune the frozen copy itself).  Returns the ``PlanTiming`` of every plan, fastest first.
 
@@ -71,6 +84,7 @@ def tune(model, input, hx=None, *, rounds=5, min_sample_time=0.002, margin=0.1):
         call()  # the default plan's, compiled: it sizes the samples
         calls = max(1, int(min_sample_time / max(time.perf_counter() - start, 1e-9)))
         samples = [[] for _ in plans]
+        meetings = []
         for _ in range(rounds):
             for index, times in enumerate(samples):
                 trial.index = index
@@ -79,15 +93,50 @@ def tune(model, input, hx=None, *, rounds=5, min_sample_time=0.002, margin=0.1):
                 for _ in range(calls):
                     call()
                 times.append((time.perf_counter() - start) / calls)
+                meetings.append(barrier_ns())
     finally:
         workspace.trial = None
     medians = [float(np.median(times)) for times in samples]
     fastest = int(np.argmin(medians))
-    kept = fastest if medians[fastest] <= (1 - margin) * medians[0] else 0  # plans[0]: the default
+    steady, low, high = _steady(meetings)
+    kept = fastest if steady and medians[fastest] <= (1 - margin) * medians[0] else 0  # plans[0]: the default
+    if not steady:
+        warnings.warn(f"tune: the threads took {low:.0f} to {high:.0f} ns to meet (a tenth left out at each end) while "
+                      "it timed the plans: the machine moved them (a virtual machine placing its CPUs near and far "
+                      "apart), or another process took a core, so the timings need not hold and the default plan was "
+                      "kept; tune again when they are steady (tools/thread_states.py shows them)",
+                      RuntimeWarning, stacklevel=2)
     workspace.plans[trial.key] = plans[kept]
     timings = [PlanTiming(threads, _split(threads, by_batch), pack_weights, seconds, index == 0, index == kept)
                for index, ((threads, _, by_batch, pack_weights), seconds) in enumerate(zip(plans, medians))]
     return sorted(timings, key=lambda timing: timing.seconds)
+
+
+def barrier_ns(rounds=BARRIER_ROUNDS):
+    """Nanoseconds per meeting of two of Numba's threads at the kernels' barrier (``kernels.barrier``), over
+    ``rounds`` meetings: the least each time step costs threads that split its units.  None with one thread,
+    or a threading layer that does not run them together.  On a virtual machine it moves as the hypervisor
+    places the CPUs (``STEADY_BARRIER_RATIO``); ``nblstm-bench`` times it after every sample."""
+    if numba.get_num_threads() < 2 or not engine.runs_together():
+        return None
+    warm, state = np.zeros((2, BARRIER_STATE_SIZE), np.int64)  # each region needs fresh state
+    if not meet_repeatedly(warm, rounds // 10):  # wakes a thread that fell asleep (up to milliseconds on a VM)
+        return None
+    start = time.perf_counter()
+    meet_repeatedly(state, rounds)
+    return (time.perf_counter() - start) / rounds * 1e9
+
+
+def _steady(meetings):
+    """(steady, low, high): whether the meeting times after the samples (``barrier_ns``; None: one thread) stayed
+    within STEADY_BARRIER_RATIO, leaving out a tenth at each end: a lone slow meeting (the hypervisor taking a CPU
+    away for a moment) moves no plan's median, a tenth of them in another state can."""
+    if None in meetings:
+        return True, None, None
+    ordered = sorted(meetings)
+    cut = len(ordered) // 10
+    low, high = ordered[cut], ordered[-1 - cut]
+    return high <= STEADY_BARRIER_RATIO * low, low, high
 
 
 def _is_real(value):

@@ -274,7 +274,7 @@ def test_the_calls_after_an_idle_pause_are_kept_out_of_the_samples(monkeypatch):
 
 
 def test_each_row_says_how_long_the_threads_took_to_meet_after_its_samples(monkeypatch):
-    """After each sample the runner times two threads meeting at the kernels' barrier (``latency.barrier_ns``):
+    """After each sample the runner times two threads meeting at the kernels' barrier (``tuning.barrier_ns``):
     the row keeps the median of its samples' times, the table prints it and says what it means."""
     if numba.get_num_threads() < 2:
         pytest.skip("one thread: nothing meets")
@@ -290,16 +290,6 @@ def test_each_row_says_how_long_the_threads_took_to_meet_after_its_samples(monke
     monkeypatch.undo()
     [(_, rows)] = run_sweep([bench_cases.NAMED["tiny"]], ["fwd"], [BACKENDS["numpy"]], FAST_SETTINGS)
     assert rows[0]["barrier_ns"] is None  # one thread
-
-
-def test_barrier_timing_needs_two_threads_running_together():
-    from nblstm.bench.latency import barrier_ns
-
-    if numba.get_num_threads() < 2:
-        pytest.skip("one thread: nothing meets")
-    assert 0 < barrier_ns(rounds=200) < 1e6
-    with thread_limit(1):
-        assert barrier_ns() is None
 
 
 @pytest.mark.parametrize("name", ["tiny", "stacked-bi"])

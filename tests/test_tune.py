@@ -1,4 +1,7 @@
 """nblstm.tune: every plan it may choose gives PyTorch's numbers, and it keeps the fastest for that kind of call."""
+import itertools
+import warnings
+
 import numba
 import numpy as np
 import pytest
@@ -8,6 +11,7 @@ from test_forward import DTYPES, ODD_SIZES, _random_state, assert_same, run_both
 import nblstm
 from nblstm import engine, tuning
 from nblstm.api import LSTM, LSTMCell
+from nblstm.bench.threads import thread_limit
 from nblstm.train import LastStep, Linear, Sequential
 
 
@@ -75,9 +79,10 @@ def test_cell_plans_match_torch(rng):
 
 
 class FakeClock:
-    """``time`` for ``tuning``: each call of the model takes ``costs[plan index]`` seconds."""
+    """``time`` for ``tuning``: each call of the model takes ``costs[plan index]`` seconds; the threads meet in
+    ``meetings`` ns, one after each sample in turn (steady by default)."""
 
-    def __init__(self, monkeypatch, costs):
+    def __init__(self, monkeypatch, costs, meetings=(100.0,)):
         self.now = 0.0
         plan = engine.Trial.plan
 
@@ -87,6 +92,8 @@ class FakeClock:
 
         monkeypatch.setattr(engine.Trial, "plan", timed_plan)
         monkeypatch.setattr(tuning, "time", self)
+        meetings = itertools.cycle(meetings)
+        monkeypatch.setattr(tuning, "barrier_ns", lambda: next(meetings))
 
     def perf_counter(self):
         return self.now
@@ -151,6 +158,39 @@ def test_the_kept_plan_serves_the_calls_of_the_input_as_the_user_gives_it(layout
     assert key[1:3] == (seq_len, batch) and plan == plans[-1]
     model(x)
     assert model._workspace._prepared[key].plan == plans[-1]
+
+
+@pytest.mark.parametrize("meetings, steady", [
+    ((80.0, 150.0, 95.0), True), ((80.0, 90.0, 340.0), False), ((85.0, 30.0), False), ((None,), True),
+    ((1200.0,) + (80.0,) * 29, True), ((30.0,) + (80.0,) * 29, True)])  # a lone meeting apart moves no median
+def test_threads_that_moved_while_tuning_keep_the_default_plan_and_say_so(meetings, steady, monkeypatch, rng):
+    """Where the threads' meeting time moved by more than STEADY_BARRIER_RATIO (a VM placing its CPUs near, far
+    apart or on one core), a faster plan is not kept and a RuntimeWarning says why; None: one thread."""
+    model = LSTM(3, 300, seed=0).eval()
+    x = rng.standard_normal((8, 8, 3)).astype(np.float32)
+    plans = engine.CPU.plans(8, 8, 300, 300, False, True, 3)
+    FakeClock(monkeypatch, [1.0] * (len(plans) - 1) + [0.5], meetings)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        timings = nblstm.tune(model, x, rounds=2)
+    assert next(timing for timing in timings if timing.kept).default is not steady
+    assert model._workspace.plans == {(*model._workspace.plans,)[0]: plans[-1] if steady else plans[0]}
+    messages = [str(warning.message) for warning in caught if warning.category is RuntimeWarning]
+    if steady:
+        assert not messages
+    else:
+        [message] = messages
+        assert message.startswith(f"tune: the threads took {min(meetings):.0f} to {max(meetings):.0f} ns to meet (a "
+                                  "tenth left out at each end) while it timed the plans")
+        assert "the default plan was kept; tune again when they are steady" in message
+
+
+def test_barrier_timing_needs_two_threads_running_together():
+    if numba.get_num_threads() < 2:
+        pytest.skip("one thread: nothing meets")
+    assert 0 < tuning.barrier_ns(rounds=200) < 1e6
+    with thread_limit(1):
+        assert tuning.barrier_ns() is None
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

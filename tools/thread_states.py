@@ -2,7 +2,7 @@
 
 Every ``--pause`` seconds, ``--samples`` times: the call (L, N, H_in, H, forward) on the rule's plan and on
 one thread, each timed over ``--calls`` calls, then two threads meeting at the kernels' barrier
-(``nblstm.bench.latency.barrier_ns``, right after the calls, threads awake).  Prints a line per sample, then
+(``nblstm.tuning.barrier_ns``, right after the calls, threads awake).  Prints a line per sample, then
 the samples sorted by that meeting time.  On a virtual machine the meetings fall into a few levels (cores
 near each other, far apart, two threads of one core) and the two-thread times follow them.
 
@@ -15,8 +15,8 @@ import numpy as np
 
 import nblstm
 from nblstm import engine
-from nblstm.bench.latency import barrier_ns
 from nblstm.bench.threads import thread_limit
+from nblstm.tuning import barrier_ns
 
 
 def _per_call_ms(model, x, calls):

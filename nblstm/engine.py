@@ -166,6 +166,11 @@ def unit_parts(hidden):
     return max(1, min(numba.get_num_threads(), math.ceil(hidden / 16)))
 
 
+def batch_parts(batch):
+    """How many threads may split the batch: all of them, but BATCH_PART_MIN_ROWS rows at least each."""
+    return min(numba.get_num_threads(), batch // BATCH_PART_MIN_ROWS)
+
+
 def _thread_settings_reader(c_functions=numba_parallel):
     """A function returning (numba.get_num_threads(), numba.get_parallel_chunksize()): the two C
     functions behind them where this Numba has them (in ``c_functions``, its module), 0.18 us against
@@ -320,11 +325,10 @@ class CPUBackend:
         together = runs_together()
         if n_parts == 1:  # steps too small to split; a large enough call splits its batch
             call_work = seq_len * batch * NUM_GATES * hidden * (input_size + (state if reads_weights else 0))
-            batch_parts = min(numba.get_num_threads(), batch // BATCH_PART_MIN_ROWS)
+            parts = batch_parts(batch)
             min_work = TRAINING_BATCH_SPLIT_MIN_WORK if training else SMALL_STEPS_BATCH_SPLIT_MIN_WORK
-            if (batch_parts > 1 and call_work >= min_work
-                    and (training or input_size <= SMALL_STEPS_BATCH_SPLIT_MAX_INPUT)):
-                return batch_parts, together, True, True
+            if parts > 1 and call_work >= min_work and (training or input_size <= SMALL_STEPS_BATCH_SPLIT_MAX_INPUT):
+                return parts, together, True, True
             return 1, False, False, pack_weights
         weights_fit = weights * 4 <= (CACHE_BYTES_PER_THREAD if training else INFERENCE_BATCH_SPLIT_MAX_BYTES)
         # A short inference call reads the weights too few times to repay every thread loading all
@@ -344,17 +348,15 @@ class CPUBackend:
         BATCH_PART_MIN_ROWS rows), splitting each step's hidden units or the batch
         (which in inference always packs: ``plan``), on packed weights or not."""
         chosen = CPUBackend.plan(seq_len, batch, hidden, state, training, zero_start, input_size, prepacked)
-        threads = numba.get_num_threads()
         together = runs_together()
-        units = unit_parts(hidden)
-        batch_parts = min(threads, batch // BATCH_PART_MIN_ROWS)
+        units, rows = unit_parts(hidden), batch_parts(batch)
         plans = [chosen]
         for pack_weights in (False, True):
             plans.append((1, False, False, pack_weights))
             if units > 1:
                 plans.append((units, together, False, pack_weights))
-            if batch_parts > 1 and (pack_weights or training):
-                plans.append((batch_parts, together, True, pack_weights))
+            if rows > 1 and (pack_weights or training):
+                plans.append((rows, together, True, pack_weights))
         return tuple(dict.fromkeys(plans))
 
     @staticmethod

@@ -239,8 +239,8 @@ def _number(value, digits=3):
 
 
 def _table_cells(row):
-    if row["status"] != "ok":
-        return [row["case"], row["dtype"], row["mode"], row["backend"], "", "", "", "", "", "", "", "", row["status"]]
+    if row["status"] != "ok":  # no figures: the first four cells, then the status
+        return [row["case"], row["dtype"], row["mode"], row["backend"]] + [""] * (len(TABLE_HEADER) - 5) + [row["status"]]
     ms = 1e3
     speedup = f"{row['speedup']:.2f}x" if row.get("speedup") else "-"
     return [row["case"], row["dtype"], row["mode"], row["backend"], _number(row["median_s"] * ms),

@@ -27,11 +27,31 @@ from .kernels.parallel import CACHE_LINE, cache_line_offset
 from .kernels.parallel import matmul as parallel_matmul
 from .kernels.simd import vector_lanes
 from .params import NUM_GATES
+from . import placement
+from .placement import runs_together
 
 # A time step with fewer multiply-adds than this runs on one thread: opening a
 # parallel region and meeting at its end cost more than the split saves
 # (measured on 2 cores: 0.5x at 16K, 0.84x at 64K, 1.1x at 256K, 1.45x at 2M).
 PARALLEL_MIN_WORK = 1 << 18
+# ... but from this many in calls of NEAR_SPLIT_MIN_STEPS steps or more whose threads run in one region
+# near each other (``placement.far_apart`` false).  Measured on 2 vCPUs of an AMD EPYC (Zen 4), one process,
+# every plan of a call forced in turn for 9 minutes, each sample binned by the threads' meeting time right
+# after it (near: 77-112 ns), input 32, medians (ms), one thread / the units split: forward L100 N1 H128
+# 0.333 / 0.253 (1.31x), L30 0.118 / 0.099-0.104, L20 0.088 / 0.081, L10 0.056 / 0.059 (packed; 0.049 as
+# they are), L100 N1 H192 0.680 / 0.530, L20 N1 H192 0.171 / 0.141, L100 N2 H128 0.396 / 0.314, L100 N4 H64
+# 0.254 / 0.247; training L100 N1 H128 0.883 / 0.593, L30 0.298 / 0.243; none at L100 N1 H96 (37K: 0.195 /
+# 0.205) nor at L3-L5 N1 H128.
+NEAR_PARALLEL_MIN_WORK = 1 << 16
+NEAR_SPLIT_MIN_STEPS = 20
+# Threads far apart (``placement.far_apart``) split the units of a step only with this many state units or
+# more: the meeting and the exchange of each step's output then cost far more (the same runs, far: 320-405
+# ns; one thread / the units split, ms): forward L100 N4 H128 0.725 / 1.042 (near 0.713 / 0.512), L10 N4
+# H128 0.096 / 0.183, L100 N4 H160 1.090 / 1.789, H192 1.517 / 1.954, H224 2.014 / 2.373, L10 N4 H256 0.281 /
+# 0.332-0.345; training L100 N4 H128 2.158 / 2.636, L10 N4 H128 0.275 / 0.408, L100 N4 H192 4.567 / 4.731;
+# still faster split: L100 N1 H256 1.235 / 1.037, L100 N2 H256 1.538 / 1.435, L100 N4 H256 2.47-2.66 /
+# 2.55-2.58, H320 4.060 / 3.692, H384 5.572 / 4.400; training L100 N4 H256 7.591 / 6.405.
+FAR_UNITS_SPLIT_MIN_STATE = 256
 
 # A matrix product of this many multiply-adds or more runs on BLAS's own threads (OpenBLAS's default
 # threshold: 65536 x GEMM_MULTITHREAD_THRESHOLD, 4).  Inside a kernel on one thread, those threads
@@ -145,20 +165,17 @@ def largest_product(config, seq_len, batch):
     return seq_len * batch * NUM_GATES * config.hidden_size * max(widest_layer_input(config), config.hidden_size)
 
 
-def splits_steps(batch, hidden, state):
-    """Whether a time step has the work to split between threads (``PARALLEL_MIN_WORK``)."""
-    return batch * NUM_GATES * hidden * state >= PARALLEL_MIN_WORK
+def splits_steps(seq_len, batch, hidden, state, near=False):
+    """Whether a time step has the work to split between threads: ``PARALLEL_MIN_WORK``, or in a call of
+    ``NEAR_SPLIT_MIN_STEPS`` whose threads meet in one region near each other (``near``),
+    ``NEAR_PARALLEL_MIN_WORK``."""
+    work = batch * NUM_GATES * hidden * state
+    return work >= PARALLEL_MIN_WORK or (near and seq_len >= NEAR_SPLIT_MIN_STEPS and work >= NEAR_PARALLEL_MIN_WORK)
 
 
-def thread_parts(batch, hidden, state):
-    """How many threads to split each time step between."""
-    return unit_parts(hidden) if splits_steps(batch, hidden, state) else 1
-
-
-def runs_together():
-    """Whether threads may run many steps in one parallel region, meeting at a barrier: every part of a
-    parallel loop then needs its own thread at the same time, as Numba's OpenMP layer gives it."""
-    return numba.threading_layer() == "omp" and numba.get_parallel_chunksize() == 0
+def thread_parts(seq_len, batch, hidden, state, near=False):
+    """How many threads to split each time step between (``splits_steps``)."""
+    return unit_parts(hidden) if splits_steps(seq_len, batch, hidden, state, near) else 1
 
 
 def unit_parts(hidden):
@@ -298,7 +315,10 @@ class CPUBackend:
         ``TRAINING_BATCH_SPLIT_MIN_WORK`` in training).
         Otherwise they split every step's hidden units, and may run many steps in one parallel
         region ("together"), which needs every part of a parallel loop on its own thread at the
-        same time, as Numba's OpenMP layer provides (the kernels check, and fall back, anyway).
+        same time, as Numba's OpenMP layer provides (the kernels check, and fall back, anyway):
+        from less work a step in long calls where the threads run near each other
+        (``NEAR_PARALLEL_MIN_WORK``), and only for ``FAR_UNITS_SPLIT_MIN_STATE`` units of state where
+        they run far apart (``placement.far_apart``, which ``plan_settings`` adds to the settings).
         ``pack_weights``: whether the kernels repack the weights (``packed.packs_weights``).
         ``zero_start``: the call starts from zero states (the caller gave none); a one-step inference
         call then never reads the recurrent weights (``adds_recurrent_product``): it runs on one
@@ -319,27 +339,30 @@ class CPUBackend:
                                             or hidden % vector_lanes(np.float32) == 0)
         if not reads_weights:  # one step from zero states: only w_ih to pack
             pack_weights = pack_weights or (batch > PLAIN_INPUT_MAX_ROWS and input_size <= ONE_STEP_PACKED_MAX_INPUT)
-        n_parts = thread_parts(batch, hidden, state)
+        together = runs_together()
+        far = together and batch * NUM_GATES * hidden * state >= NEAR_PARALLEL_MIN_WORK and placement.far_apart()
+        n_parts = thread_parts(seq_len, batch, hidden, state, near=together and not far)
         if not reads_weights and batch * NUM_GATES * hidden * input_size < ONE_STEP_SPLIT_MIN_WORK:
             n_parts = 1
-        together = runs_together()
-        if n_parts == 1:  # steps too small to split; a large enough call splits its batch
-            call_work = seq_len * batch * NUM_GATES * hidden * (input_size + (state if reads_weights else 0))
-            parts = batch_parts(batch)
-            min_work = TRAINING_BATCH_SPLIT_MIN_WORK if training else SMALL_STEPS_BATCH_SPLIT_MIN_WORK
-            if parts > 1 and call_work >= min_work and (training or input_size <= SMALL_STEPS_BATCH_SPLIT_MAX_INPUT):
-                return parts, together, True, True
-            return 1, False, False, pack_weights
-        weights_fit = weights * 4 <= (CACHE_BYTES_PER_THREAD if training else INFERENCE_BATCH_SPLIT_MAX_BYTES)
-        # A short inference call reads the weights too few times to repay every thread loading all
-        # of them, where the units can be split in one region instead; from two steps, threads with
-        # BATCH_SPLIT_ROWS_PER_THREAD rows each repay it anyway.
-        enough_rows = (training or not together or seq_len * batch >= (weights / BATCH_SPLIT_WEIGHTS_SCALE) ** 2
-                       or (seq_len >= 2 and batch >= BATCH_SPLIT_ROWS_PER_THREAD * n_parts))
-        by_batch = batch >= BATCH_PART_MIN_ROWS * n_parts and weights_fit and enough_rows
-        # Each thread that splits the batch in inference packs its own copy, which beat BLAS's
-        # products on its rows from the first step (hidden 128, batch 8, one step: 29 against 48 us).
-        return n_parts, together, by_batch, pack_weights or (by_batch and not training)
+        if n_parts > 1:
+            weights_fit = weights * 4 <= (CACHE_BYTES_PER_THREAD if training else INFERENCE_BATCH_SPLIT_MAX_BYTES)
+            # A short inference call reads the weights too few times to repay every thread loading all
+            # of them, where the units can be split in one region instead; from two steps, threads with
+            # BATCH_SPLIT_ROWS_PER_THREAD rows each repay it anyway.
+            enough_rows = (training or not together or seq_len * batch >= (weights / BATCH_SPLIT_WEIGHTS_SCALE) ** 2
+                           or (seq_len >= 2 and batch >= BATCH_SPLIT_ROWS_PER_THREAD * n_parts))
+            by_batch = batch >= BATCH_PART_MIN_ROWS * n_parts and weights_fit and enough_rows
+            if by_batch or not (far and state < FAR_UNITS_SPLIT_MIN_STATE):
+                # Each thread that splits the batch in inference packs its own copy, which beat BLAS's
+                # products on its rows from the first step (hidden 128, batch 8, one step: 29 against 48 us).
+                return n_parts, together, by_batch, pack_weights or (by_batch and not training)
+        # Steps too small to split (or, threads far apart, to split by units); a large enough call splits its batch
+        call_work = seq_len * batch * NUM_GATES * hidden * (input_size + (state if reads_weights else 0))
+        parts = batch_parts(batch)
+        min_work = TRAINING_BATCH_SPLIT_MIN_WORK if training else SMALL_STEPS_BATCH_SPLIT_MIN_WORK
+        if parts > 1 and call_work >= min_work and (training or input_size <= SMALL_STEPS_BATCH_SPLIT_MAX_INPUT):
+            return parts, together, True, True
+        return 1, False, False, pack_weights
 
     @staticmethod
     def plans(seq_len, batch, hidden, state, training, zero_start=False, input_size=0, prepacked=False):
@@ -362,11 +385,16 @@ class CPUBackend:
     @staticmethod
     def plan_settings(batch, hidden, state):
         """The thread settings that ``plan`` reads for this size, which the caller may change between
-        calls (``numba.set_num_threads``, ``set_parallel_chunksize``): none when neither a step nor the
-        batch can be split."""
-        if not splits_steps(batch, hidden, state) and batch < 2 * BATCH_PART_MIN_ROWS:
+        calls (``numba.set_num_threads``, ``set_parallel_chunksize``), and where a step's units may be
+        split, whether the threads now run far apart (``placement.far_apart``, which the machine
+        changes): none when neither a step nor the batch can be split."""
+        work = batch * NUM_GATES * hidden * state
+        if work < min(PARALLEL_MIN_WORK, NEAR_PARALLEL_MIN_WORK) and batch < 2 * BATCH_PART_MIN_ROWS:
             return ()
-        return thread_settings()
+        settings = thread_settings()
+        if work < NEAR_PARALLEL_MIN_WORK or settings[0] < 2:
+            return settings
+        return (*settings, placement.far_apart())
 
     @staticmethod
     def inference_block_rows(gate_columns, dtype):

@@ -11,12 +11,11 @@ import time
 import warnings
 from typing import NamedTuple
 
-import numba
 import numpy as np
 
 from . import engine
 from .api import LSTM, LSTMCell
-from .kernels.barrier import BARRIER_STATE_SIZE, meet_repeatedly
+from .placement import barrier_ns
 
 # Tuning keeps the default plan, and warns, where the threads' meeting time (``barrier_ns``, after each sample)
 # moved by more than this factor while it ran (``_steady``): the machine moved the threads, as this project's 2-vCPU VM does
@@ -24,7 +23,6 @@ from .kernels.barrier import BARRIER_STATE_SIZE, meet_repeatedly
 # a plan timed in one state can lose in another (two-thread calls of L100 N4 H128 took 0.50-0.66, 1.05-1.15 and
 # 0.74-0.78 ms in them, one thread 0.73 throughout).
 STEADY_BARRIER_RATIO = 2.0
-BARRIER_ROUNDS = 2000
 
 
 class PlanTiming(NamedTuple):
@@ -47,8 +45,9 @@ class PlanTiming(NamedTuple):
 def tune(model, input, hx=None, *, rounds=5, min_sample_time=0.002, margin=0.1):
     """Time every plan the kernels can run ``model(input, hx)`` with and keep the fastest for the model's
     calls of that kind: the same input shape (batch and sequence length), mode (eval, or training:
-    forward and backward are timed together) and thread settings (one-step calls with a state and
-    from zero states apart).
+    forward and backward are timed together) and thread settings, including, where a step's units may
+    be split, whether the threads run far apart (``placement.far_apart``: in the other state the
+    default plan runs); one-step calls with a state and from zero states apart.
 
     Each plan runs ``rounds`` times in turn, each time a call to set it up and then as many as take
     ``min_sample_time`` seconds (at least one: a call of 1 s, on 6 plans, 5 rounds, costs a minute), and the
@@ -110,21 +109,6 @@ def tune(model, input, hx=None, *, rounds=5, min_sample_time=0.002, margin=0.1):
     timings = [PlanTiming(threads, _split(threads, by_batch), pack_weights, seconds, index == 0, index == kept)
                for index, ((threads, _, by_batch, pack_weights), seconds) in enumerate(zip(plans, medians))]
     return sorted(timings, key=lambda timing: timing.seconds)
-
-
-def barrier_ns(rounds=BARRIER_ROUNDS):
-    """Nanoseconds per meeting of two of Numba's threads at the kernels' barrier (``kernels.barrier``), over
-    ``rounds`` meetings: the least each time step costs threads that split its units.  None with one thread,
-    or a threading layer that does not run them together.  On a virtual machine it moves as the hypervisor
-    places the CPUs (``STEADY_BARRIER_RATIO``); ``nblstm-bench`` times it after every sample."""
-    if numba.get_num_threads() < 2 or not engine.runs_together():
-        return None
-    warm, state = np.zeros((2, BARRIER_STATE_SIZE), np.int64)  # each region needs fresh state
-    if not meet_repeatedly(warm, rounds // 10):  # wakes a thread that fell asleep (up to milliseconds on a VM)
-        return None
-    start = time.perf_counter()
-    meet_repeatedly(state, rounds)
-    return (time.perf_counter() - start) / rounds * 1e9
 
 
 def _steady(meetings):

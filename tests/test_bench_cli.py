@@ -274,7 +274,7 @@ def test_the_calls_after_an_idle_pause_are_kept_out_of_the_samples(monkeypatch):
 
 
 def test_each_row_says_how_long_the_threads_took_to_meet_after_its_samples(monkeypatch):
-    """After each sample the runner times two threads meeting at the kernels' barrier (``tuning.barrier_ns``):
+    """After each sample the runner times two threads meeting at the kernels' barrier (``placement.barrier_ns``):
     the row keeps the median of its samples' times, the table prints it and says what it means."""
     if numba.get_num_threads() < 2:
         pytest.skip("one thread: nothing meets")

@@ -640,7 +640,7 @@ def test_calls_with_steps_too_small_to_split_split_a_large_enough_batch():
         assert n_parts == 1 or (by_batch and pack_weights and args[1] >= 4 * n_parts), (args, n_parts)
         return n_parts > 1
 
-    assert not engine.splits_steps(8, 32, 32)
+    assert not engine.splits_steps(100, 8, 32, 32, near=True)
     assert splits_batch(100, 8, 32, 32, False, input_size=32)
     assert splits_batch(100, 8, 16, 16, False, input_size=32)  # one panel of units
     assert splits_batch(10, 16, 32, 32, False, input_size=32)

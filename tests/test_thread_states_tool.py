@@ -14,9 +14,10 @@ def test_thread_states_prints_each_sample_and_sorts_them(capsys):
     TOOL["main"](["--seq-len", "3", "--batch", "4", "--input-size", "2", "--hidden-size", "40", "--samples", "3",
                   "--calls", "2", "--pause", "0"])
     header, *samples, title, first, second, third = capsys.readouterr().out.splitlines()
-    assert header.startswith("L3 N4 I2 H40 forward, plan (") and len(samples) == 3
-    assert all("ms, barrier right after" in line for line in samples)
-    assert title == "sorted by the barrier: ns, plan ms, one thread ms"
+    assert header.startswith("L3 N4 I2 H40 forward, units split (2, True, False, ") and len(samples) == 3
+    assert all("ms, rule's plan" in line and "ms, barrier right after" in line for line in samples)
+    assert title == "sorted by the barrier: ns, units split ms, rule's plan ms, one thread ms"
+    assert all(len(line.split()) == 4 for line in (first, second, third))
     meetings = [float(line.split()[0]) for line in (first, second, third)]
     assert meetings == sorted(meetings) and meetings[0] > 0
 

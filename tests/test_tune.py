@@ -11,7 +11,6 @@ from test_forward import DTYPES, ODD_SIZES, _random_state, assert_same, run_both
 import nblstm
 from nblstm import engine, tuning
 from nblstm.api import LSTM, LSTMCell
-from nblstm.bench.threads import thread_limit
 from nblstm.train import LastStep, Linear, Sequential
 
 
@@ -183,14 +182,6 @@ def test_threads_that_moved_while_tuning_keep_the_default_plan_and_say_so(meetin
         assert message.startswith(f"tune: the threads took {min(meetings):.0f} to {max(meetings):.0f} ns to meet (a "
                                   "tenth left out at each end) while it timed the plans")
         assert "the default plan was kept; tune again when they are steady" in message
-
-
-def test_barrier_timing_needs_two_threads_running_together():
-    if numba.get_num_threads() < 2:
-        pytest.skip("one thread: nothing meets")
-    assert 0 < tuning.barrier_ns(rounds=200) < 1e6
-    with thread_limit(1):
-        assert tuning.barrier_ns() is None
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

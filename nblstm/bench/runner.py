@@ -36,7 +36,7 @@ For each case and mode:
 Every backend runs on the same thread count (``threads.thread_limit``).
 Per backend the row holds the median and the quartiles, minimum and maximum
 of the per-call times of the samples, and the median time two threads took to
-meet right after each sample (``nblstm.tuning.barrier_ns``): on a virtual machine
+meet right after each sample (``nblstm.placement.barrier_ns``): on a virtual machine
 it tells how near each other the hypervisor had placed the virtual CPUs.
 """
 import contextlib
@@ -47,7 +47,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..tuning import barrier_ns
+from ..placement import barrier_ns
 from .backends import make_problem, numpy_lstm
 from .threads import thread_limit
 

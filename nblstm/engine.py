@@ -389,7 +389,7 @@ class CPUBackend:
         split, whether the threads now run far apart (``placement.far_apart``, which the machine
         changes): none when neither a step nor the batch can be split."""
         work = batch * NUM_GATES * hidden * state
-        if work < min(PARALLEL_MIN_WORK, NEAR_PARALLEL_MIN_WORK) and batch < 2 * BATCH_PART_MIN_ROWS:
+        if work < NEAR_PARALLEL_MIN_WORK and batch < 2 * BATCH_PART_MIN_ROWS:  # NEAR_: the least that splits
             return ()
         settings = thread_settings()
         if work < NEAR_PARALLEL_MIN_WORK or settings[0] < 2:

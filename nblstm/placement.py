@@ -7,7 +7,7 @@ this project's 2-vCPU virtual machine (AMD EPYC, Zen 4) the hypervisor moves the
 for seconds to a minute at a time, and a units split that ran an L100 N4 H128 forward in 0.51 ms near took
 1.04 ms far apart, where one thread took 0.73 (README, "thread states").  ``far_apart`` tells the plans
 (``engine.CPUBackend.plan``) which state the threads are in, timing them again once its last timing is
-``REMEASURE_SECONDS`` old.
+``REMEASURE_SECONDS`` old while calls keep coming.
 """
 import threading
 import time

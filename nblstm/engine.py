@@ -301,7 +301,7 @@ class CPUBackend:
         return tuple(_empty_placeholder(CPUBackend, shape, dtype) for shape in ((0, 0, 0, 0), (0, 0, 0, 0), (0, 0, 0)))
 
     @staticmethod
-    def plan(seq_len, batch, hidden, state, training, zero_start=False, input_size=0, prepacked=False):
+    def plan(seq_len, batch, hidden, state, training, zero_start=False, input_size=0, prepacked=False, far=None):
         """(threads, together, by_batch, pack_weights): how the kernels split and lay out the work (see
         ``lstm_layer_forward``).
 
@@ -318,7 +318,8 @@ class CPUBackend:
         same time, as Numba's OpenMP layer provides (the kernels check, and fall back, anyway):
         from less work a step in long calls where the threads run near each other
         (``NEAR_PARALLEL_MIN_WORK``), and only for ``FAR_UNITS_SPLIT_MIN_STATE`` units of state where
-        they run far apart (``placement.far_apart``, which ``plan_settings`` adds to the settings).
+        they run far apart (``placement.far_apart``, which ``plan_settings`` adds to the settings;
+        ``far``: that answer given, for the plan of a state the machine need not be in).
         ``pack_weights``: whether the kernels repack the weights (``packed.packs_weights``).
         ``zero_start``: the call starts from zero states (the caller gave none); a one-step inference
         call then never reads the recurrent weights (``adds_recurrent_product``): it runs on one
@@ -340,7 +341,8 @@ class CPUBackend:
         if not reads_weights:  # one step from zero states: only w_ih to pack
             pack_weights = pack_weights or (batch > PLAIN_INPUT_MAX_ROWS and input_size <= ONE_STEP_PACKED_MAX_INPUT)
         together = runs_together()
-        far = together and batch * NUM_GATES * hidden * state >= NEAR_PARALLEL_MIN_WORK and placement.far_apart()
+        far = (together and batch * NUM_GATES * hidden * state >= NEAR_PARALLEL_MIN_WORK
+               and (placement.far_apart() if far is None else far))
         n_parts = thread_parts(seq_len, batch, hidden, state, near=together and not far)
         if not reads_weights and batch * NUM_GATES * hidden * input_size < ONE_STEP_SPLIT_MIN_WORK:
             n_parts = 1

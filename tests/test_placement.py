@@ -101,6 +101,14 @@ def test_far_apart_steps_under_far_units_split_min_state_run_on_one_thread(far, 
 
 
 @two_threads
+def test_a_plan_may_be_asked_for_either_state(near):
+    """``far`` given, the plan is that state's, whatever ``placement.far_apart`` says (conftest: near)."""
+    assert engine.CPU.plan(100, 4, 128, 128, False, far=True)[:3] == (1, False, False)
+    assert engine.CPU.plan(100, 1, 128, 128, False, far=False)[:3] == (2, True, False)
+    assert engine.CPU.plan(100, 4, 128, 128, False) == engine.CPU.plan(100, 4, 128, 128, False, far=False)
+
+
+@two_threads
 def test_far_apart_threads_still_split_the_batch(far):
     assert plan(100, 16, 128)[:3] == (2, True, True)  # they never meet
     assert plan(100, 16, 128, input_size=512)[:3] == (2, True, True)

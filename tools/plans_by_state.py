@@ -2,7 +2,7 @@
 far apart, in whichever state the machine is in, and sort the samples by that state.
 
 For each case (L, N, H; input ``--input-size``) two models are pinned to the two plans
-(``engine.CPUBackend.plan`` with ``placement.far_apart`` false, then true) and called in turn for about
+(``engine.CPUBackend.plan`` with ``far`` false, then true) and called in turn for about
 ``--sample-time`` seconds each, again and again for ``--seconds``; two threads meeting at the kernels' barrier
 (``placement.barrier_ns``) after each sample say the state it ran in (far apart from ``placement.FAR_APART_NS``).
 Prints each case's medians in each state: the rules are right where each state's plan is the faster in it.
@@ -26,27 +26,22 @@ def _case(text):
     return int(seq_len), int(batch), int(hidden), mode == ["train"]
 
 
-def rule_plan(seq_len, batch, hidden, training, input_size, far):
-    """The plan the rules make for a forward from zero states where the threads run far apart or not."""
-    measured = placement.far_apart
-    placement.far_apart = lambda: far
-    try:
-        return engine.CPU.plan(seq_len, batch, hidden, hidden, training, True, input_size)
-    finally:
-        placement.far_apart = measured
+class _Pinned(engine.Trial):
+    """A work space's trial (as ``nblstm.tune`` sets one) that runs every call on one plan."""
+
+    def __init__(self, plan):
+        super().__init__()
+        self.pinned = plan
+
+    def plan(self, key, plans):
+        return self.pinned
 
 
 def pinned_call(seq_len, batch, hidden, training, input_size, plan, x):
-    """(model, call): a model pinned to ``plan`` whatever the state (its plans for both states' keys), and a
-    function calling it on x, with its backward in training mode."""
+    """(model, call): a model whose calls run on ``plan`` whatever the state, and a function calling it on x,
+    with its backward in training mode."""
     model = nblstm.LSTM(input_size, hidden, seed=0).train(training)
-    model(x)
-    if training:
-        model.backward(np.ones((seq_len, batch, hidden), np.float32))
-    for key in list(model._workspace._prepared):
-        *head, settings = key
-        for far in (False, True):
-            model._workspace.plans[(*head, (*settings[:2], far) if len(settings) == 3 else settings)] = plan
+    model._workspace.trial = _Pinned(plan)
 
     def call():
         output = model(x)[0]
@@ -71,7 +66,8 @@ def main(argv=None):
     runs = []
     for seq_len, batch, hidden, training in cases:
         x = rng.standard_normal((seq_len, batch, args.input_size)).astype(np.float32)
-        plans = [rule_plan(seq_len, batch, hidden, training, args.input_size, far) for far in (False, True)]
+        plans = [engine.CPU.plan(seq_len, batch, hidden, hidden, training, True, args.input_size, far=far)
+                 for far in (False, True)]
         runs.append((plans, [pinned_call(seq_len, batch, hidden, training, args.input_size, plan, x)[1]
                              for plan in plans]))
     samples = collections.defaultdict(list)  # (case index, state, plan index): seconds per call

@@ -727,8 +727,8 @@ def forward(params, config, x, h0=None, c0=None, training=False, dropout_rng=Non
                     gates, c_seq, h_cell_seq = tape.saved[(layer, direction)] = (
                         backend.empty(shapes.gates, dtype), backend.empty(shapes.c_seq, dtype),
                         backend.empty(shapes.h_cell_seq, dtype))
-                backend.layer_forward(layer_input, *weights, h0[k], c0[k], direction == 1, plan, gates, c_seq,
-                                      h_cell_seq, out, out_col, h_n[k], c_n[k], *packed)
+                backend.layer_forward(layer_input, *weights, h0, c0, k, direction == 1, plan, gates, c_seq,
+                                      h_cell_seq, out, out_col, h_n, c_n, *packed)
             if training:
                 tape.layer_inputs.append(layer_input)
                 tape.layer_outputs.append(out)

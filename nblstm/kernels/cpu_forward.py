@@ -442,7 +442,7 @@ def pack_layer_weights(w_ih, w_hh, packed_hh, packed_ih_by_rows, packed_ih):
 
 
 @njit(**JIT_OPTIONS)
-def lstm_layer_forward(x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, reverse, plan,
+def lstm_layer_forward(x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, k, reverse, plan,
                        gates, c_seq, h_cell_seq, out, out_col, h_n, c_n, packed_hh_copies, packed_ih_copies, packed_ih):
     """Run one layer in one direction over the whole sequence.
 
@@ -451,7 +451,9 @@ def lstm_layer_forward(x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, reverse, plan,
     w_hh:       (4*hidden, state)           state = proj_size or hidden
     b_ih, b_hh: (4*hidden,), or (0,) without bias
     w_hr:       (proj_size, hidden), or (0, 0) without projection
-    h0:         (batch, state); c0: (batch, hidden)
+    h0, c0:     (L*D, batch, state), (L*D, batch, hidden) initial states of every layer and direction
+    k:          this layer and direction (layer * D + direction): it starts from h0[k], c0[k]
+                (whole arrays, not views: a view made for each call cost 0.06-0.09 us)
     reverse:    walk the sequence from the last time step to the first
     plan:       (n_parts, together, by_batch, pack_weights): threads to split the work between
                 (1 runs serially); whether they split the batch (each thread runs its rows on its
@@ -466,7 +468,7 @@ def lstm_layer_forward(x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, reverse, plan,
     h_cell_seq: (c_slots, batch, hidden) o * tanh(c) before the projection; unused (may be
                 (0, 0, 0)) without projection
     out:        (seq_len, batch, >= out_col + state) receives h_t in columns out_col:out_col + state
-    h_n, c_n:   (batch, state), (batch, hidden) receive the final states
+    h_n, c_n:   like h0, c0: h_n[k], c_n[k] receive the final states
     packed_hh_copies, packed_ih_copies, packed_ih: the weights packed before the call for this plan
                 and these arrays' shapes (``new_packed_weights``' packed_hh, packed_ih_by_rows and
                 packed_ih, filled by ``pack_layer_weights``: a model whose weights never change; a
@@ -479,6 +481,7 @@ def lstm_layer_forward(x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, reverse, plan,
     x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0 = borrowed((x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0))
     gates, c_seq, h_cell_seq, out, h_n, c_n = borrowed((gates, c_seq, h_cell_seq, out, h_n, c_n))
     packed_hh_copies, packed_ih_copies, packed_ih = borrowed((packed_hh_copies, packed_ih_copies, packed_ih))
+    h0, c0, h_n, c_n = h0[k], c0[k], h_n[k], c_n[k]
     prepacked = packed_hh_copies.shape[0] > 0  # packed weights have a copy at least
     if not prepacked:
         packed_hh_copies, packed_ih_copies, packed_ih = new_packed_weights(

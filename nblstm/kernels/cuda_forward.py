@@ -244,7 +244,7 @@ def _steps_per_launch(w_hh, b_ih, b_hh, w_hr, h0, c0, reverse, plan, gates, c_se
             matmul(h_cell_seq[t % c_seq.shape[0]], w_hr, out[t, :, out_col:out_col + state], False, True, 0.0, plan)
 
 
-def lstm_layer_forward(x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, reverse, plan,
+def lstm_layer_forward(x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, k, reverse, plan,
                        gates, c_seq, h_cell_seq, out, out_col, h_n, c_n):
     """Run one layer in one direction over the whole sequence (host function launching kernels).
 
@@ -252,6 +252,7 @@ def lstm_layer_forward(x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, reverse, plan,
     results (see there), as device arrays of one dtype, except that ``plan`` is the backend's
     CUDAPlan and ``gates`` keeps PyTorch's layout, (gate_slots, batch, 4*hidden).
     """
+    h0, c0, h_n, c_n = h0[k], c0[k], h_n[k], c_n[k]
     seq_len, batch = x.shape[0], x.shape[1]
     hidden, state, proj = c0.shape[1], h0.shape[1], w_hr.shape[0]
     gate_slots = gates.shape[0]

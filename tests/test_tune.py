@@ -63,6 +63,33 @@ def test_plans_cover_both_splits_and_both_layouts():
     assert {threads for threads, *_ in engine.CPU.plans(8, 3, 16, 16, False, input_size=3)} == {1}
 
 
+def test_a_trial_works_out_the_plans_once_for_each_kind_of_call(monkeypatch, rng):
+    """The backend's plans cost several microseconds a call (a fifth of a small one), which every call timed
+    would pay: the trial asks for them when the kind of call changes, and keeps them."""
+    asked = []
+    plans = engine.CPUBackend.plans
+    monkeypatch.setattr(engine.CPUBackend, "plans", staticmethod(lambda *arguments: asked.append(arguments)
+                                                                 or plans(*arguments)))
+    model = LSTM(8, 32, seed=0).eval()
+    workspace = model._workspace
+    workspace.trial = trial = engine.Trial()
+    short, long = (rng.standard_normal((seq_len, 2, 8)).astype(np.float32) for seq_len in (3, 30))
+    for _ in range(3):
+        model(short)
+    assert len(asked) == 1 and trial.plans == plans(*asked[0])
+    short_key, short_plans = trial.key, trial.plans
+    trial.index = len(trial.plans) - 1  # another plan of the same kind of call: no need to ask again
+    model(short)
+    assert len(asked) == 1 and workspace._prepared[trial.key].plan == short_plans[-1]
+    trial.index = 0
+    model(long)
+    assert len(asked) == 2 and trial.key != short_key and asked[1][0] == 30
+    model(short, (np.zeros((1, 2, 32), np.float32), np.zeros((1, 2, 32), np.float32)))  # same key, from a state
+    assert len(asked) == 3 and trial.key == short_key and asked[2] != asked[0]
+    model(short)
+    assert len(asked) == 4 and trial.plans == short_plans
+
+
 def test_cell_plans_match_torch(rng):
     from oracle import assert_close, numpy, tensor, torch_twin
 
@@ -85,9 +112,9 @@ class FakeClock:
         self.now = 0.0
         plan = engine.Trial.plan
 
-        def timed_plan(trial, key, plans):
+        def timed_plan(trial, key, arguments, plans_for):
             self.now += costs[trial.index]
-            return plan(trial, key, plans)
+            return plan(trial, key, arguments, plans_for)
 
         monkeypatch.setattr(engine.Trial, "plan", timed_plan)
         monkeypatch.setattr(tuning, "time", self)

@@ -33,7 +33,7 @@ class _Pinned(engine.Trial):
         super().__init__()
         self.pinned = plan
 
-    def plan(self, key, plans):
+    def plan(self, key, arguments, plans_for):
         return self.pinned
 
 

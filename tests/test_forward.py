@@ -194,23 +194,45 @@ def test_repeated_inference_calls_of_changing_shapes_match_torch(rng):
     assert not any(np.shares_memory(a, b) for a, b in itertools.combinations(outputs, 2))
 
 
-def test_a_model_keeps_what_it_prepared_for_the_latest_few_shapes(rng):
-    """A model called with more input shapes than Workspace.KEPT keeps at most that many prepared
-    forwards and zero states, and its results stay right when it meets a forgotten shape again."""
+def test_a_model_keeps_what_it_prepared_for_the_latest_shapes(monkeypatch, rng):
+    """A model prepares each input shape once while it has room (Workspace.KEPT_PREPARED: a caller cycling
+    through many sequence lengths prepares none again), keeps the zero states of at most Workspace.KEPT batch
+    sizes and forgets the prepared forwards of those it dropped, first in first out; its results stay right
+    when it meets a forgotten shape again."""
+    from nblstm import engine
     from nblstm.engine import Workspace
 
+    prepared = []
+    prepare = engine.prepare
+    monkeypatch.setattr(engine, "prepare", lambda *arguments: prepared.append(arguments[3:5]) or prepare(*arguments))
     model = LSTM(4, 5, seed=2).eval()
     twin = torch_twin(model)
-    inputs = [rng.standard_normal((seq_len, batch, 4)).astype(np.float32)
-              for seq_len, batch in itertools.product([1, 3, 7], [1, 2, 5])]
-    for x in inputs + inputs[:2]:
+    workspace = model._workspace
+
+    def check(x):
         output, (h_n, c_n) = model(x)
         expected, (e_h, e_c) = twin(tensor(x))
         for a, b in ((output, expected), (h_n, e_h), (c_n, e_c)):
             assert_close(a, numpy(b), np.float32)
-        workspace = model._workspace
-        assert 0 < len(workspace._prepared) <= Workspace.KEPT and 0 < len(workspace._zeros) <= Workspace.KEPT
-    assert len(inputs) > Workspace.KEPT
+
+    lengths = [rng.standard_normal((seq_len, 2, 4)).astype(np.float32) for seq_len in range(1, 21)]
+    for x in lengths * 3:
+        check(x)
+    assert prepared == [(seq_len, 2) for seq_len in range(1, 21)]
+    batches = [rng.standard_normal((3, batch, 4)).astype(np.float32) for batch in range(1, Workspace.KEPT + 4)]
+    for x in batches + batches[:2]:
+        check(x)
+        assert 0 < len(workspace._zeros) <= Workspace.KEPT
+        kept = {id(zeros) for zeros in workspace._zeros.values()}
+        assert all(id(entry.zero_state) in kept for entry in workspace._prepared.values())
+    # batch 2's zero states were dropped (the first kept) and made again: the 20 lengths' forwards went with them
+    assert [key[1] for key in workspace._prepared if key[2] == 2] == [3]
+    monkeypatch.setattr(Workspace, "KEPT_PREPARED", 5)
+    model._workspace = workspace = Workspace()
+    for x in lengths[:8]:
+        check(x)
+        assert 0 < len(workspace._prepared) <= 5
+    assert [key[1] for key in workspace._prepared] == [4, 5, 6, 7, 8]  # the latest, first in first out
 
 
 def test_threads_share_one_model_in_inference(rng):

@@ -593,9 +593,9 @@ class Workspace:
     """
 
     # Prepared forwards of the latest input shapes, and the arrays (zero states, packed weights) of the latest few.
-    # Preparing a call of a new shape costs 15-16 us (L30 N1 H20 and N4 H128): a caller cycling through 20
-    # sequence lengths paid it at every call with room for 8 (L20-L39 N1 H20 33.8 us a call, L30 alone 16.2;
-    # 18.1 with room for 64).  A Prepared holds no arrays of its own but the zero states of its batch size
+    # Preparing a call of a new shape costs 15-17 us (L30 N1 H20 and N4 H128): a caller cycling through 20
+    # sequence lengths paid it at every call with room for 8 (L20-L39 N1 H20 33.1-33.8 us a call, L30 alone
+    # 15.7-16.2; 18.1-18.4 with room for 64 or more).  A Prepared holds no arrays of its own but the zero states of its batch size
     # (``zeros`` drops it with them) and the packed weights of its layout (a few layouts serve every shape).
     KEPT_PREPARED = 256
     KEPT = 8
@@ -609,10 +609,10 @@ class Workspace:
         self.trial = None  # a ``Trial`` while ``nblstm.tune`` times plans
 
     @staticmethod
-    def keep(cache, key, value, most=KEPT):
-        """``value``, kept in ``cache`` under ``key``; a full cache (``most`` other values) first drops the one
-        kept longest."""
-        if key not in cache and len(cache) >= most:
+    def keep(cache, key, value, most=None):
+        """``value``, kept in ``cache`` under ``key``; a full cache (``most`` other values, KEPT by default) first
+        drops the one kept longest."""
+        if key not in cache and len(cache) >= (Workspace.KEPT if most is None else most):
             try:
                 del cache[next(iter(cache))]
             except (KeyError, RuntimeError, StopIteration):  # another thread changed the cache meanwhile

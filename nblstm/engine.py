@@ -165,11 +165,16 @@ def largest_product(config, seq_len, batch):
     return seq_len * batch * NUM_GATES * config.hidden_size * max(widest_layer_input(config), config.hidden_size)
 
 
+def step_work(batch, hidden, state):
+    """Multiply-adds of a time step's recurrent product, h_{t-1} @ w_hh.T: what decides whether threads split it."""
+    return batch * NUM_GATES * hidden * state
+
+
 def splits_steps(seq_len, batch, hidden, state, near=False):
     """Whether a time step has the work to split between threads: ``PARALLEL_MIN_WORK``, or in a call of
     ``NEAR_SPLIT_MIN_STEPS`` whose threads meet in one region near each other (``near``),
     ``NEAR_PARALLEL_MIN_WORK``."""
-    work = batch * NUM_GATES * hidden * state
+    work = step_work(batch, hidden, state)
     return work >= PARALLEL_MIN_WORK or (near and seq_len >= NEAR_SPLIT_MIN_STEPS and work >= NEAR_PARALLEL_MIN_WORK)
 
 
@@ -341,7 +346,7 @@ class CPUBackend:
         if not reads_weights:  # one step from zero states: only w_ih to pack
             pack_weights = pack_weights or (batch > PLAIN_INPUT_MAX_ROWS and input_size <= ONE_STEP_PACKED_MAX_INPUT)
         together = runs_together()
-        far = (together and batch * NUM_GATES * hidden * state >= NEAR_PARALLEL_MIN_WORK
+        far = (together and step_work(batch, hidden, state) >= NEAR_PARALLEL_MIN_WORK
                and (placement.far_apart() if far is None else far))
         n_parts = thread_parts(seq_len, batch, hidden, state, near=together and not far)
         if not reads_weights and batch * NUM_GATES * hidden * input_size < ONE_STEP_SPLIT_MIN_WORK:
@@ -390,7 +395,7 @@ class CPUBackend:
         calls (``numba.set_num_threads``, ``set_parallel_chunksize``), and where a step's units may be
         split, whether the threads now run far apart (``placement.far_apart``, which the machine
         changes): none when neither a step nor the batch can be split."""
-        work = batch * NUM_GATES * hidden * state
+        work = step_work(batch, hidden, state)
         if work < NEAR_PARALLEL_MIN_WORK and batch < 2 * BATCH_PART_MIN_ROWS:  # NEAR_: the least that splits
             return ()
         settings = thread_settings()
@@ -595,8 +600,9 @@ class Workspace:
     # Prepared forwards of the latest input shapes, and the arrays (zero states, packed weights) of the latest few.
     # Preparing a call of a new shape costs 15-17 us (L30 N1 H20 and N4 H128): a caller cycling through 20
     # sequence lengths paid it at every call with room for 8 (L20-L39 N1 H20 33.1-33.8 us a call, L30 alone
-    # 15.7-16.2; 18.1-18.4 with room for 64 or more).  A Prepared holds no arrays of its own but the zero states of its batch size
-    # (``zeros`` drops it with them) and the packed weights of its layout (a few layouts serve every shape).
+    # 15.7-16.2; 18.1-18.4 with room for 64 or more).  A Prepared holds no arrays of its own but the zero
+    # states of its batch size (``zeros`` drops it with them) and the packed weights of its layout (a few
+    # layouts serve every shape).
     KEPT_PREPARED = 256
     KEPT = 8
 

@@ -15,7 +15,10 @@ o blocks, each padded to whole panels).  Per layer and direction:
    large matrix product (the packed product, its rows split between the
    threads, ``projects_packed``; BLAS with threads on machines without
    AVX-512; the whole sequence in training, a fixed-size block in inference,
-   so memory does not grow with seq_len);
+   so memory does not grow with seq_len); in a short call that packs its
+   weights, the threads that split the units each pack their units' part of
+   w_ih and project their units' inputs in the time loop's region
+   (``projects_in_threads``);
 3. a compiled loop over time in which each thread owns a range of hidden
    units (whole panels; where the threads do not divide the panels, one
    panel is shared by batch rows, ``unit_share``): it adds
@@ -77,6 +80,16 @@ PLAIN_INPUT_MAX_ROWS = LOOPS_MAX_ROWS
 # 1.01x at 8, 1.04x at 12, 1.11x at 100; hidden 448 0.96x at 4, 1.01x at 8, 1.03x at 16, 1.03-1.08x at
 # 100; hidden 192 1.06x at 16, 1.12x at 100; at batch 2-6, 1 or 2 rows a thread, 0.99-1.05x at 100).
 SHARE_PANEL_MIN_STEPS = 8
+# Threads that split the units in one region, in a call that packs its weights, pack w_ih's panels of their
+# units there and project their units' inputs (``projects_in_threads``) up to this many (time, batch) rows:
+# otherwise one thread packs w_ih before the region and the threads split the product's rows, each reading
+# every panel just written in the other core's cache.  Measured on 2 cores of an AMD EPYC (Zen 4), plan
+# (2, True, False, True) forced, processes of both versions alternated 5x (the cores far apart, barrier
+# 320-350 ns): L3 N4 H128 (12 rows) 1.25-1.28x, L6 N4 H128 1.18x, L10 N1 H128 1.25x, L10 N4 H128 1.15-1.17x,
+# L10 N8 H256 (80 rows) 1.06-1.07x; 128 rows none (L32 N4 H128 0.98-1.03x, L16 N8 H256 1.03-1.07x), 256-400
+# rows 0.92-0.95x (L64 N4, L100 N4 H128: each thread's gate columns of a block of steps then fill half of
+# its cache's sets).  With weights packed before the call (``nblstm.freeze``) 0.96-1.06x at 12-80 rows.
+REGION_PROJECTION_MAX_ROWS = 96
 
 
 @njit(**JIT_OPTIONS)
@@ -97,6 +110,18 @@ def projects_packed(n_parts, by_batch, input_size, rows):
     L100 N64 I128 H512 1.20x."""
     return rows > PLAIN_INPUT_MAX_ROWS and (
         n_parts == 1 or (TILE_ROWS > 1 and not projects_by_batch(n_parts, by_batch, input_size)))
+
+
+@njit(**JIT_OPTIONS)
+def projects_in_threads(plan, prepacked, packs_ih, rows):
+    """Whether the threads that split each step's units in one region (``_run_steps_together``) pack w_ih's
+    panels of their units there and project their units' inputs (``project_share``), rather than one thread
+    packing all of it before and the threads splitting the rows of one product: in a call that packs the
+    weights (not ``prepacked``) with packed w_ih (``packs_ih``), of up to REGION_PROJECTION_MAX_ROWS
+    (time, batch) ``rows``."""
+    n_parts, together, by_batch, _ = plan
+    return (packs_ih and n_parts > 1 and together and not by_batch and not prepacked
+            and rows <= REGION_PROJECTION_MAX_ROWS)
 
 
 def calls_blas(plan, input_size, projecting, rows):
@@ -354,17 +379,43 @@ def _run_steps_by_batch(step0, step1, reverse, x, w_ih, packed_ih, gates, bias, 
                    c_seq, h_cell_seq, out, out_col, 1, 1, 1)
 
 
+@njit(**JIT_OPTIONS)
+def project_share(x_block, packed_ih, gates, share, block, batch):
+    """gates[:steps][rows, columns of the share] = x_t @ w_ih.T for one thread's ``unit_share`` of a block of
+    steps: x_block (steps * batch, input_size), their (time, batch) rows; packed_ih from ``pack_gate_rows``,
+    panels of ``block`` columns."""
+    gates_block = gates[:x_block.shape[0] // batch].reshape((x_block.shape[0], gates.shape[2]))
+    padded = gates.shape[2] // NUM_GATES
+    per_gate = packed_ih.shape[0] // NUM_GATES
+    for segment in range(3):
+        start, stop, row_start, row_stop = share_segment(share, segment, batch, block, padded)
+        if stop <= start or row_stop <= row_start:
+            continue
+        for gate in range(NUM_GATES):
+            first, last = gate * per_gate + start // block, gate * per_gate + stop // block
+            if row_start == 0 and row_stop == batch:  # every row of the block's steps in one product
+                gemm_packed(x_block, packed_ih, gates_block, False, first, last, 0, x_block.shape[0])
+            else:  # a panel shared by rows: the share's rows of each step
+                for row in range(0, x_block.shape[0], batch):
+                    gemm_packed(x_block, packed_ih, gates_block, False, first, last, row + row_start,
+                                row + row_stop)
+
+
 @njit(**PARALLEL_JIT_OPTIONS)
 def _run_steps_together(step0, step1, reverse, gates, bias, w_hh, packed_hh, w_hr, h0, c0, c_seq, h_cell_seq,
-                        out, out_col, block, row_tile, n_parts, packs):
+                        out, out_col, block, row_tile, n_parts, packs, x_block, w_ih, packed_ih, projects):
     """Loop steps [step0, step1) in one parallel region: each thread computes its share of units (and
     rows, ``unit_share``) of every step and the threads meet at a barrier after each (see
     ``barrier``).  With ``packs``, each thread first packs the panels of w_hh it will read (its units
     of every gate; a panel that threads share by rows, the thread with its first row, and they meet
     before reading) into packed_hh: in parallel, and into the cache of the core that reads them.
+    With ``projects`` too (``projects_in_threads``), it packs its panels of w_ih likewise into packed_ih
+    and projects its share of the inputs, x_block (the block's (time, batch) rows, (rows, input_size)),
+    into the gates before the steps (``project_share``).
     Returns False, having done nothing, when the threads did not start together.  Works on
     ``borrowed`` views."""
     gates, bias, w_hh, packed_hh, w_hr = borrowed((gates, bias, w_hh, packed_hh, w_hr))
+    x_block, w_ih, packed_ih = borrowed((x_block, w_ih, packed_ih))
     h0, c0, c_seq, h_cell_seq, out = borrowed((h0, c0, c_seq, h_cell_seq, out))
     seq_len, padded = out.shape[0], gates.shape[2] // NUM_GATES
     projecting = w_hr.shape[0] > 0
@@ -378,8 +429,12 @@ def _run_steps_together(step0, step1, reverse, gates, bias, w_hh, packed_hh, w_h
             if packs:
                 first, stop = share_first_rows(share)
                 pack_gate_rows(w_hh, packed_hh, first * block, stop * block)
+                if projects:
+                    pack_gate_rows(w_ih, packed_ih, first * block, stop * block)
                 if shares_split_blocks(n_parts, padded // block, out.shape[1], row_tile):
                     wait_for_all(barrier, n_parts)
+            if projects:
+                project_share(x_block, packed_ih, gates, share, block, out.shape[1])
             for step in range(step0, step1):
                 t, h_prev, c_prev, c_t, h_dst, h_dst_col = step_arrays(step, seq_len, reverse, h0, c0, c_seq,
                                                                        h_cell_seq, out, out_col, projecting)
@@ -500,8 +555,10 @@ def lstm_layer_forward(x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, k, reverse, plan
     # Threads that split the batch, or that can meet at a barrier, pack their own panels of w_hh
     # (below); otherwise pack here.
     in_region = packing and n_parts > 1 and (together or by_batch) and not prepacked
+    projects_in_region = projects_in_threads(plan, prepacked, packs_ih, seq_len * batch)
     if not prepacked:
-        pack_gate_rows(w_ih, packed_ih)
+        if not projects_in_region:  # else the threads pack it in the region
+            pack_gate_rows(w_ih, packed_ih)
         if packing and not in_region:
             pack_gate_rows(w_hh, packed_hh)
     w_ih_rows = in_gate_layout(w_ih, padded) if not (packs_ih or by_rows_ih) else w_ih
@@ -517,9 +574,9 @@ def lstm_layer_forward(x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, k, reverse, plan
         t1 = min(seq_len, t0 + gate_slots)
         x_block = x[t0:t1].reshape(((t1 - t0) * batch, x.shape[2]))
         gates_block = gates[:t1 - t0].reshape(((t1 - t0) * batch, gates.shape[2]))
-        if packs_ih:
+        if packs_ih and not projects_in_region:
             gemm_packed_rows(x_block, packed_ih, gates_block, False, n_parts)
-        elif not by_rows_ih:
+        elif not packs_ih and not by_rows_ih:
             matmul(x_block, w_ih_rows, gates_block, False, True, 0.0, n_parts)
         step0, step1 = (seq_len - t1, seq_len - t0) if reverse else (t0, t1)
         if n_parts > 1 and by_batch:
@@ -530,10 +587,15 @@ def lstm_layer_forward(x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, k, reverse, plan
             continue
         if n_parts > 1 and together:
             together = _run_steps_together(step0, step1, reverse, gates, bias_rows, w_hh, packed_hh, w_hr, h0, c0,
-                                           c_seq, h_cell_seq, out, out_col, block, row_tile, n_parts, in_region)
-            if together:
-                in_region = False
+                                           c_seq, h_cell_seq, out, out_col, block, row_tile, n_parts, in_region,
+                                           x_block, w_ih, packed_ih, projects_in_region)
+            if together:  # packed_ih is whole now, for any later block
+                in_region = projects_in_region = False
                 continue
+        if projects_in_region:  # the threads did not start together, and did nothing
+            pack_gate_rows(w_ih, packed_ih)
+            gemm_packed_rows(x_block, packed_ih, gates_block, False, n_parts)
+            projects_in_region = False
         if in_region:
             pack_gate_rows(w_hh, packed_hh)
             in_region = False

@@ -453,14 +453,15 @@ def test_few_rows_on_packed_weights_project_on_plain_input_weights(plan, trainin
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("threads", [2, 1], ids=["together", "one-thread-runs-both-parts"])
+@pytest.mark.parametrize("training", [False, True], ids=["eval", "train"])
 @pytest.mark.parametrize("seq_len, batch, hidden", [(3, 4, 40), (8, 8, 150), (1, 96, 20)])
-def test_threads_splitting_the_units_project_their_own_inputs_in_short_calls(seq_len, batch, hidden, threads, dtype,
-                                                                              monkeypatch, rng):
-    """A short inference call that packs its weights, on threads that split the units in one region, has
-    each thread pack w_ih's panels of its units and project their inputs there (``projects_in_threads``;
-    hidden 150, batch 8, 8 steps: a panel shared by rows, projected row by row); where the parts do not
-    run together (one thread running both), the kernel packs and projects before the steps instead.  Both
-    give PyTorch's numbers, two layers in both directions."""
+def test_threads_splitting_the_units_project_their_own_inputs_in_short_calls(seq_len, batch, hidden, training, threads,
+                                                                              dtype, monkeypatch, rng):
+    """A short call that packs its weights (inference or training), on threads that split the units in one region, has
+    each thread pack w_ih's panels of its units and project their inputs there (``projects_in_threads``; hidden 150,
+    batch 8, 8 steps: a panel shared by rows, projected row by row); where the parts do not run together (one thread
+    running both), the kernel packs and projects before the steps instead. Both give PyTorch's numbers, two layers
+    in both directions."""
     import numba
 
     from nblstm import engine
@@ -470,7 +471,7 @@ def test_threads_splitting_the_units_project_their_own_inputs_in_short_calls(seq
     assert projects_in_threads(plan, False, True, seq_len * batch)
     assert not projects_in_threads(plan, True, True, seq_len * batch)  # weights packed before the call
     monkeypatch.setattr(engine.CPUBackend, "plan", staticmethod(lambda *args, **kwargs: plan))
-    model = LSTM(7, hidden, num_layers=2, bidirectional=True, dtype=dtype, seed=3).eval()
+    model = LSTM(7, hidden, num_layers=2, bidirectional=True, dtype=dtype, seed=3).train(training)
     x = rng.standard_normal((seq_len, batch, 7)).astype(dtype)
     state = _random_state(model, batch, rng)
     threads_before = numba.get_num_threads()

@@ -84,11 +84,13 @@ SHARE_PANEL_MIN_STEPS = 8
 # units there and project their units' inputs (``projects_in_threads``) up to this many (time, batch) rows:
 # otherwise one thread packs w_ih before the region and the threads split the product's rows, each reading
 # every panel just written in the other core's cache.  Measured on 2 cores of an AMD EPYC (Zen 4), plan
-# (2, True, False, True) forced, processes of both versions alternated 5x (the cores far apart, barrier
-# 320-350 ns): L3 N4 H128 (12 rows) 1.25-1.28x, L6 N4 H128 1.18x, L10 N1 H128 1.25x, L10 N4 H128 1.15-1.17x,
-# L10 N8 H256 (80 rows) 1.06-1.07x; 128 rows none (L32 N4 H128 0.98-1.03x, L16 N8 H256 1.03-1.07x), 256-400
-# rows 0.92-0.95x (L64 N4, L100 N4 H128: each thread's gate columns of a block of steps then fill half of
-# its cache's sets).  With weights packed before the call (``nblstm.freeze``) 0.96-1.06x at 12-80 rows.
+# (2, True, False, True) forced, processes of both versions alternated 5x: the cores near each other (77-98 ns
+# meetings), L3 N4 H128 (12 rows) 1.16x, L6 N4 H128 1.12x, L10 N1 H128 1.16x, L10 N4 H128 1.13x, L10 N8 H256
+# (80 rows) 1.02x, L100 N4 H128 (not in this path) 1.00x; far apart (320-350 ns), 1.25-1.28x, 1.18x, 1.25x,
+# 1.15-1.17x and 1.06-1.07x; 128 rows none (L32 N4 H128 0.98-1.03x, L16 N8 H256 1.03-1.07x), 256-400 rows
+# 0.92-0.95x (L64 N4, L100 N4 H128: each thread's gate columns of a block of steps then fill half of its
+# cache's sets).  With weights packed before the call (``nblstm.freeze``) 0.96-1.06x at 12-80 rows.  Training
+# (rules' plans) L6 and L10 N4 H128 1.04x.
 REGION_PROJECTION_MAX_ROWS = 96
 
 

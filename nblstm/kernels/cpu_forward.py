@@ -382,12 +382,11 @@ def _run_steps_by_batch(step0, step1, reverse, x, w_ih, packed_ih, gates, bias, 
 
 
 @njit(**JIT_OPTIONS)
-def project_share(x_block, packed_ih, gates, share, block, batch):
-    """gates[:steps][rows, columns of the share] = x_t @ w_ih.T for one thread's ``unit_share`` of a block of
-    steps: x_block (steps * batch, input_size), their (time, batch) rows; packed_ih from ``pack_gate_rows``,
-    panels of ``block`` columns."""
-    gates_block = gates[:x_block.shape[0] // batch].reshape((x_block.shape[0], gates.shape[2]))
-    padded = gates.shape[2] // NUM_GATES
+def project_share(x_block, packed_ih, gates_block, share, block, batch):
+    """gates_block[rows, columns of the share] = x_block @ w_ih.T for one thread's ``unit_share`` of a block of
+    steps: x_block (steps * batch, input_size) and gates_block (steps * batch, 4*padded), their (time, batch)
+    rows; packed_ih from ``pack_gate_rows``, panels of ``block`` columns."""
+    padded = gates_block.shape[1] // NUM_GATES
     per_gate = packed_ih.shape[0] // NUM_GATES
     for segment in range(3):
         start, stop, row_start, row_stop = share_segment(share, segment, batch, block, padded)
@@ -405,7 +404,8 @@ def project_share(x_block, packed_ih, gates, share, block, batch):
 
 @njit(**PARALLEL_JIT_OPTIONS)
 def _run_steps_together(step0, step1, reverse, gates, bias, w_hh, packed_hh, w_hr, h0, c0, c_seq, h_cell_seq,
-                        out, out_col, block, row_tile, n_parts, packs, x_block, w_ih, packed_ih, projects):
+                        out, out_col, block, row_tile, n_parts, packs, x_block, gates_block, w_ih, packed_ih,
+                        projects):
     """Loop steps [step0, step1) in one parallel region: each thread computes its share of units (and
     rows, ``unit_share``) of every step and the threads meet at a barrier after each (see
     ``barrier``).  With ``packs``, each thread first packs the panels of w_hh it will read (its units
@@ -413,11 +413,11 @@ def _run_steps_together(step0, step1, reverse, gates, bias, w_hh, packed_hh, w_h
     before reading) into packed_hh: in parallel, and into the cache of the core that reads them.
     With ``projects`` too (``projects_in_threads``), it packs its panels of w_ih likewise into packed_ih
     and projects its share of the inputs, x_block (the block's (time, batch) rows, (rows, input_size)),
-    into the gates before the steps (``project_share``).
+    into gates_block (the same rows of ``gates``) before the steps (``project_share``).
     Returns False, having done nothing, when the threads did not start together.  Works on
     ``borrowed`` views."""
     gates, bias, w_hh, packed_hh, w_hr = borrowed((gates, bias, w_hh, packed_hh, w_hr))
-    x_block, w_ih, packed_ih = borrowed((x_block, w_ih, packed_ih))
+    x_block, gates_block, w_ih, packed_ih = borrowed((x_block, gates_block, w_ih, packed_ih))
     h0, c0, c_seq, h_cell_seq, out = borrowed((h0, c0, c_seq, h_cell_seq, out))
     seq_len, padded = out.shape[0], gates.shape[2] // NUM_GATES
     projecting = w_hr.shape[0] > 0
@@ -436,7 +436,7 @@ def _run_steps_together(step0, step1, reverse, gates, bias, w_hh, packed_hh, w_h
                 if shares_split_blocks(n_parts, padded // block, out.shape[1], row_tile):
                     wait_for_all(barrier, n_parts)
             if projects:
-                project_share(x_block, packed_ih, gates, share, block, out.shape[1])
+                project_share(x_block, packed_ih, gates_block, share, block, out.shape[1])
             for step in range(step0, step1):
                 t, h_prev, c_prev, c_t, h_dst, h_dst_col = step_arrays(step, seq_len, reverse, h0, c0, c_seq,
                                                                        h_cell_seq, out, out_col, projecting)
@@ -590,7 +590,7 @@ def lstm_layer_forward(x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, k, reverse, plan
         if n_parts > 1 and together:
             together = _run_steps_together(step0, step1, reverse, gates, bias_rows, w_hh, packed_hh, w_hr, h0, c0,
                                            c_seq, h_cell_seq, out, out_col, block, row_tile, n_parts, in_region,
-                                           x_block, w_ih, packed_ih, projects_in_region)
+                                           x_block, gates_block, w_ih, packed_ih, projects_in_region)
             if together:  # packed_ih is whole now, for any later block
                 in_region = projects_in_region = False
                 continue

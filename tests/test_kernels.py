@@ -422,6 +422,32 @@ def test_packed_product_visits_panels_in_either_order(panel_start, panel_stop, r
     assert not np.array_equal(descending, start)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("k", [1, 20, 150])
+@pytest.mark.parametrize("m", [1, 3])
+@pytest.mark.parametrize("accumulate", [False, True])
+@pytest.mark.parametrize("descending", [False, True])
+def test_step_products_match_the_packed_product(k, m, accumulate, descending, dtype, rng):
+    """``gemm_packed_step`` (a batch of one row as ``gemm_packed_row``) writes what ``gemm_packed`` does, bit
+    for bit up to one block of the reduction, over its panels only."""
+    width = packed.panel_width(dtype)
+    w = rng.standard_normal((8 * width, k)).astype(dtype)
+    a = rng.standard_normal((m, k)).astype(dtype)
+    panels = np.empty((8, k, width), dtype)
+    packed.pack_gate_rows(w, panels)
+    start = rng.standard_normal((m, 8 * width)).astype(dtype)
+    step, whole = start.copy(), start.copy()
+    packed.gemm_packed_step(a, panels, step, accumulate, 2, 7, descending)
+    packed.gemm_packed(a, panels, whole, accumulate, 2, 7, 0, m, descending)
+    inside, outside = np.r_[2 * width:7 * width], np.r_[0:2 * width, 7 * width:8 * width]
+    expected = (start[:, inside] if accumulate else 0) + a @ w[inside].T
+    tolerance = 1e-4 if dtype == np.float32 else 1e-12
+    np.testing.assert_allclose(step[:, inside], expected, rtol=tolerance, atol=tolerance * k)
+    np.testing.assert_array_equal(step[:, outside], start[:, outside])
+    if k <= packed.K_BLOCK:
+        np.testing.assert_array_equal(step, whole)
+
+
 def to_padded_layout(values, hidden, padded):
     """(m, 4*hidden) in PyTorch's gate layout -> (m, 4*padded) with zero padding."""
     result = np.zeros((values.shape[0], 4 * padded), values.dtype)

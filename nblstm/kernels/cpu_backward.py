@@ -24,7 +24,8 @@ from .activations import tanh
 from .barrier import BARRIER_STATE_SIZE, arrive_together, wait_for_all
 from .blas import PANELS_MIN_COLUMNS, gemm
 from .cpu_forward import gate_slices, in_gate_layout, time_index
-from .packed import ROW_BLOCK, add_from_padded_rows, gemm_packed, pack_columns, pack_row_panels, transpose_gate_columns
+from .packed import (ROW_BLOCK, add_from_padded_rows, gemm_packed, gemm_packed_step, pack_columns, pack_row_panels,
+                     transpose_gate_columns)
 from .parallel import PART_BLOCK, empty_aligned, gemm_packed_rows, matmul, part_range
 from .simd import lanes_of
 from .tiles import NARROW_MAX_VECTORS, PANEL_VECTORS, TILE_ROWS, gemm_nn_narrow
@@ -151,7 +152,7 @@ def state_product_part(gates_t, w_hh, packed_hh, dh_next, part, n_parts, step):
             if first < last:
                 gemm_nn_narrow(gates_t, packed_hh[0], dh_next, False)
         else:
-            gemm_packed(gates_t, packed_hh, dh_next, False, first, last, 0, gates_t.shape[0], step % 2 == 1)
+            gemm_packed_step(gates_t, packed_hh, dh_next, False, first, last, step % 2 == 1)
     else:
         start, stop = state_columns(part, n_parts, w_hh.shape[1], packed_hh)
         gemm(gates_t, w_hh[:, start:stop], dh_next[:, start:stop], False, False, 0.0)

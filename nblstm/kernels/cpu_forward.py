@@ -44,7 +44,7 @@ from ..params import NUM_GATES
 from .activations import sigmoid, tanh
 from .barrier import BARRIER_STATE_SIZE, arrive_together, wait_for_all
 from .blas import LOOPS_MAX_ROWS, gemm
-from .packed import gemm_packed, pack_gate_rows, to_padded_rows
+from .packed import gemm_packed, gemm_packed_step, pack_gate_rows, to_padded_rows
 from .parallel import (PART_BLOCK, empty_aligned, gemm_packed_rows, grid_share, matmul, part_range, share_first_rows,
                        share_segment, shares_split_blocks)
 from .simd import lanes_of
@@ -208,14 +208,14 @@ def recurrent_product(h_prev, w_hh, packed_hh, gates_t, start, stop, descending)
     """
     hidden, padded = w_hh.shape[0] // NUM_GATES, gates_t.shape[1] // NUM_GATES
     if packed_hh.shape[0] > 0 and start == 0 and stop == padded:
-        gemm_packed(h_prev, packed_hh, gates_t, True, 0, packed_hh.shape[0], 0, gates_t.shape[0], descending)
+        gemm_packed_step(h_prev, packed_hh, gates_t, True, 0, packed_hh.shape[0], descending)
     elif packed_hh.shape[0] > 0:
         width = packed_hh.shape[2]
         blocks = packed_hh.shape[0] // NUM_GATES
         for visit in range(NUM_GATES):
             gate = NUM_GATES - 1 - visit if descending else visit
-            gemm_packed(h_prev, packed_hh, gates_t, True, gate * blocks + start // width,
-                        gate * blocks + stop // width, 0, gates_t.shape[0], descending)
+            gemm_packed_step(h_prev, packed_hh, gates_t, True, gate * blocks + start // width,
+                             gate * blocks + stop // width, descending)
     elif start == 0 and stop >= hidden:
         gemm(h_prev, w_hh, gates_t, False, True, 1.0)
     else:

@@ -30,10 +30,10 @@ import math
 import numpy as np
 from numba import njit
 
-from .._config import JIT_OPTIONS
+from .._config import JIT_OPTIONS, STEP_JIT_OPTIONS
 from ..params import NUM_GATES
 from .simd import lanes_of, transpose_block, vector_lanes, vload, vsplat, vstore
-from .tiles import K_BLOCK, PANEL_VECTORS, panel_product
+from .tiles import K_BLOCK, PANEL_VECTORS, panel_product, tile_1_row
 from .views import borrowed, flat_block, flat_rows, row_of
 
 # Rows of a per pass over all panels: 128 rows of up to a few hundred values stay in
@@ -355,3 +355,30 @@ def gemm_packed(a, packed, c, accumulate, panel_start, panel_stop, row_start, ro
                     ahead, ahead_start, ahead_stop = panel, 0, 0
                 panel_product(a, panel, 0, width, c, col, accumulate or k_start > 0, k_start, k_stop,
                               block_start, block_stop, ahead, ahead_start, ahead_stop)
+
+
+@njit(**STEP_JIT_OPTIONS)
+def gemm_packed_row(a_row, packed, c_row, accumulate, panel_start, panel_stop, descending):
+    """``gemm_packed`` for one row of a (batch 1): c_row[panel columns] (+)= a_row @ (weights of panels
+    [panel_start, panel_stop)), compiled into the caller's step loop.
+
+    a_row: (k,); packed: (panels, k, width); c_row: (>= panels * width,), contiguous.  With one row no
+    weight is read twice, so the blocks of rows and of the reduction and the prefetching of
+    ``gemm_packed`` buy nothing, and its call cost a step.  One thread, float32, a compiled loop of
+    steps alternating ``descending`` (scratch row1.py, medians of 7, Zen 4), ``gemm_packed`` / this
+    (ns): hidden 8 52.6 / 31.9, 20 138.9 / 107.4, 32 138.2 / 112.2, 64 543 / 499, 128 2394 / 2317.
+    """
+    width, k = packed.shape[2], packed.shape[1]
+    for visit in range(panel_stop - panel_start):
+        p = panel_stop - 1 - visit if descending else panel_start + visit
+        tile_1_row(a_row, flat_block(packed, p), 0, width, c_row, p * width, accumulate, 0, k)
+
+
+@njit(**STEP_JIT_OPTIONS)
+def gemm_packed_step(a, packed, c, accumulate, panel_start, panel_stop, descending):
+    """``gemm_packed`` over every row of a, for the products of a time step: a batch of one row as
+    ``gemm_packed_row``, compiled into the step loop."""
+    if a.shape[0] == 1:
+        gemm_packed_row(row_of(a, 0), packed, row_of(c, 0), accumulate, panel_start, panel_stop, descending)
+    else:
+        gemm_packed(a, packed, c, accumulate, panel_start, panel_stop, 0, a.shape[0], descending)

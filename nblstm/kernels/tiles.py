@@ -89,7 +89,7 @@ def _tile_2_rows(a, weights, offset, stride, c, r0, col, accumulate, k_start, k_
 
 
 @njit(**STEP_JIT_OPTIONS)
-def _tile_1_row(a_row, weights, offset, stride, c_row, col, accumulate, k_start, k_stop):
+def tile_1_row(a_row, weights, offset, stride, c_row, col, accumulate, k_start, k_stop):
     """c_row[col:col+width] (+)= a_row[k_start:k_stop] @ (rows k_start:k_stop of the weights); two
     accumulators per vector (even and odd k) keep eight fused multiply-adds in flight."""
     lanes = lanes_of(weights)
@@ -129,7 +129,7 @@ def panel_product(a, weights, offset, stride, c, col, accumulate, k_start, k_sto
         _tile_2_rows(a, weights, offset, stride, c, r, col, accumulate, k_start, k_stop)
         r += 2
     for row in range(r, row_stop):
-        _tile_1_row(a[row], weights, offset, stride, row_of(c, row), col, accumulate, k_start, k_stop)
+        tile_1_row(a[row], weights, offset, stride, row_of(c, row), col, accumulate, k_start, k_stop)
 
 
 @njit(**JIT_OPTIONS)

@@ -94,13 +94,14 @@ def test_activation_special_values(dtype):
 @pytest.mark.parametrize("m,n,k", [(1, 1, 1), (3, 5, 7), (2, 9, 4), (1, 80, 20), (16, 300, 256),
                                    (17, 33, 5), (64, 300, 256), (5, 0, 3), (4, 6, 0), (4, 70, 0),
                                    (8, 520, 260), (3, 1031, 257), (13, 517, 256), (2, 700, 760), (6, 300, 900),
-                                   (8, 128, 32), (100, 128, 40), (1, 70, 32), (1, 13, 64),
+                                   (8, 128, 32), (100, 128, 40), (1, 70, 32), (1, 13, 64), (1, 40, 512),
                                    (13, 16, 64), (9, 32, 20), (3, 8, 7), (70, 16, 1), (12, 8, 0)])
 @pytest.mark.parametrize("trans_a,trans_b", [(False, False), (False, True), (True, False), (True, True)])
 @pytest.mark.parametrize("beta", [0.0, 0.5, 1.0])
 def test_gemm_matches_numpy(m, n, k, trans_a, trans_b, beta, dtype, rng):
-    """Loops, SIMD dot products (a @ b.T at 3-16 rows, and at one row over whole vectors: 1 x 70 x 32, 1 x
-    13 x 64), register tiles (a @ b at 2-100 rows and 64 columns or more, or one or two vectors of
+    """Loops, SIMD dot products (a @ b.T at 3-16 rows, and at one row over whole vectors: 1 x 70 x 32 in
+    groups of 16 rows of b and a last one of 8, 1 x 13 x 64, and 1 x 40 x 512, whose rows are too long
+    for groups of 16), register tiles (a @ b at 2-100 rows and 64 columns or more, or one or two vectors of
     columns: 16 and 32 for float32, 8 and 16 for float64 on AVX-512; the tests below name the shapes)
     and BLAS (64 x 300 x 256; a @ b.T at 100 x 128 x 40) alike, on column slices of wider arrays;
     beta == 0 ignores NaN in c."""

@@ -5,8 +5,8 @@ microkernel needs its accumulators held in registers across the whole
 reduction, which Numba arrays cannot express.  A ``Vector`` is an LLVM vector
 value (``<16 x float>`` / ``<8 x double>`` on AVX-512 machines, half that
 otherwise) that lives in a register like any scalar; the intrinsics below load,
-store, broadcast, add and fused-multiply-add them, and sum the lanes of several; ``prefetch``
-asks for a cache line ahead of its use.
+store, broadcast, add and fused-multiply-add them, and sum the lanes of several (as
+scalars or as vectors); ``prefetch`` asks for a cache line ahead of its use.
 
 ``vector_lanes(dtype)`` gives the lane count from Python; inside kernels
 ``lanes_of(array)`` is the same number as a compile-time constant.
@@ -165,42 +165,65 @@ def prefetch(typingctx, row, index):
     return types.none(row, index), codegen
 
 
-@intrinsic
-def vsums(typingctx, vectors):
-    """The lane sums of a tuple of vectors, a tuple of scalars, in an order of additions of its own.
+def _sum_lanes(builder, vectors, lanes):
+    """The lane sums of ``vectors`` (LLVM vector values of ``lanes`` lanes), summed together: each stage adds the
+    halves of every group of lanes of two vectors into one (two shuffles and an addition for two vectors), until
+    each vector holds one group of lanes per input, which then halves in place.  Returns (sums, groups): input i's
+    sum is lane i % groups of sums[i // groups]."""
 
-    Where each vector summed alone takes log2(lanes) shuffles and additions, the vectors are
-    summed together: each stage adds the halves of every group of lanes of two vectors into one
-    (two shuffles and an addition for two vectors), until one vector holds a group of lanes per
-    input, which then halves in place; 8 vectors of 16 lanes take 7 + 1 additions, not 32.
-    """
-    if not isinstance(vectors, types.UniTuple) or not isinstance(vectors.dtype, Vector):
-        return None
-    count, dtype, lanes = vectors.count, vectors.dtype.dtype, vectors.dtype.lanes
-
-    def halve(builder, a, b, width):
+    def halve(a, b, width):
         """Vectors a, b of groups of ``width`` lanes -> one of groups of width / 2 lanes, each the sum
         of a group's halves: a's groups, then b's (b may be a: its groups then come twice)."""
         half = width // 2
         low = [base + start + j for base in (0, lanes) for start in range(0, lanes, width) for j in range(half)]
         return builder.fadd(_shuffle(builder, a, b, low), _shuffle(builder, a, b, [i + half for i in low]))
 
+    width = lanes  # lanes per group: each group sums to one input's total
+    while len(vectors) > 1 and width > 1:
+        vectors = [halve(vectors[i], vectors[i + 1] if i + 1 < len(vectors) else vectors[i], width)
+                   for i in range(0, len(vectors), 2)]
+        width //= 2
+    groups = lanes // width
+    while width > 1:
+        vectors = [halve(vector, vector, width) for vector in vectors]
+        width //= 2
+    return vectors, groups
+
+
+@intrinsic
+def vsums(typingctx, vectors):
+    """The lane sums of a tuple of vectors, a tuple of scalars, in an order of additions of its own.
+
+    Where each vector summed alone takes log2(lanes) shuffles and additions, the vectors are
+    summed together (``_sum_lanes``): 8 vectors of 16 lanes take 7 + 1 additions, not 32.
+    """
+    if not isinstance(vectors, types.UniTuple) or not isinstance(vectors.dtype, Vector):
+        return None
+    count, dtype, lanes = vectors.count, vectors.dtype.dtype, vectors.dtype.lanes
+
     def codegen(context, builder, signature, args):
-        vectors_in = [builder.extract_value(args[0], i) for i in range(count)]
-        width = lanes  # lanes per group: each group sums to one input's total
-        while len(vectors_in) > 1 and width > 1:
-            vectors_in = [halve(builder, vectors_in[i], vectors_in[i + 1] if i + 1 < len(vectors_in) else
-                                vectors_in[i], width) for i in range(0, len(vectors_in), 2)]
-            width //= 2
-        groups = lanes // width
-        while width > 1:
-            vectors_in = [halve(builder, vector, vector, width) for vector in vectors_in]
-            width //= 2
-        sums = [builder.extract_element(vectors_in[i // groups], ir.Constant(ir.IntType(32), i % groups))
-                for i in range(count)]
-        return context.make_tuple(builder, signature.return_type, sums)
+        sums, groups = _sum_lanes(builder, [builder.extract_value(args[0], i) for i in range(count)], lanes)
+        scalars = [builder.extract_element(sums[i // groups], ir.Constant(ir.IntType(32), i % groups))
+                   for i in range(count)]
+        return context.make_tuple(builder, signature.return_type, scalars)
 
     return types.UniTuple(dtype, count)(vectors), codegen
+
+
+@intrinsic
+def vsums_vectors(typingctx, vectors):
+    """The lane sums of a tuple of vectors, a whole number of vectors' worth, as vectors: lane j of the
+    v-th holds the sum of input v * lanes + j (``vsums`` without taking the sums out of the vectors)."""
+    if (not isinstance(vectors, types.UniTuple) or not isinstance(vectors.dtype, Vector)
+            or vectors.count % vectors.dtype.lanes):
+        return None
+    count, lanes = vectors.count, vectors.dtype.lanes
+
+    def codegen(context, builder, signature, args):
+        sums, _ = _sum_lanes(builder, [builder.extract_value(args[0], i) for i in range(count)], lanes)
+        return context.make_tuple(builder, signature.return_type, sums)
+
+    return types.UniTuple(vectors.dtype, count // lanes)(vectors), codegen
 
 
 def _shuffle(builder, a, b, indices):

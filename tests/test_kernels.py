@@ -181,12 +181,28 @@ def _lane_sums(rows):
     return simd.vsums((v0,)), simd.vsums((v0, v1, v2)), simd.vsums((v0, v1, v2, v3, v4, v5, v6, v7))
 
 
+@njit(cache=False)
+def _lane_sums_as_vectors(rows, out):
+    """vsums_vectors of 16 vectors (rows[:16]), its vectors stored one after another in out."""
+    v0, v1, v2, v3 = simd.vload(rows[0], 0), simd.vload(rows[1], 0), simd.vload(rows[2], 0), simd.vload(rows[3], 0)
+    v4, v5, v6, v7 = simd.vload(rows[4], 0), simd.vload(rows[5], 0), simd.vload(rows[6], 0), simd.vload(rows[7], 0)
+    v8, v9, v10, v11 = simd.vload(rows[8], 0), simd.vload(rows[9], 0), simd.vload(rows[10], 0), simd.vload(rows[11], 0)
+    v12, v13 = simd.vload(rows[12], 0), simd.vload(rows[13], 0)
+    v14, v15 = simd.vload(rows[14], 0), simd.vload(rows[15], 0)
+    sums = simd.vsums_vectors((v0, v1, v2, v3, v4, v5, v6, v7, v8, v9, v10, v11, v12, v13, v14, v15))
+    for i in range(len(sums)):
+        simd.vstore(out, i * simd.lanes_of(out), sums[i])
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_vector_sums_add_the_lanes_of_each_vector(dtype, rng):
-    rows = rng.integers(-50, 50, (8, simd.vector_lanes(dtype))).astype(dtype)  # integers: exact in any order
+    rows = rng.integers(-50, 50, (16, simd.vector_lanes(dtype))).astype(dtype)  # integers: exact in any order
     one, three, eight = _lane_sums(rows)
     sums = rows.sum(axis=1)
-    assert one == (sums[0],) and three == tuple(sums[:3]) and eight == tuple(sums)
+    assert one == (sums[0],) and three == tuple(sums[:3]) and eight == tuple(sums[:8])
+    as_vectors = np.full(16, np.nan, dtype)
+    _lane_sums_as_vectors(rows, as_vectors)
+    np.testing.assert_array_equal(as_vectors, sums)
 
 
 def test_single_threaded_blas_limits_every_blas_and_restores_it():

@@ -41,8 +41,8 @@ BLAS_MIN_WORK = 4096
 # x 128 1.63 / 1.02; 4 x 20 x 80 even, 8 rows 0.81 / 1.65).
 LOOPS_MAX_ROWS = 4
 # One row of a @ b.T (``_gemm_nt_row``) sums 16 rows of b at a time into whole vectors where b's rows take up to
-# this many bytes; longer rows 16 at a time go to L1 cache sets that hold 8 (rows 4 KiB apart share one), which
-# ran 2x slower.  One thread, AMD EPYC (Zen 4), medians of 7, groups of 8 / 16 (ns, as (n, k)): float32
+# this many bytes; longer rows ran slower 16 at a time (rows 4 KiB apart fall in one set of the 8-way L1 cache,
+# a likely cause).  One thread, AMD EPYC (Zen 4), medians of 7, groups of 8 / 16 (ns, as (n, k)): float32
 # 512 x 128 3057 / 2446, 512 x 32 1378 / 715, 80 x 32 238 / 123, 2048 x 512 (2 KiB rows) 55651 / 57151;
 # float64 512 x 128 6160 / 5104, 128 x 64 891 / 679, 2048 x 512 (4 KiB) 121563 / 256758.
 ROW_GROUP_MAX_BYTES = 1024
@@ -284,11 +284,11 @@ def _gemm_nt_row_16(a_flat, k, b_flat, b_stride, c_row, n, beta):
     lanes = lanes_of(a_flat)
     zero = vsplat(c_row.dtype.type(0.0))
     for j in range(0, n, 16):
-        row = j * b_stride
+        row_start = j * b_stride
         s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = s8 = s9 = s10 = s11 = s12 = s13 = s14 = s15 = zero
         for p in range(0, k, lanes):
             x = vload(a_flat, p)
-            q = row + p
+            q = row_start + p
             s0, s1 = vfma(x, vload(b_flat, q), s0), vfma(x, vload(b_flat, q + b_stride), s1)
             s2, s3 = vfma(x, vload(b_flat, q + 2 * b_stride), s2), vfma(x, vload(b_flat, q + 3 * b_stride), s3)
             s4, s5 = vfma(x, vload(b_flat, q + 4 * b_stride), s4), vfma(x, vload(b_flat, q + 5 * b_stride), s5)
